@@ -1,0 +1,51 @@
+"""sconce: compress a PyTorch model end to end and prove the gains with measured numbers.
+
+Example:
+    >>> import sconce
+    >>> model = sconce.models.demo_cnn(in_channels=1, image_size=8)
+    >>> result = sconce.compress(model, "digits", finetune_epochs=1)  # doctest: +SKIP
+    >>> result.save("out/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from sconce import models
+from sconce.adapter import ClassifierAdapter, ModelAdapter, get_adapter
+from sconce.config import Config, PruneConfig, QuantizeConfig
+from sconce.context import Context
+from sconce.data import Data
+from sconce.errors import (
+    ConfigError,
+    DataError,
+    ModelError,
+    PluginError,
+    SconceError,
+    TechniqueError,
+    UnknownNameError,
+)
+from sconce.footprint import Footprint, model_footprint
+from sconce.hookspecs import hookimpl, hookspec
+from sconce.legacy import sconce
+from sconce.metrics import Metric, MetricUnavailable, TimingSettings
+from sconce.metrics.measure import measure
+from sconce.pipeline import CompressionResult, compress
+from sconce.plugins import load_plugins, plugin_infos, register_plugin, unregister_plugin
+from sconce.recipe import Constraints, Recipe, Stage
+from sconce.report import Report, StageResult
+from sconce.serialization import load
+from sconce.technique import Technique, TechniqueProtocol
+from sconce.train import TrainCallback, TrainState, train
+from sconce.api import get_technique, list_techniques
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClassifierAdapter", "CompressionResult", "Config", "ConfigError", "Constraints", "Context",
+    "Data", "DataError", "Footprint", "Metric", "MetricUnavailable", "ModelAdapter", "ModelError",
+    "PluginError", "PruneConfig", "QuantizeConfig", "Recipe", "Report", "SconceError", "Stage",
+    "StageResult", "Technique", "TechniqueError", "TechniqueProtocol", "TimingSettings",
+    "TrainCallback", "TrainState", "UnknownNameError", "__version__", "compress", "get_adapter",
+    "get_technique", "hookimpl", "hookspec", "list_techniques", "load", "load_plugins", "measure",
+    "model_footprint", "models", "plugin_infos", "register_plugin", "sconce", "train",
+    "unregister_plugin",
+]

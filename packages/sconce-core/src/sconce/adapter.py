@@ -1,0 +1,100 @@
+"""How to run a model: forward a batch, compute the loss, turn outputs into predictions.
+
+Every technique and metric runs models only through an adapter, so models that need special
+running (a spiking network's time steps and state resets) go through the same pipeline. The
+default is :class:`ClassifierAdapter`; plugins answer ``sconce_model_adapter`` for others.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> adapter = get_adapter(nn.Linear(4, 3))
+    >>> outputs = adapter.forward(nn.Linear(4, 3), torch.randn(2, 4))
+    >>> adapter.predict(outputs).shape
+    torch.Size([2])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sconce.data import split_batch
+
+
+class ModelAdapter:
+    """Base adapter: a plain classifier. Subclass and override what differs.
+
+    Methods take and return tensors; ``inputs`` may also be a tuple of tensors for models
+    with several inputs.
+    """
+
+    def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor | None]:
+        """Split a loader's batch into ``(inputs, targets)``."""
+        return split_batch(batch)
+
+    def to_device(self, inputs: Any, device: torch.device | str) -> Any:
+        """Move inputs (a tensor or a tuple of tensors) to ``device``."""
+        if isinstance(inputs, torch.Tensor):
+            return inputs.to(device, non_blocking=True)
+        if isinstance(inputs, (tuple, list)):
+            return type(inputs)(self.to_device(t, device) for t in inputs)
+        return inputs
+
+    def reset(self, model: nn.Module) -> None:
+        """Clear any state carried between batches (spiking neurons' membranes)."""
+
+    def forward(self, model: nn.Module, inputs: Any) -> Any:
+        """Run the model on one batch of inputs and return its raw outputs."""
+        self.reset(model)
+        if isinstance(inputs, tuple):
+            return model(*inputs)
+        return model(inputs)
+
+    def logits(self, outputs: Any) -> torch.Tensor:
+        """Class scores (batch, classes) from raw outputs; used for distillation."""
+        if isinstance(outputs, (tuple, list)):
+            outputs = outputs[0]
+        return outputs
+
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch."""
+        return F.cross_entropy(self.logits(outputs), targets)
+
+    def predict(self, outputs: Any) -> torch.Tensor:
+        """Predicted class indices (batch,)."""
+        return self.logits(outputs).argmax(dim=-1)
+
+    def distillation_loss(
+        self, outputs: Any, teacher_outputs: Any, temperature: float = 4.0
+    ) -> torch.Tensor:
+        """KL divergence between softened student and teacher distributions, times T^2."""
+        student = F.log_softmax(self.logits(outputs) / temperature, dim=-1)
+        teacher = F.softmax(self.logits(teacher_outputs).detach() / temperature, dim=-1)
+        return F.kl_div(student, teacher, reduction="batchmean") * temperature**2
+
+
+class ClassifierAdapter(ModelAdapter):
+    """The default adapter: ``model(x)`` gives logits, cross-entropy loss, argmax predictions.
+
+    Example:
+        >>> ClassifierAdapter().predict(torch.tensor([[0.1, 0.9]]))
+        tensor([1])
+    """
+
+
+def get_adapter(model: nn.Module, adapter: ModelAdapter | None = None) -> ModelAdapter:
+    """The adapter for ``model``: the one given, else a plugin's, else a classifier.
+
+    Example:
+        >>> isinstance(get_adapter(nn.Linear(2, 2)), ClassifierAdapter)
+        True
+    """
+    if adapter is not None:
+        return adapter
+    from sconce.plugins import plugin_manager
+
+    answer = plugin_manager().hook.sconce_model_adapter(model=model)
+    return answer if answer is not None else ClassifierAdapter()

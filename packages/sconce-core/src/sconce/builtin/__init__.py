@@ -1,0 +1,1 @@
+"""The core's own plugin modules, registered exactly like external plugins."""

@@ -1,0 +1,311 @@
+"""The ``sconce`` command.
+
+``sconce compress`` with no arguments runs the built-in demo (the demo CNN, trained on the
+scikit-learn digits, through the default recipe). Plugins add verbs through
+``sconce_register_commands``. A user's mistake prints one line and exits with status 2.
+
+Example:
+    $ sconce compress
+    $ sconce compress --model vgg --data fashion-mnist --train-epochs 2 --technique prune.gmp
+    $ sconce techniques
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sconce.errors import SconceError
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODEL = "demo"
+DEMO_DATA = "digits"
+EXIT_USER_ERROR = 2
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sconce: %(message)s"))
+    root = logging.getLogger("sconce")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    for name in ("sconce_prune", "sconce_quant", "sconce_sparse", "sconce_nas", "sconce_snn"):
+        logging.getLogger(name).parent = root
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="sconce-core", prog_name="sconce")
+def cli(verbose: int, quiet: bool) -> None:
+    """Compress PyTorch models and prove the gains with measured numbers."""
+    _setup_logging(verbose, quiet)
+
+
+def _load_data(name: str, batch_size: int | None) -> Any:
+    from sconce.data import Data
+    from sconce.modelspec import resolve_factory
+
+    options = {"batch_size": batch_size} if batch_size else {}
+    if ":" in name:
+        value = resolve_factory(name)(**options)
+        return Data.from_value(value)
+    return Data.from_value(name, **options)
+
+
+def _model_kwargs(data: Any) -> dict[str, Any]:
+    shape = data.input_shape or ()
+    kwargs: dict[str, Any] = {"num_classes": data.num_classes}
+    if len(shape) >= 1:
+        kwargs["in_channels"] = int(shape[0])
+    if len(shape) >= 2:
+        kwargs["image_size"] = int(shape[-1])
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _build(spec: str, data: Any) -> tuple[Any, dict[str, Any]]:
+    from sconce.modelspec import build_model
+
+    kwargs = _model_kwargs(data)
+    return build_model(spec, **kwargs), kwargs
+
+
+@cli.command()
+@click.option("--model", "model_spec", default=None, metavar="SPEC",
+              help="Registered name, pkg.module:factory, file.py:Name, or a saved folder. "
+                   "Default: the demo CNN trained on digits.")
+@click.option("--data", "data_name", default=None, metavar="NAME",
+              help="Registered dataset name or pkg.module:factory. Default: digits.")
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), default=None,
+              help="A TOML recipe file.")
+@click.option("--technique", "techniques", multiple=True, metavar="NAME",
+              help="A stage; repeat for several (instead of --recipe).")
+@click.option("--max-accuracy-drop", type=float, default=None, help="Accuracy points allowed.")
+@click.option("--target-latency", default=None, help="ms/sample at batch 1, or a ratio like 2x.")
+@click.option("--target-size", default=None, help="MiB, or a ratio like 4x.")
+@click.option("--out", default="sconce-out", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Reuse the finished stages in <out>/work.")
+@click.option("--finetune-epochs", default=None, type=float,
+              help="Fine-tuning budget per pruning stage (0 turns it off). Default 1.")
+@click.option("--train-epochs", default=0, show_default=True, type=float,
+              help="Train the model this long before compressing (for untrained models).")
+@click.option("--batch-size", default=None, type=int, help="Batch size of a named dataset.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def compress(model_spec: str | None, data_name: str | None, recipe_file: str | None,
+             techniques: tuple[str, ...], max_accuracy_drop: float | None,
+             target_latency: str | None, target_size: str | None, out: str, device: str,
+             seed: int, resume: bool, finetune_epochs: float | None, train_epochs: float,
+             batch_size: int | None, no_progress: bool) -> None:
+    """Compress a model and print the comparison table (no arguments: the demo)."""
+    from sconce.pipeline import compress as run_compress
+    from sconce.recipe import Recipe
+    from sconce.train import train
+
+    if recipe_file and techniques:
+        raise SconceError("give --recipe or --technique, not both")
+    recipe, constraints, options = (Recipe.from_value(list(techniques) or None), None, {})
+    if recipe_file:
+        recipe, constraints, options = Recipe.from_toml(recipe_file)
+    limits = {"max_accuracy_drop": max_accuracy_drop, "target_latency": target_latency,
+              "target_size_mib": target_size}
+    limits = {k: v for k, v in limits.items() if v is not None}
+    if limits:
+        from sconce.recipe import Constraints
+
+        merged = {**(constraints.to_dict() if constraints else {}), **limits}
+        constraints = Constraints.from_value(merged)
+    data = _load_data(data_name or DEMO_DATA, batch_size)
+    model, kwargs = _build(model_spec or DEMO_MODEL, data)
+    if train_epochs > 0:
+        logger.info("training the model for %g epoch(s) before compressing", train_epochs)
+        train(model, data, train_epochs, device=device, seed=seed, progress=not no_progress)
+    known_options = {"finetune_epochs", "finetune_lr", "distill", "seed", "device"}
+    unknown = set(options) - known_options
+    if unknown:
+        raise SconceError(f"unknown [options] in the recipe: {sorted(unknown)}; "
+                          f"known: {', '.join(sorted(known_options))}")
+    if finetune_epochs is not None:
+        options["finetune_epochs"] = finetune_epochs
+    options.setdefault("seed", seed)
+    options.setdefault("device", device)
+    spec = model_spec or DEMO_MODEL
+    saved_spec = str(Path(spec).resolve()) if Path(spec).is_dir() else spec
+    result = run_compress(model, data, recipe=recipe, constraints=constraints, out=out,
+                          resume=resume, progress=not no_progress, model_spec=saved_spec,
+                          model_kwargs=kwargs, **options)
+    console = _console()
+    console.print(result.report.to_rich_table())
+    for line in result.report.notes_lines():
+        console.print(f"  {line}", highlight=False)
+    console.print(f"saved to {out}/ (model.pt, model.json, report.json, report.md, report.png)",
+                  highlight=False)
+
+
+@cli.command()
+@click.option("--pattern", default="*", show_default=True, help="Glob over technique names.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def techniques(pattern: str, as_json: bool) -> None:
+    """Every installed technique, its package and its config fields."""
+    from sconce.api import list_techniques
+    from sconce.config import describe_fields
+    from sconce.plugins import plugin_infos, registry
+    from sconce.technique import describe
+
+    dists = {info.name: info.distribution for info in plugin_infos()}
+    rows = []
+    for technique in list_techniques(pattern):
+        plugin = registry().origin[("techniques", technique.name)]
+        fields = describe_fields(technique.Config)
+        rows.append({"name": technique.name, "kind": technique.kind,
+                     "package": dists.get(plugin, plugin), "description": describe(technique),
+                     "config": [{"name": n, "type": t, "default": d} for n, t, d in fields]})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no technique installed; pip install sconce-prune sconce-quant")
+        return
+    from rich.table import Table
+
+    table = Table(title="Installed techniques")
+    for column in ("name", "kind", "package", "config", "description"):
+        table.add_column(column)
+    for row in rows:
+        config = ", ".join(f"{f['name']}={f['default']!r}" for f in row["config"])
+        table.add_row(row["name"], row["kind"], row["package"], config, row["description"])
+    _console().print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json: bool) -> None:
+    """Every loaded plugin: its distribution, version and hooks."""
+    from dataclasses import asdict
+
+    from sconce.plugins import plugin_infos
+
+    infos = plugin_infos()
+    if as_json:
+        click.echo(json.dumps([asdict(i) for i in infos], indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="Plugins")
+    for column in ("name", "distribution", "version", "hooks", "status"):
+        table.add_column(column)
+    for info in infos:
+        status = f"failed: {info.error}" if info.error else "loaded"
+        table.add_row(info.name, info.distribution, info.version,
+                      ", ".join(h.removeprefix("sconce_") for h in info.hooks), status)
+    _console().print(table)
+
+
+@cli.command()
+def models() -> None:
+    """Every registered model name."""
+    from sconce.plugins import registry
+
+    reg = registry()
+    for name in sorted(reg.models):
+        click.echo(f"{name}\t({reg.origin[('models', name)]})")
+
+
+@cli.command()
+def datasets() -> None:
+    """Every registered dataset name."""
+    from sconce.plugins import registry
+
+    reg = registry()
+    for name in sorted(reg.datasets):
+        click.echo(f"{name}\t({reg.origin[('datasets', name)]})")
+
+
+@cli.command()
+@click.option("--model", "model_spec", default=DEMO_MODEL, show_default=True, metavar="SPEC")
+@click.option("--data", "data_name", default=DEMO_DATA, show_default=True, metavar="NAME")
+@click.option("--metric", "metric_names", multiple=True, help="Only these metrics (repeatable).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", default=None, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def measure(model_spec: str, data_name: str, metric_names: tuple[str, ...], device: str,
+            batch_size: int | None, as_json: bool) -> None:
+    """The metrics of one model, as a table or JSON."""
+    from sconce.adapter import get_adapter
+    from sconce.context import Context
+    from sconce.metrics.measure import measure_with_context, resolve_metrics
+    from sconce.pipeline import check_model_runs
+    from sconce.report import MetricInfo, Report, StageResult
+    from sconce.runtime import resolve_device
+
+    data = _load_data(data_name, batch_size)
+    model, _ = _build(model_spec, data)
+    adapter = get_adapter(model)
+    resolved = resolve_device(device)
+    check_model_runs(model, data, adapter, resolved)
+    ctx = Context(data=data, adapter=adapter, device=resolved, progress=False)
+    metrics = resolve_metrics(list(metric_names) or None, have_data=True)
+    measured = measure_with_context(model, ctx, metrics)
+    if as_json:
+        click.echo(json.dumps({"values": measured.values, "notes": measured.notes}, indent=2))
+        return
+    report = Report(metrics=[MetricInfo.of(m, measured.labels.get(m.name)) for m in metrics],
+                    stages=[StageResult(model_spec, values=measured.values,
+                                        notes=measured.notes)])
+    _console().print(report.to_rich_table())
+
+
+def build_cli() -> click.Group:
+    """The ``sconce`` group with every plugin's commands added.
+
+    A plugin whose ``sconce_register_commands`` fails is logged and skipped.
+    """
+    from sconce.plugins import plugin_manager
+
+    caller = plugin_manager().hook.sconce_register_commands
+    for impl in caller.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # a broken plugin must not break the CLI
+            logging.getLogger(__name__).warning(
+                "plugin %r failed to add commands: %s: %s", impl.plugin_name,
+                type(exc).__name__, exc)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI; a :class:`SconceError` becomes one line and exit status 2."""
+    try:
+        build_cli().main(args=argv, prog_name="sconce", standalone_mode=False)
+    except SconceError as exc:
+        click.echo(f"sconce: error: {exc}", err=True)
+        return EXIT_USER_ERROR
+    except click.exceptions.Abort:
+        click.echo("sconce: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The context a technique or metric runs in: data, device, adapter, fine-tuning, notes.
+
+The pipeline builds one :class:`Context` per run; ``sconce.measure`` builds a light one.
+Techniques read data and settings from it, fine-tune through it, and leave notes for the
+report (chosen ratios, the engine used) and a restore record for :func:`sconce.load`.
+
+Example:
+    >>> import torch
+    >>> ctx = Context.for_inputs(torch.randn(1, 3, 8, 8))
+    >>> ctx.example_inputs(4).shape
+    torch.Size([4, 3, 8, 8])
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sconce.adapter import ClassifierAdapter, ModelAdapter
+from sconce.data import Data
+from sconce.errors import DataError
+from sconce.evaluation import EvalResult, evaluate
+from sconce.metrics.timing import TimingSettings
+from sconce.recipe import Constraints
+from sconce.train import TrainCallback, train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageNotes:
+    """What a technique leaves for the report and for reloading, for the current stage.
+
+    Attributes:
+        notes: short facts shown under the report (``{"engine": "fbgemm"}``).
+        restore_record: JSON-able record that the technique's ``restore`` reads back.
+        artifacts: files the technique wrote (plots), relative to the output folder.
+        finetuned: the technique fine-tuned the model itself (the pipeline then does not).
+    """
+
+    notes: dict[str, Any] = field(default_factory=dict)
+    restore_record: dict[str, Any] | None = None
+    artifacts: list[Path] = field(default_factory=list)
+    finetuned: bool = False
+
+
+@dataclass
+class Context:
+    """Everything a technique may use.
+
+    Attributes:
+        data: the run's data (None when only example inputs are known).
+        adapter: how to run the model.
+        device: where models run.
+        seed: the run's seed.
+        work_dir: a folder the technique may write to.
+        finetune_epochs: the fine-tuning budget per stage (0 turns fine-tuning off).
+        finetune_lr: learning rate for fine-tuning.
+        teacher: the original model, for distillation (None turns distillation off).
+        constraints: the run's constraints, if any.
+        timing: how latency is measured.
+        progress: whether progress bars may show.
+        measure_split: the split whose accuracy the report shows.
+    """
+
+    data: Data | None = None
+    adapter: ModelAdapter = field(default_factory=ClassifierAdapter)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sconce-")))
+    finetune_epochs: float = 1.0
+    finetune_lr: float = 1e-3
+    teacher: nn.Module | None = None
+    constraints: Constraints | None = None
+    timing: TimingSettings = field(default_factory=TimingSettings)
+    progress: bool = True
+    measure_split: str = "test"
+    inputs: Any = None
+    stage: StageNotes = field(default_factory=StageNotes)
+
+    @classmethod
+    def for_inputs(cls, example_inputs: Any, **fields: Any) -> Context:
+        """A context that knows only example inputs (no data): for measuring a model."""
+        return cls(inputs=example_inputs, **fields)
+
+    # --- data -------------------------------------------------------------------------------
+    def example_inputs(self, batch_size: int = 1) -> Any:
+        """``batch_size`` real inputs from the data (or the given example repeated)."""
+        if self.data is not None:
+            return self.data.example_inputs(batch_size)
+        if self.inputs is None:
+            raise DataError("no data and no example inputs; pass data= or example_inputs=")
+        if isinstance(self.inputs, torch.Tensor):
+            first = self.inputs[:1]
+            return first.expand(batch_size, *first.shape[1:]).contiguous()
+        return tuple(t[:1].expand(batch_size, *t.shape[1:]).contiguous() for t in self.inputs)
+
+    def require_data(self) -> Data:
+        """The data, or a clear error for techniques that cannot work without it."""
+        if self.data is None:
+            raise DataError("this technique needs data; pass data= to compress()")
+        return self.data
+
+    def calibration_inputs(self, max_samples: int = 512) -> Iterator[Any]:
+        """Input batches (no targets) from the calibration split, up to ``max_samples``.
+
+        Raises:
+            DataError: when the calibration data yields nothing.
+        """
+        yielded = False
+        for batch in self.require_data().batches("calibration", max_samples):
+            inputs, _ = self.adapter.split_batch(batch)
+            yielded = True
+            yield self.adapter.to_device(inputs, self.device)
+        if not yielded:
+            raise DataError("the calibration data is empty; give a non-empty "
+                            "'calibration' or 'train' loader")
+
+    # --- running ----------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, split: str = "val",
+                 max_samples: int | None = None) -> EvalResult:
+        """Accuracy and loss of ``model`` on ``split`` (validation by default).
+
+        Example:
+            >>> ctx.evaluate(model).accuracy  # doctest: +SKIP
+            97.5
+        """
+        data = self.require_data()
+        return evaluate(model, data.batches(split, max_samples), self.adapter, self.device,
+                        max_samples=max_samples)
+
+    def finetune(
+        self,
+        model: nn.Module,
+        epochs: float | None = None,
+        teacher: nn.Module | None = None,
+        callbacks: Sequence[TrainCallback] = (),
+        **options: Any,
+    ) -> nn.Module:
+        """Fine-tune ``model`` with the core's loop; distil from ``teacher`` when given.
+
+        ``epochs`` defaults to the run's budget; ``options`` go to :func:`sconce.train`.
+        Returns the same model, fine-tuned.
+        """
+        epochs = self.finetune_epochs if epochs is None else epochs
+        if epochs <= 0:
+            return model
+        options.setdefault("lr", self.finetune_lr)
+        train(model, self.require_data(), epochs, teacher=teacher, callbacks=callbacks,
+              device=self.device, seed=self.seed, progress=self.progress,
+              adapter=self.adapter, **options)
+        self.stage.finetuned = True
+        return model
+
+    # --- notes for the report -----------------------------------------------------------------
+    def note(self, key: str, value: Any) -> None:
+        """Record a fact about this stage for the report (``ctx.note("engine", "x86")``)."""
+        self.stage.notes[key] = value
+
+    def set_restore_record(self, record: dict[str, Any]) -> None:
+        """Leave the JSON-able record this technique's ``restore`` needs to rebuild the model."""
+        self.stage.restore_record = record
+
+    def artifact_path(self, filename: str) -> Path:
+        """A path in the work folder for a file (e.g. a plot) that the report should include."""
+        path = self.work_dir / "artifacts" / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.stage.artifacts.append(path)
+        return path

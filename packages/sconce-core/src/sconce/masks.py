@@ -1,0 +1,55 @@
+"""Keep pruned weights at zero while a model is fine-tuned.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> layer = nn.Linear(4, 4)
+    >>> with torch.no_grad(): layer.weight[:, :2] = 0
+    >>> keeper = KeepZeros.of(layer)
+    >>> with torch.no_grad(): layer.weight.add_(1.0)
+    >>> keeper.apply()
+    >>> int((layer.weight == 0).sum())
+    8
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sconce.train import TrainCallback, TrainState
+
+
+class KeepZeros(TrainCallback):
+    """After every optimizer step, set the weights that were zero back to exactly zero.
+
+    Only parameters with at least ``min_sparsity`` zeros are tracked, so dense models cost
+    nothing.
+    """
+
+    def __init__(self, masks: dict[str, tuple[nn.Parameter, torch.Tensor]]) -> None:
+        self.masks = masks
+
+    @classmethod
+    def of(cls, model: nn.Module, min_sparsity: float = 0.01) -> KeepZeros:
+        """Remember the zero pattern of every weight of ``model`` that is sparse enough."""
+        masks = {}
+        for name, param in model.named_parameters():
+            if param.dim() < 2:
+                continue
+            keep = param.detach() != 0
+            if 1.0 - keep.float().mean().item() >= min_sparsity:
+                masks[name] = (param, keep)
+        return cls(masks)
+
+    def apply(self) -> None:
+        """Zero the masked weights now."""
+        with torch.no_grad():
+            for param, keep in self.masks.values():
+                param.mul_(keep)
+
+    def on_step_end(self, state: TrainState) -> None:
+        self.apply()
+
+    def __bool__(self) -> bool:
+        return bool(self.masks)

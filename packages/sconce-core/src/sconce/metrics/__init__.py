@@ -1,0 +1,9 @@
+"""Metrics: the interface (:mod:`.base`), timing (:mod:`.timing`), the built-in metrics
+(:mod:`.standard`) and :func:`sconce.measure` (:mod:`.measure`)."""
+
+from __future__ import annotations
+
+from sconce.metrics.base import Metric, MetricUnavailable
+from sconce.metrics.timing import TimingSettings, time_call
+
+__all__ = ["Metric", "MetricUnavailable", "TimingSettings", "time_call"]

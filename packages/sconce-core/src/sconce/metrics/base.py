@@ -1,0 +1,59 @@
+"""The metric interface.
+
+A metric is any object with ``name``, ``label``, ``unit``, ``higher_is_better`` and
+``measure(model, ctx)``; :class:`Metric` is a convenience base class. ``measure`` returns a
+float, or raises :class:`MetricUnavailable` with a reason when the metric cannot be
+measured for this model (the report shows the reason instead of a number).
+
+Example:
+    >>> class CountModules(Metric):
+    ...     name, label, unit = "modules", "Modules", ""
+    ...     def measure(self, model, ctx):
+    ...         return float(len(list(model.modules())))
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sconce.context import Context
+
+
+class MetricUnavailable(Exception):
+    """Raised by ``measure`` when the metric does not apply to this model or data."""
+
+
+class Metric:
+    """Convenience base class for metrics.
+
+    Attributes:
+        name: registry key and JSON key (``latency``).
+        label: row label in the report (``Latency b=1``).
+        unit: unit shown next to the label (``ms/sample``).
+        higher_is_better: direction, for ratios and constraint checks.
+        default: measured when no explicit metric list is given.
+        needs_data: needs labelled data (skipped when only example inputs are known).
+        digits: decimals shown in tables.
+        display_scale: tables show ``value / display_scale`` ...
+        display_unit: ... in this unit (``M`` for millions); defaults to ``unit``.
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    unit: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = False
+    default: ClassVar[bool] = True
+    needs_data: ClassVar[bool] = False
+    digits: ClassVar[int] = 3
+    display_scale: ClassVar[float] = 1.0
+    display_unit: ClassVar[str | None] = None
+
+    def measure(self, model: nn.Module, ctx: Context) -> float:
+        """Measure ``model``; raise :class:`MetricUnavailable` when it does not apply."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<metric {self.name} ({self.unit})>"
