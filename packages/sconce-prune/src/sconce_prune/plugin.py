@@ -1,0 +1,13 @@
+"""The ``prune`` plugin: registers the pruning techniques with sconce."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sconce import hookimpl
+
+
+@hookimpl
+def sconce_register_techniques(register: Callable[[Any], None]) -> None:
+    """Register every technique this package offers."""
