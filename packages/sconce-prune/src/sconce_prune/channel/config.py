@@ -1,0 +1,94 @@
+"""The configuration of ``prune.channel``.
+
+Example:
+    >>> ChannelPruneConfig(sparsity=0.5, importance="taylor").round_to
+    8
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sconce.config import PruneConfig, check_choice, check_positive, check_range
+from sconce.errors import ConfigError
+
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
+AGGREGATIONS = ("sum", "mean", "max")
+RANKINGS = ("uniform", "global")
+ATTENTION_MODES = ("heads", "dims")
+ON_UNKNOWN = ("error", "freeze")
+
+
+@dataclass
+class ChannelPruneConfig(PruneConfig):
+    """Structured channel pruning that physically removes channels.
+
+    Attributes:
+        sparsity: fraction of the channels of every prunable group that is removed.
+        importance: how channels are scored: ``l1`` / ``l2`` (norms of the producing weights),
+            ``bn_scale`` (|gamma| of the BatchNorm that follows), ``taylor`` (first-order
+            Taylor, |w * dL/dw|, from a few training batches) or ``random`` (a control).
+        aggregation: how the scores of a channel's coupled layers are combined.
+        ranking: ``uniform`` removes ``sparsity`` of every group; ``global`` ranks all
+            channels together (scores normalised per group) and removes ``sparsity`` of all.
+        round_to: kept widths are multiples of this (hardware-friendly); 1 turns it off.
+        ratios: per-module sparsity overrides, ``{"features.3*": 0.3}`` (fnmatch patterns
+            on the name of the module that produces a group's channels).
+        ignored_layers: modules (fnmatch patterns) whose output channels are never pruned.
+        target_macs: instead of ``sparsity``, search the uniform ratio that keeps at most
+            this fraction of the model's MACs (e.g. 0.25).
+        attention: ``heads`` removes whole attention heads (``num_heads`` shrinks),
+            ``dims`` removes the same dimensions from every head.
+        on_unknown: an operation the engine does not know that touches prunable channels
+            is an ``error`` (default) or ``freeze`` s those channels.
+        taylor_batches: training batches whose gradients the Taylor criterion uses.
+        steps: prune in this many equal steps, fine-tuning between them (iterative pruning).
+        finetune: fine-tune inside the technique (with distillation from the original model
+            when the run distils); the budget is the run's ``finetune_epochs``.
+        fold_bn: fold each BatchNorm into the conv/linear before it in the final model.
+        channels_last: store conv weights channels-last so oneDNN runs NHWC kernels.
+        seed: seed of the random criterion.
+    """
+
+    sparsity: float = 0.5
+    importance: str = "l2"
+    aggregation: str = "sum"
+    ranking: str = "uniform"
+    round_to: int = 8
+    ratios: dict[str, float] = field(default_factory=dict)
+    ignored_layers: list[str] = field(default_factory=list)
+    target_macs: float | None = None
+    attention: str = "heads"
+    on_unknown: str = "error"
+    taylor_batches: int = 4
+    steps: int = 1
+    finetune: bool = True
+    fold_bn: bool = True
+    channels_last: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("importance", self.importance, IMPORTANCES)
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        check_choice("ranking", self.ranking, RANKINGS)
+        check_choice("attention", self.attention, ATTENTION_MODES)
+        check_choice("on_unknown", self.on_unknown, ON_UNKNOWN)
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) \
+                or self.round_to < 1:
+            raise ConfigError(f"round_to must be an int >= 1 (1 turns rounding off), "
+                              f"got {self.round_to!r}")
+        if not isinstance(self.ratios, dict):
+            raise ConfigError(f"ratios must map module-name patterns to sparsities, "
+                              f"got {self.ratios!r}")
+        for pattern, ratio in self.ratios.items():
+            check_range(f"ratios[{pattern!r}]", ratio, 0.0, 1.0, high_inclusive=False)
+        if isinstance(self.ignored_layers, str) or not all(
+                isinstance(p, str) for p in self.ignored_layers):
+            raise ConfigError(f"ignored_layers must be a list of module-name patterns, "
+                              f"got {self.ignored_layers!r}")
+        if self.target_macs is not None:
+            check_range("target_macs", self.target_macs, 0.0, 1.0, low_inclusive=False)
+        check_positive("taylor_batches", self.taylor_batches)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be an int >= 1, got {self.steps!r}")

@@ -1,0 +1,106 @@
+"""Fold each BatchNorm into the conv / linear layer right before it (for deployment).
+
+``y = gamma * (W x + b - mean) / sqrt(var + eps) + beta`` equals a conv with weights
+``W * s`` and bias ``(b - mean) * s + beta`` where ``s = gamma / sqrt(var + eps)``. The
+BatchNorm becomes an ``nn.Identity`` so the forward code is unchanged. Only pairs found in
+the traced graph are folded: the BatchNorm reads the layer's output and nothing else does.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    >>> x = torch.randn(2, 3, 8, 8)
+    >>> before = net(x)
+    >>> fold_batchnorms(net, x[:1])
+    ['1']
+    >>> torch.allclose(before, net(x), atol=1e-5), type(net[1]).__name__
+    (True, 'Identity')
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from sconce_prune.channel.tracing import trace
+
+logger = logging.getLogger(__name__)
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+             nn.ConvTranspose3d, nn.Linear)
+
+
+def fold_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
+    """Fold every foldable BatchNorm of ``model`` in place; returns their names.
+
+    Args:
+        model: the model (its BatchNorms must hold running statistics).
+        example_inputs: inputs for tracing (batch 1 is enough).
+
+    Returns:
+        The qualified names of the BatchNorms replaced by ``nn.Identity``.
+    """
+    gm = trace(model, example_inputs)
+    calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+    folded = []
+    for node in gm.graph.nodes:
+        pair = _foldable_pair(gm, node, calls)
+        if pair is None:
+            continue
+        layer, norm = pair
+        _fold(model.get_submodule(layer), model.get_submodule(norm))
+        parent, _, child = norm.rpartition(".")
+        setattr(model.get_submodule(parent), child, nn.Identity())
+        folded.append(norm)
+    if folded:
+        logger.info("folded %d BatchNorm layers", len(folded))
+    return folded
+
+
+def _foldable_pair(gm: fx.GraphModule, node: fx.Node, calls: Counter[str]
+                   ) -> tuple[str, str] | None:
+    if node.op != "call_module" or calls[str(node.target)] != 1:
+        return None
+    norm = gm.get_submodule(str(node.target))
+    if not isinstance(norm, _BATCH_NORMS) or norm.running_mean is None:
+        return None
+    source = node.args[0] if node.args else None
+    if not isinstance(source, fx.Node) or source.op != "call_module" \
+            or calls[str(source.target)] != 1 or len(source.users) != 1:
+        return None
+    layer = gm.get_submodule(str(source.target))
+    if not isinstance(layer, _FOLDABLE):
+        return None
+    if isinstance(layer, nn.Linear):
+        shape = source.meta.get("tensor_meta")
+        if shape is None or len(shape.shape) != 2:  # BatchNorm1d reads (N, C) only here
+            return None
+    return str(source.target), str(node.target)
+
+
+def _fold(layer: nn.Module, norm: nn.Module) -> None:
+    with torch.no_grad():
+        scale = norm.running_var.add(norm.eps).rsqrt()  # type: ignore[union-attr]
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale  # type: ignore[operator]
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        weight = layer.weight
+        if getattr(layer, "transposed", False):
+            groups = int(layer.groups)  # type: ignore[arg-type]
+            shape = weight.shape
+            view = weight.view(groups, shape[0] // groups, shape[1], *shape[2:])
+            factor = scale.view(groups, 1, shape[1], *([1] * (weight.dim() - 2)))
+            weight.copy_((view * factor).view(shape))
+        else:
+            weight.mul_(scale.view(-1, *([1] * (weight.dim() - 1))))
+        if layer.bias is None:
+            layer.bias = nn.Parameter(shift.clone())
+        else:
+            layer.bias.copy_(layer.bias * scale + shift)

@@ -1,0 +1,82 @@
+"""Channel groups: the channels that live in exactly the same set of layers.
+
+After coupling, each channel is a root variable. Channels that appear in the same slots (the
+same conv filters, BatchNorm, next-layer columns ...) form a group: one "layer width" of the
+network (for a residual stream, every layer that reads or writes it). Groups are what the
+ratios, ``round_to`` and the ranking act on.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from sconce_prune.channel.graph import build_dependency_graph
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    >>> [(g.name, g.size) for g in find_groups(build_dependency_graph(net, torch.randn(1, 3, 8, 8)))]
+    [('0', 8)]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sconce_prune.channel.graph import DependencyGraph
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChannelGroup:
+    """Channels sharing the same layers.
+
+    Attributes:
+        name: the module that produces the channels (named in reports and ``ratios``).
+        roots: the prunable channels (root variables), ascending.
+        size: all channels of the group (frozen ones included).
+        slots: indices into ``graph.slots`` of the tensors holding these channels.
+        multiplicity: positions per channel in the producing tensor (heads hold ``head_dim``
+            positions each), so ``round_to`` acts on real widths.
+    """
+
+    name: str
+    roots: np.ndarray
+    size: int
+    slots: list[int]
+    multiplicity: int
+
+
+def slot_roots(graph: DependencyGraph) -> list[np.ndarray]:
+    """The root variable of every position of every slot (cached on the graph)."""
+    cached = getattr(graph, "_slot_roots", None)
+    if cached is None:
+        cached = [graph.space.roots(slot.ids) for slot in graph.slots]
+        graph._slot_roots = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def find_groups(graph: DependencyGraph) -> list[ChannelGroup]:
+    """Group the prunable channels of ``graph`` by the set of slots they appear in."""
+    roots_per_slot = slot_roots(graph)
+    signature: dict[int, list[int]] = defaultdict(list)
+    for index, roots in enumerate(roots_per_slot):
+        for root in np.unique(roots).tolist():
+            signature[root].append(index)
+    members: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for root, slots in signature.items():
+        members[tuple(slots)].append(root)
+    groups = []
+    for slots, roots in members.items():
+        prunable = np.asarray(sorted(r for r in roots if not graph.space.is_frozen(r)),
+                              dtype=np.int64)
+        if prunable.size == 0:
+            continue
+        producer = next((i for i in slots if graph.slots[i].role == "out"), slots[0])
+        positions = int((roots_per_slot[producer] == prunable[0]).sum())
+        groups.append(ChannelGroup(graph.origin[int(prunable[0])], prunable, len(roots),
+                                   list(slots), max(1, positions)))
+    groups.sort(key=lambda g: g.slots[0])
+    return groups

@@ -1,0 +1,134 @@
+"""Physical removal: shrink parameters, buffers and the attributes that describe them.
+
+Every slot of the dependency graph becomes an ``index_select`` of its tensor along its dim;
+then the attributes that count channels (``in_channels``, ``groups``, ``num_features``,
+``normalized_shape``, ``embed_dim``, ``num_heads``, ``head_dim`` ...) are set from the kept
+positions, and code constants that size channels are updated through the attribute they
+came from. The model stays a plain module of ordinary layers.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from sconce_prune.channel.graph import build_dependency_graph
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 3))
+    >>> graph = build_dependency_graph(net, torch.randn(1, 3, 8, 8))
+    >>> remove_channels(net, graph, {int(graph.groups()[0].roots[0])})
+    >>> net[0].out_channels, net[1].weight.shape[1]
+    (3, 3)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+import torch
+from sconce.errors import TechniqueError
+from torch import nn
+
+from sconce_prune.channel.graph import DependencyGraph, ShapeConstant
+from sconce_prune.channel.groups import slot_roots
+
+logger = logging.getLogger(__name__)
+
+
+def kept(roots: np.ndarray, removed: set[int]) -> np.ndarray:
+    """Boolean mask of the positions whose root variable is not removed."""
+    if not removed:
+        return np.ones(roots.shape, dtype=bool)
+    return ~np.isin(roots, np.fromiter(removed, dtype=np.int64, count=len(removed)))
+
+
+def axis_size(alive: np.ndarray, axis: int) -> int:
+    """The size along ``axis`` of a pruned id tensor: the most kept positions of any line
+    along it (lines through removed heads keep none; slices of a fused projection may keep
+    different positions but the same count)."""
+    if alive.ndim == 1:
+        return int(alive.sum())
+    return int(alive.sum(axis=axis).max())
+
+
+def new_size(constant: ShapeConstant, graph: DependencyGraph, removed: set[int]) -> int:
+    """The size along a constant's axis after removing ``removed``."""
+    return axis_size(kept(graph.space.roots(constant.ids), removed), constant.axis)
+
+
+def attribute_updates(graph: DependencyGraph, removed: set[int]
+                      ) -> tuple[dict[tuple[str, str], int], list[ShapeConstant]]:
+    """The attribute changes the code constants need, and the constants that cannot change
+    (no attribute, or two different new values for one attribute)."""
+    updates: dict[tuple[str, str], int] = {}
+    blocked: list[ShapeConstant] = []
+    claims: dict[tuple[str, str], list[ShapeConstant]] = defaultdict(list)
+    for constant in graph.constants:
+        size = new_size(constant, graph, removed)
+        if size == constant.old:
+            continue
+        if constant.attr is None:
+            blocked.append(constant)
+            continue
+        key = (constant.module, constant.attr)
+        claims[key].append(constant)
+        if updates.setdefault(key, size) != size:
+            blocked.extend(claims[key])
+    return updates, blocked
+
+
+def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
+                    updates: dict[tuple[str, str], int] | None = None) -> None:
+    """Remove the channels ``removed`` (root variables) from ``model`` in place.
+
+    Args:
+        model: the model the graph was built from.
+        graph: its dependency graph.
+        removed: root variables to remove.
+        updates: attribute changes for code constants (from :func:`attribute_updates`).
+    """
+    roots_per_slot = slot_roots(graph)
+    selections: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
+    for slot, roots in zip(graph.slots, roots_per_slot):
+        mask = kept(roots, removed)
+        if not mask.all():
+            selections[(slot.module, slot.tensor)].append((slot.dim, np.nonzero(mask)[0]))
+    for (module_name, tensor_name), cuts in selections.items():
+        _shrink(model.get_submodule(module_name), tensor_name, cuts)
+    for count in graph.counts:
+        alive = int(kept(graph.space.roots(count.ids), removed).sum()) // count.divisor
+        module = model.get_submodule(count.module)
+        if count.index is None:
+            setattr(module, count.attr, alive)
+        else:
+            value = list(getattr(module, count.attr))
+            value[count.index] = alive
+            setattr(module, count.attr, tuple(value))
+    for layout in graph.heads:
+        _set_heads(model.get_submodule(layout.module), graph, layout.ids, removed)
+    for (module_name, attr), value in (updates or {}).items():
+        setattr(model.get_submodule(module_name), attr, value)
+
+
+def _shrink(module: nn.Module, name: str, cuts: list[tuple[int, np.ndarray]]) -> None:
+    tensor = getattr(module, name)
+    data = tensor.detach()
+    for dim, keep in cuts:
+        data = data.index_select(dim, torch.as_tensor(keep, device=data.device))
+    if name in module._parameters:
+        module._parameters[name] = nn.Parameter(data, requires_grad=tensor.requires_grad)
+    elif name in module._buffers:
+        module._buffers[name] = data
+    else:
+        raise TechniqueError(f"{type(module).__name__}.{name} is neither a parameter nor a "
+                             "buffer; prune.channel cannot resize it")
+
+
+def _set_heads(module: nn.Module, graph: DependencyGraph, layout: np.ndarray,
+               removed: set[int]) -> None:
+    alive = kept(graph.space.roots(layout), removed)
+    per_head = alive.sum(axis=1)
+    heads = per_head[per_head > 0]
+    if heads.size == 0 or len(set(heads.tolist())) != 1:
+        raise TechniqueError(f"pruning would leave unequal heads in {type(module).__name__} "
+                             f"(kept dims per head: {per_head.tolist()}); this is a bug")
+    module.num_heads = int(heads.size)
+    module.head_dim = int(heads[0])
