@@ -7,7 +7,10 @@ from typing import Any
 
 from sconce import hookimpl
 
+from sconce_prune.channel import ChannelPruning
+
 
 @hookimpl
 def sconce_register_techniques(register: Callable[[Any], None]) -> None:
     """Register every technique this package offers."""
+    register(ChannelPruning())
