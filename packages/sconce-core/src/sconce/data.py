@@ -183,8 +183,7 @@ class Data:
 
         Several batches are concatenated when one batch is smaller than ``batch_size``.
         """
-        loader = self.test or self.val or self.train
-        assert loader is not None
+        loader = next(split for split in (self.test, self.val, self.train) if split is not None)
         chunks: list[Any] = []
         have = 0
         for batch in loader:

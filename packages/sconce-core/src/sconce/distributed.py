@@ -82,3 +82,13 @@ def shard_loader(loader: DataLoader, seed: int) -> DataLoader:
         pin_memory=loader.pin_memory,
         drop_last=loader.drop_last,
     )
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank.
+
+    DDP syncs buffers at the start of each forward, so after the last step each rank holds
+    statistics updated by its own last batch; this makes the final models identical.
+    """
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)

@@ -113,7 +113,14 @@ def rebuild(base: nn.Module, stages: list[StageRecord]) -> nn.Module:
         if restore is None:
             continue
         config = make_config(technique, stage.config)
-        model = restore(model, config, stage.record or {})
+        try:
+            model = restore(model, config, stage.record or {})
+        except Exception as exc:
+            raise ModelError(
+                f"{stage.technique} could not rebuild its structure on this model "
+                f"({type(exc).__name__}: {exc}); the weights do not fit this architecture — "
+                "give a fresh instance of the original model"
+            ) from None
     return model
 
 

@@ -262,6 +262,8 @@ def train(
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "epoch": epoch, "step": state.step, "history": state.history,
             })
+    if use_ddp:
+        distributed.broadcast_buffers(model)
     for callback in callbacks:
         callback.on_train_end(state)
     model.eval()

@@ -10,14 +10,15 @@ standard layers, traceable by ``torch.fx.symbolic_trace`` and
 Example:
     >>> import torch
     >>> from sconce.models import MODEL_FACTORIES
-    >>> model = MODEL_FACTORIES["resnet18"](num_classes=10, in_channels=1, image_size=28)
+    >>> factory = MODEL_FACTORIES["resnet18"]
+    >>> model = factory(num_classes=10, in_channels=1, image_size=28)
     >>> model(torch.randn(2, 1, 28, 28)).shape
     torch.Size([2, 10])
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -56,4 +57,4 @@ MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv2": mobilenet_v2,
     "vit": vit,
 }
-"""Registry name -> factory ``(*, num_classes, in_channels, image_size, **overrides)``."""
+"""Registry name -> factory taking ``num_classes``, ``in_channels``, ``image_size``."""

@@ -9,7 +9,7 @@ from torch import nn
 
 from sconce.models._layers import check_shape_args, conv_bn_act, init_conv_bn
 
-__all__ = ["InvertedResidual", "MOBILENET_V2_SETTINGS", "MobileNetV2", "mobilenet_v2"]
+__all__ = ["MOBILENET_V2_SETTINGS", "InvertedResidual", "MobileNetV2", "mobilenet_v2"]
 
 MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
     # expand ratio t, output channels c, repeats n, first stride s
@@ -62,14 +62,20 @@ class InvertedResidual(nn.Module):
         (True, torch.Size([1, 16, 8, 8]))
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, expand_ratio: int
+    ) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
         layers: list[nn.Module] = []
         if expand_ratio != 1:
-            layers.append(conv_bn_act(in_channels, hidden, kernel_size=1, activation=nn.ReLU6))
+            layers.append(
+                conv_bn_act(in_channels, hidden, kernel_size=1, activation=nn.ReLU6)
+            )
         layers += [
-            conv_bn_act(hidden, hidden, stride=stride, groups=hidden, activation=nn.ReLU6),
+            conv_bn_act(
+                hidden, hidden, stride=stride, groups=hidden, activation=nn.ReLU6
+            ),
             conv_bn_act(hidden, out_channels, kernel_size=1, activation=None),
         ]
         self.block = nn.Sequential(*layers)
@@ -82,10 +88,12 @@ class InvertedResidual(nn.Module):
             x: Input of shape ``(batch, in_channels, h, w)``.
 
         Returns:
-            Output of shape ``(batch, out_channels, ceil(h / stride), ceil(w / stride))``.
+            Output of shape ``(batch, out_channels, ceil(h / stride),
+            ceil(w / stride))``.
 
         Example:
-            >>> InvertedResidual(8, 16, stride=2, expand_ratio=6)(torch.randn(1, 8, 8, 8)).shape
+            >>> block = InvertedResidual(8, 16, stride=2, expand_ratio=6)
+            >>> block(torch.randn(1, 8, 8, 8)).shape
             torch.Size([1, 16, 4, 4])
         """
         out = self.block(x)
@@ -135,16 +143,28 @@ class MobileNetV2(nn.Module):
         super().__init__()
         check_shape_args(num_classes, in_channels, image_size)
         if not width_mult > 0:
-            raise ValueError(f"width_mult must be > 0 (1.0 is the standard width), got {width_mult!r}")
+            raise ValueError(
+                "width_mult must be > 0 (1.0 is the standard width), "
+                f"got {width_mult!r}"
+            )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1) (0 disables it), got {dropout!r}")
+            raise ValueError(
+                f"dropout must be in [0, 1) (0 disables it), got {dropout!r}"
+            )
         if small_input is None:
             small_input = image_size < 64
         channels = _make_divisible(32 * width_mult)
         layers: list[nn.Module] = [
-            conv_bn_act(in_channels, channels, stride=1 if small_input else 2, activation=nn.ReLU6)
+            conv_bn_act(
+                in_channels,
+                channels,
+                stride=1 if small_input else 2,
+                activation=nn.ReLU6,
+            )
         ]
-        keep_next_stride2 = small_input  # small inputs: first stride-2 stage keeps resolution
+        keep_next_stride2 = (
+            small_input  # small inputs: first stride-2 stage keeps resolution
+        )
         for expand_ratio, width, repeats, first_stride in MOBILENET_V2_SETTINGS:
             out_channels = _make_divisible(width * width_mult)
             stride = first_stride
@@ -152,11 +172,20 @@ class MobileNetV2(nn.Module):
                 stride, keep_next_stride2 = 1, False
             for index in range(repeats):
                 layers.append(
-                    InvertedResidual(channels, out_channels, stride if index == 0 else 1, expand_ratio)
+                    InvertedResidual(
+                        channels,
+                        out_channels,
+                        stride if index == 0 else 1,
+                        expand_ratio,
+                    )
                 )
                 channels = out_channels
         self.last_channels = _make_divisible(1280 * max(1.0, width_mult))
-        layers.append(conv_bn_act(channels, self.last_channels, kernel_size=1, activation=nn.ReLU6))
+        layers.append(
+            conv_bn_act(
+                channels, self.last_channels, kernel_size=1, activation=nn.ReLU6
+            )
+        )
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
@@ -183,7 +212,11 @@ class MobileNetV2(nn.Module):
 
 
 def mobilenet_v2(
-    *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **overrides: Any
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    **overrides: Any,
 ) -> MobileNetV2:
     """Build a :class:`MobileNetV2`.
 
@@ -203,5 +236,8 @@ def mobilenet_v2(
         3504872
     """
     return MobileNetV2(
-        num_classes=num_classes, in_channels=in_channels, image_size=image_size, **overrides
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        **overrides,
     )

@@ -42,7 +42,9 @@ class BasicBlock(nn.Module):
         self.conv1 = conv_bn_act(in_channels, out_channels, stride=stride)
         self.conv2 = conv_bn_act(out_channels, out_channels, activation=None)
         self.shortcut = (
-            conv_bn_act(in_channels, out_channels, kernel_size=1, stride=stride, activation=None)
+            conv_bn_act(
+                in_channels, out_channels, kernel_size=1, stride=stride, activation=None
+            )
             if stride != 1 or in_channels != out_channels
             else None
         )
@@ -55,7 +57,8 @@ class BasicBlock(nn.Module):
             x: Input of shape ``(batch, in_channels, h, w)``.
 
         Returns:
-            Output of shape ``(batch, out_channels, ceil(h / stride), ceil(w / stride))``.
+            Output of shape ``(batch, out_channels, ceil(h / stride),
+            ceil(w / stride))``.
 
         Example:
             >>> BasicBlock(8, 8)(torch.randn(1, 8, 4, 4)).shape
@@ -108,7 +111,8 @@ class ResNet(nn.Module):
         check_shape_args(num_classes, in_channels, image_size)
         if len(depths) == 0 or len(depths) != len(widths):
             raise ValueError(
-                f"depths and widths must be non-empty and of equal length (one entry per stage), "
+                "depths and widths must be non-empty and of equal length "
+                "(one entry per stage), "
                 f"got depths={tuple(depths)!r} and widths={tuple(widths)!r}"
             )
         for name, values in (("depths", depths), ("widths", widths)):
@@ -125,7 +129,7 @@ class ResNet(nn.Module):
             )
         stages: list[nn.Module] = []
         channels = widths[0]
-        for index, (depth, width) in enumerate(zip(depths, widths)):
+        for index, (depth, width) in enumerate(zip(depths, widths, strict=True)):
             blocks = [BasicBlock(channels, width, stride=1 if index == 0 else 2)]
             blocks += [BasicBlock(width, width) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*blocks))
@@ -176,8 +180,8 @@ def resnet(
         The model.
 
     Example:
-        >>> model = resnet(depths=(1, 1, 1), widths=(16, 32, 64), in_channels=1, image_size=28)
-        >>> model(torch.randn(1, 1, 28, 28)).shape
+        >>> model = resnet(depths=(1, 1, 1), widths=(16, 32, 64), image_size=28)
+        >>> model(torch.randn(1, 3, 28, 28)).shape
         torch.Size([1, 10])
     """
     return ResNet(
@@ -191,7 +195,11 @@ def resnet(
 
 
 def resnet18(
-    *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **overrides: Any
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    **overrides: Any,
 ) -> ResNet:
     """Build ResNet-18 (``depths=(2, 2, 2, 2)``, ``widths=(64, 128, 256, 512)``).
 
@@ -213,4 +221,9 @@ def resnet18(
         >>> sum(p.numel() for p in model.parameters())
         11689512
     """
-    return ResNet(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **overrides)
+    return ResNet(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        **overrides,
+    )

@@ -29,12 +29,16 @@ def _auto_patch_size(image_size: int) -> int:
         >>> _auto_patch_size(32), _auto_patch_size(28), _auto_patch_size(224)
         (4, 4, 28)
     """
-    patch = next(p for p in range(1, image_size + 1) if image_size % p == 0 and image_size <= 8 * p)
+    patch = next(
+        p
+        for p in range(1, image_size + 1)
+        if image_size % p == 0 and image_size <= 8 * p
+    )
     if patch == image_size > 8:
         raise ValueError(
-            f"cannot choose a patch size for image_size={image_size}: its only divisor giving "
-            "at most an 8x8 grid is the whole image; pass patch_size= explicitly or resize "
-            "the images (e.g. to a multiple of 4)"
+            f"cannot choose a patch size for image_size={image_size}: its only "
+            "divisor giving at most an 8x8 grid is the whole image; pass "
+            "patch_size= explicitly or resize the images (e.g. to a multiple of 4)"
         )
     return patch
 
@@ -131,7 +135,11 @@ class ViT(nn.Module):
     ) -> None:
         super().__init__()
         check_shape_args(num_classes, in_channels, image_size)
-        for name, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+        for name, value in (
+            ("embed_dim", embed_dim),
+            ("depth", depth),
+            ("num_heads", num_heads),
+        ):
             check_positive_int(name, value)
         if embed_dim % num_heads:
             raise ValueError(
@@ -150,7 +158,9 @@ class ViT(nn.Module):
             )
         self.patch_size = patch_size
         num_patches = (image_size // patch_size) ** 2
-        self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size)
+        self.patch_embed = nn.Conv2d(
+            in_channels, embed_dim, patch_size, stride=patch_size
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
         self.blocks = nn.Sequential(
@@ -180,7 +190,13 @@ class ViT(nn.Module):
         return self.head(self.norm(self.blocks(tokens))[:, 0])
 
 
-def vit(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **overrides: Any) -> ViT:
+def vit(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    **overrides: Any,
+) -> ViT:
     """Build a small :class:`ViT` (64-dim tokens, 4 blocks, 4 heads).
 
     Args:
@@ -198,4 +214,9 @@ def vit(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **
         >>> model(torch.randn(1, 1, 28, 28)).shape
         torch.Size([1, 10])
     """
-    return ViT(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **overrides)
+    return ViT(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        **overrides,
+    )
