@@ -8,9 +8,15 @@ from typing import Any
 from sconce import hookimpl
 
 from sconce_prune.channel import ChannelPruning
+from sconce_prune.gmp import GradualMagnitudePruning
+from sconce_prune.magnitude import MagnitudePruning
+from sconce_prune.nm import NMPruning
 
 
 @hookimpl
 def sconce_register_techniques(register: Callable[[Any], None]) -> None:
     """Register every technique this package offers."""
+    register(GradualMagnitudePruning())
+    register(MagnitudePruning())
+    register(NMPruning())
     register(ChannelPruning())

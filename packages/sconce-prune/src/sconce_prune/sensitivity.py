@@ -73,7 +73,7 @@ SEARCH_TOLERANCE = 0.01
 
 __all__ = [
     "DEFAULT_RATIOS", "Allocation", "CandidateFn", "Curve", "Evaluator", "Sensitivity",
-    "allocate", "choose_ratios", "plot_sensitivity", "scan_sensitivity",
+    "allocate", "check_ratios", "choose_ratios", "plot_sensitivity", "scan_sensitivity",
 ]
 
 
@@ -190,7 +190,7 @@ def scan_sensitivity(
         >>> sens.curves["x"].accuracy
         (90.0,)
     """
-    grid = _check_ratios(ratios)
+    grid = check_ratios(ratios)
     if not layers:
         raise ConfigError("no layers to analyse; every prunable layer is skipped")
     base = evaluate({})
@@ -394,7 +394,13 @@ def plot_sensitivity(sensitivity: Sensitivity, path: str | Path,
 
 
 # --- internals ----------------------------------------------------------------------------
-def _check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
+def check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
+    """The ratios as a tuple, or a :class:`ConfigError` unless strictly increasing in (0, 1).
+
+    Example:
+        >>> check_ratios([0.5, 0.9])
+        (0.5, 0.9)
+    """
     grid = tuple(float(r) for r in ratios)
     if not grid:
         raise ConfigError("sensitivity ratios must not be empty")
