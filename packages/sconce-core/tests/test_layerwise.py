@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from sconce.errors import ConfigError, DataError
 from sconce.layerwise import LayerInputs, find_blocks, input_rows, run_layerwise
-from torch import nn
 
 
 def _hessian(rows: torch.Tensor) -> torch.Tensor:

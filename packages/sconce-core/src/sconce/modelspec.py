@@ -36,7 +36,8 @@ def _call_factory(factory: Callable[..., Any], spec: str, kwargs: dict[str, Any]
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build model {spec!r}: {exc}") from None
     if not isinstance(model, nn.Module):
-        raise ModelError(f"model spec {spec!r} gave a {type(model).__name__}, not a torch nn.Module")
+        raise ModelError(f"model spec {spec!r} gave a {type(model).__name__}, "
+                         "not a torch nn.Module")
     return model
 
 

@@ -289,7 +289,8 @@ def compress(
     check_model_runs(working, resolved_data, adapter, device)
 
     if work_dir is None:
-        work_dir = Path(out) / "work" if out is not None else Path(tempfile.mkdtemp(prefix="sconce-"))
+        work_dir = (Path(out) / "work" if out is not None
+                    else Path(tempfile.mkdtemp(prefix="sconce-")))
     work_dir = Path(work_dir)
     ctx = Context(
         data=resolved_data, adapter=adapter, device=device, seed=seed, work_dir=work_dir,

@@ -199,7 +199,8 @@ class Constraints:
         target_macs: MACs per sample, or a reduction ratio like ``"2x"``.
 
     Example:
-        >>> Constraints.from_value({"max_accuracy_drop": 1, "target_size_mib": "4x"}).target_size_mib
+        >>> limits = Constraints.from_value({"max_accuracy_drop": 1, "target_size_mib": "4x"})
+        >>> limits.target_size_mib
         Target(value=4.0, is_ratio=True)
     """
 

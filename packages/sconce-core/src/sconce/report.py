@@ -143,7 +143,8 @@ class Report:
         table = Table(title="Comparison Table", show_lines=False)
         table.add_column("", justify="left", style="bold")
         for stage in self.stages:
-            heading = stage.title if stage.technique is None else f"{stage.title}\n{stage.technique}"
+            heading = (stage.title if stage.technique is None
+                       else f"{stage.title}\n{stage.technique}")
             table.add_column(heading, justify="right")
         for info in self.metrics:
             table.add_row(info.heading, *(self.cell(info, i) for i in range(len(self.stages))))

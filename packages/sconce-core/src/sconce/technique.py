@@ -43,8 +43,15 @@ if TYPE_CHECKING:
 
 KINDS: tuple[str, ...] = ("prune", "quantize", "sparsify", "search", "convert")
 
-__all__ = ["KINDS", "Technique", "TechniqueProtocol", "make_config", "validate_technique",
-           "PruneConfig", "QuantizeConfig"]
+__all__ = [
+    "KINDS",
+    "PruneConfig",
+    "QuantizeConfig",
+    "Technique",
+    "TechniqueProtocol",
+    "make_config",
+    "validate_technique",
+]
 
 
 @runtime_checkable
@@ -113,7 +120,8 @@ def validate_technique(technique: Any) -> None:
         raise PluginError(f"technique {label} lacks {', '.join(missing)}")
     if technique.kind not in KINDS:
         raise PluginError(
-            f"technique {technique.name!r} has kind {technique.kind!r}; use one of {', '.join(KINDS)}"
+            f"technique {technique.name!r} has kind {technique.kind!r}; "
+            f"use one of {', '.join(KINDS)}"
         )
     if "." not in technique.name:
         raise PluginError(

@@ -194,7 +194,8 @@ def train(
     own_schedule = optimizer is None
     optimizer = optimizer or default_optimizer(model, lr, weight_decay)
     if own_schedule and scheduler is None:
-        scheduler = cosine_schedule(optimizer, total_steps, warmup_steps=min(100, total_steps // 20))
+        warmup = min(100, total_steps // 20)
+        scheduler = cosine_schedule(optimizer, total_steps, warmup_steps=warmup)
     state = TrainState(model=model, optimizer=optimizer, total_steps=total_steps)
 
     start_epoch = 0

