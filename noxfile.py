@@ -58,8 +58,8 @@ def tests(session: nox.Session, package: str) -> None:
     """One package's tests, in an environment with only sconce-core and that package."""
     _install(session, *_editable("sconce-core", extra="test"),
              *(_editable(package, extra="test") if package != "sconce-core" else []))
-    session.run("python", "-m", "pytest", f"packages/{package}/tests", "-q",
-                "-p", "no:cacheprovider", *session.posargs)
+    session.run("python", "-m", "pytest", f"packages/{package}/tests", f"packages/{package}/src",
+                "--doctest-modules", "-q", "-p", "no:cacheprovider", *session.posargs)
 
 
 @nox.session

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_MODEL = "demo"
 DEMO_DATA = "digits"
+DEMO_FINETUNE_EPOCHS = 5  # digits is small: 5 epochs are ~100 optimizer steps, seconds
 EXIT_USER_ERROR = 2
 
 
@@ -103,7 +104,8 @@ def _build(spec: str, data: Any) -> tuple[Any, dict[str, Any]]:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Reuse the finished stages in <out>/work.")
 @click.option("--finetune-epochs", default=None, type=float,
-              help="Fine-tuning budget per pruning stage (0 turns it off). Default 1.")
+              help="Fine-tuning budget per pruning stage (0 turns it off). "
+                   f"Default 1 ({DEMO_FINETUNE_EPOCHS} for the demo).")
 @click.option("--train-epochs", default=0, show_default=True, type=float,
               help="Train the model this long before compressing (for untrained models).")
 @click.option("--batch-size", default=None, type=int, help="Batch size of a named dataset.")
@@ -143,6 +145,8 @@ def compress(model_spec: str | None, data_name: str | None, recipe_file: str | N
                           f"known: {', '.join(sorted(known_options))}")
     if finetune_epochs is not None:
         options["finetune_epochs"] = finetune_epochs
+    elif model_spec is None and data_name is None:
+        options.setdefault("finetune_epochs", DEMO_FINETUNE_EPOCHS)
     options.setdefault("seed", seed)
     options.setdefault("device", device)
     spec = model_spec or DEMO_MODEL

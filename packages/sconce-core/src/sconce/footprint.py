@@ -60,8 +60,8 @@ def tensor_nbytes(tensor: torch.Tensor) -> int:
     Example:
         >>> tensor_nbytes(torch.zeros(3, 4))
         48
-        >>> tensor_nbytes(torch.eye(4).to_sparse_csr())  # 4 values + 4 col indices + 5 row ptrs
-        80
+        >>> tensor_nbytes(torch.eye(4).to_sparse_csr())  # 4 values, 4 col indices, 5 row ptrs
+        88
     """
     layout = tensor.layout
     if layout == torch.sparse_coo:
@@ -117,8 +117,8 @@ def default_module_footprint(module: nn.Module, seen: set[int] | None = None) ->
     and the ids of counted tensors are added to it.
 
     Example:
-        >>> default_module_footprint(nn.BatchNorm1d(4))  # weight, bias; 2 stats + a counter
-        Footprint(params=8, nonzero=8, nbytes=72)
+        >>> default_module_footprint(nn.BatchNorm1d(4))  # bias starts at 0; stats + a counter
+        Footprint(params=8, nonzero=4, nbytes=72)
     """
     seen = set() if seen is None else seen
     params = nonzero = nbytes = 0

@@ -6,7 +6,7 @@ Example:
     >>> layer = nn.Linear(4, 4)
     >>> with torch.no_grad(): layer.weight[:, :2] = 0
     >>> keeper = KeepZeros.of(layer)
-    >>> with torch.no_grad(): layer.weight.add_(1.0)
+    >>> with torch.no_grad(): _ = layer.weight.add_(1.0)
     >>> keeper.apply()
     >>> int((layer.weight == 0).sum())
     8
