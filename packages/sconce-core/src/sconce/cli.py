@@ -36,16 +36,26 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr)
 
 
+class _OwnInfo(logging.Filter):
+    """Show sconce's and its plugins' (``sconce*`` loggers) info lines; others' warnings only."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.name.startswith("sconce")
+        return record.levelno >= (self.level if own else max(self.level, logging.WARNING))
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("sconce: %(message)s"))
-    root = logging.getLogger("sconce")
+    handler.addFilter(_OwnInfo(level))
+    root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.propagate = False
-    for name in ("sconce_prune", "sconce_quant", "sconce_sparse", "sconce_nas", "sconce_snn"):
-        logging.getLogger(name).parent = root
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
