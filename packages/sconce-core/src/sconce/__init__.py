@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sconce import models
 from sconce.adapter import ClassifierAdapter, ModelAdapter, get_adapter
+from sconce.api import get_technique, list_techniques
 from sconce.config import Config, PruneConfig, QuantizeConfig
 from sconce.context import Context
 from sconce.data import Data
@@ -35,7 +36,6 @@ from sconce.report import Report, StageResult
 from sconce.serialization import load
 from sconce.technique import Technique, TechniqueProtocol
 from sconce.train import TrainCallback, TrainState, train
-from sconce.api import get_technique, list_techniques
 
 __version__ = "0.1.0"
 

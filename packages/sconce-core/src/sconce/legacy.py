@@ -47,7 +47,7 @@ def _install_hint(technique: str) -> str:
     return f"pip install {provider}" if provider else "install the plugin that provides it"
 
 
-class sconce:  # noqa: N801 - the original public name
+class sconce:
     """Set attributes, then call :meth:`compress` (or :meth:`train`, :meth:`evaluate`, ...).
 
     Attributes:
