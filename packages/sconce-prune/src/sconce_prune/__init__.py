@@ -1,5 +1,33 @@
-"""sconce-prune: pruning techniques for sconce, discovered through the ``sconce`` entry point."""
+"""sconce-prune: pruning techniques for sconce, discovered through the ``sconce`` entry point.
+
+Techniques: ``prune.gmp`` (gradual magnitude pruning with automatic per-layer sparsity),
+``prune.magnitude`` (one-shot), ``prune.nm`` (N:M masks) and ``prune.channel``.
+
+Example:
+    >>> import sconce
+    >>> sconce.get_technique("prune.gmp").Config().allocation
+    'auto'
+"""
 
 from __future__ import annotations
 
+from sconce_prune.config import GMPConfig, MagnitudeConfig, NMConfig
+from sconce_prune.gmp import GradualMagnitudePruning
+from sconce_prune.magnitude import MagnitudePruning
+from sconce_prune.nm import NMPruning
+from sconce_prune.sensitivity import (
+    Allocation,
+    Sensitivity,
+    allocate,
+    choose_ratios,
+    plot_sensitivity,
+    scan_sensitivity,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Allocation", "GMPConfig", "GradualMagnitudePruning", "MagnitudeConfig", "MagnitudePruning",
+    "NMConfig", "NMPruning", "Sensitivity", "__version__", "allocate", "choose_ratios",
+    "plot_sensitivity", "scan_sensitivity",
+]
