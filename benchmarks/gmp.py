@@ -91,12 +91,15 @@ def dense_model(data: sconce.Data, epochs: float, seed: int, quick: bool
 
 
 def prune_run(method: str, sparsity: float, dense: torch.nn.Module, data: sconce.Data,
-              epochs: float, seed: int) -> dict[str, Any]:
-    """One pruning run through ``sconce.compress``; accuracy on test, also on validation."""
+              epochs: float, seed: int, out: Path) -> dict[str, Any]:
+    """One pruning run through ``sconce.compress``; accuracy on test, also on validation.
+
+    The run's report (with the sensitivity plot for gmp) is saved under ``out``.
+    """
     recipe = [(METHODS[method], {"sparsity": sparsity})]
     started = time.perf_counter()
     result = sconce.compress(dense, data, recipe=recipe, finetune_epochs=epochs, seed=seed,
-                             device="cpu", progress=False, metrics=METRICS)
+                             device="cpu", progress=False, metrics=METRICS, out=out)
     total = time.perf_counter() - started
     stage = result.report.stages[-1]
     return {
@@ -186,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             print(f"-- {method} at {sparsity:.0%} ({finetune:g} epoch(s) of fine-tuning)",
                   flush=True)
-            run = prune_run(method, sparsity, model, data, finetune, args.seed)
+            folder = out.with_suffix("") / f"{method.replace('+', '-')}-{sparsity:g}"
+            run = prune_run(method, sparsity, model, data, finetune, args.seed, folder)
             report["runs"].append(run)
             print(f"   test {run['test_accuracy']:.2f}%  val {run['val_accuracy']:.2f}%  "
                   f"non-zero {run['nonzero_params']:,}  {run['stage_seconds']:.0f} s", flush=True)
