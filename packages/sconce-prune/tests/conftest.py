@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import sconce
 import torch
+
+import sconce
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -6,15 +6,16 @@ import copy
 from itertools import pairwise
 
 import pytest
-import sconce
 import torch
+from torch import nn
+
+import sconce
 from sconce import Context
 from sconce_prune.config import GMPConfig, MagnitudeConfig
 from sconce_prune.gmp import GradualMagnitudePruning
 from sconce_prune.magnitude import MagnitudePruning
 from sconce_prune.schedule import CubicSchedule
 from sconce_prune.targets import find_targets, select_targets
-from torch import nn
 
 
 def _ctx(data, epochs: float = 1.0, teacher: nn.Module | None = None) -> Context:

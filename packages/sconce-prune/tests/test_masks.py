@@ -6,10 +6,11 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+
 from sconce.errors import TechniqueError
 from sconce_prune.masks import KeepMasks, MaskSet, global_counts, nm_mask, round_counts
 from sconce_prune.targets import find_targets
-from torch import nn
 
 
 def _two_layers() -> nn.Sequential:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 import sconce
 from sconce.cli import main
 from sconce.errors import ConfigError

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from sconce import Data
 from torch.utils.data import DataLoader, TensorDataset
+
+from sconce import Data
 
 
 def tiny_data(batch_size: int = 32, classes: int = 4, size: int = 8, seed: int = 0) -> Data:

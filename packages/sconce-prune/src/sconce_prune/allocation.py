@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from sconce.errors import DataError
-from sconce.evaluation import EvalResult
 from torch import nn
 
+from sconce.errors import DataError
+from sconce.evaluation import EvalResult
 from sconce_prune.masks import global_counts, magnitude_mask, round_counts
 from sconce_prune.sensitivity import (
     Allocation,
@@ -37,7 +37,6 @@ from sconce_prune.targets import Target
 
 if TYPE_CHECKING:
     from sconce import Context
-
     from sconce_prune.config import MagnitudeConfig
 
 logger = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sconce.technique import Technique
-from sconce.train import TrainCallback, TrainState
 from torch import nn
 
+from sconce.technique import Technique
+from sconce.train import TrainCallback, TrainState
 from sconce_prune.allocation import Plan, note_result, plan_allocation
 from sconce_prune.config import GMPConfig
 from sconce_prune.masks import MaskSet

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from sconce.technique import Technique
 from torch import nn
 
+from sconce.technique import Technique
 from sconce_prune.allocation import note_result, plan_allocation
 from sconce_prune.config import MagnitudeConfig
 from sconce_prune.masks import MaskSet

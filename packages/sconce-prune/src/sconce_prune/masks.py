@@ -21,9 +21,9 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import torch
+
 from sconce.errors import TechniqueError
 from sconce.train import TrainCallback, TrainState
-
 from sconce_prune.targets import Target
 
 logger = logging.getLogger(__name__)

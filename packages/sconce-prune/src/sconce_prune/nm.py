@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from sconce.errors import TechniqueError
-from sconce.technique import Technique
 from torch import nn
 
+from sconce.errors import TechniqueError
+from sconce.technique import Technique
 from sconce_prune.allocation import note_result
 from sconce_prune.config import NMConfig
 from sconce_prune.masks import KeepMasks, MaskSet, nm_mask

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from sconce import hookimpl
-
 from sconce_prune.channel import ChannelPruning
 from sconce_prune.gmp import GradualMagnitudePruning
 from sconce_prune.magnitude import MagnitudePruning

@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from sconce.errors import ConfigError
 from torch import nn
+
+from sconce.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
