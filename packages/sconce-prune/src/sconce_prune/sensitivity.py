@@ -200,7 +200,7 @@ def scan_sensitivity(
         sensitivity.curves[layer] = Curve(layer, grid, tuple(r.accuracy for r in results),
                                           tuple(r.loss for r in results))
         logger.debug("sensitivity of %s: %s", layer,
-                     ", ".join(f"{x:.0%}: {r.accuracy:.2f}%" for x, r in zip(grid, results)))
+                     ", ".join(f"{x:.0%}: {r.accuracy:.2f}%" for x, r in zip(grid, results, strict=True)))
     return sensitivity
 
 
@@ -431,7 +431,7 @@ def _cost_points(sensitivity: Sensitivity, name: str, cap: float | None
     curve = sensitivity.curves[name]
     points = [(0.0, 0.0)]
     running = 0.0
-    for ratio, loss in zip(curve.ratios, curve.loss):
+    for ratio, loss in zip(curve.ratios, curve.loss, strict=True):
         cost = loss - sensitivity.baseline_loss
         running = max(running, cost if math.isfinite(cost) else math.inf)
         points.append((ratio, running))

@@ -39,7 +39,9 @@ _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, *_CONVS, *_TRANSPOSED, nn.Embedding)
 """Module types whose ``weight`` is pruned (attention projections are handled apart)."""
 
-__all__ = ["PRUNABLE_MODULES", "Target", "find_targets", "select_targets", "weight_count", "zero_count"]
+__all__ = [
+    "PRUNABLE_MODULES", "Target", "find_targets", "select_targets", "weight_count", "zero_count",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,10 +121,10 @@ def select_targets(targets: Sequence[Target], skip: Sequence[str] | None
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
-        >>> select_targets(find_targets(model), ["2"])
+        >>> select_targets(find_targets(model), ["2"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        sconce.errors.ConfigError: skip_layers: no prunable layer is called '2'; prunable layers: 0, 1
+        sconce.errors.ConfigError: skip_layers: no prunable layer is called '2'; ...: 0, 1
     """
     if not targets:
         raise ConfigError("the model has no prunable layer (Linear, Conv, ConvTranspose, "
