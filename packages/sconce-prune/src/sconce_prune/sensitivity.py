@@ -199,8 +199,9 @@ def scan_sensitivity(
         results = [evaluate({layer: ratio}) for ratio in grid]
         sensitivity.curves[layer] = Curve(layer, grid, tuple(r.accuracy for r in results),
                                           tuple(r.loss for r in results))
-        logger.debug("sensitivity of %s: %s", layer,
-                     ", ".join(f"{x:.0%}: {r.accuracy:.2f}%" for x, r in zip(grid, results, strict=True)))
+        shown = ", ".join(f"{x:.0%}: {r.accuracy:.2f}%"
+                          for x, r in zip(grid, results, strict=True))
+        logger.debug("sensitivity of %s: %s", layer, shown)
     return sensitivity
 
 
