@@ -163,7 +163,17 @@ def plan_allocation(model: nn.Module, targets: Sequence[Target], config: Magnitu
 
 
 def note_result(ctx: Context, targets: Sequence[Target], skipped: Sequence[Target]) -> float:
-    """Record the pruned layers' sparsity and the skipped layers; return that sparsity."""
+    """Record the pruned layers' sparsity and the skipped layers; return that sparsity.
+
+    Example:
+        >>> from sconce import Context
+        >>> from sconce_prune.targets import find_targets
+        >>> ctx = Context.for_inputs(torch.zeros(1, 2))
+        >>> note_result(ctx, find_targets(nn.Linear(2, 2)), [])
+        0.0
+        >>> ctx.stage.notes["skipped layers"]
+        'none'
+    """
     total = sum(t.numel for t in targets)
     with torch.no_grad():
         zeros = sum(int((t.weight == 0).sum()) for t in targets)
