@@ -7,9 +7,12 @@ import json
 
 import numpy as np
 import pytest
-import sconce
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import sconce
 from sconce.errors import ConfigError, TechniqueError
 from sconce_prune.channel import (
     ChannelPruneConfig,
@@ -18,8 +21,6 @@ from sconce_prune.channel import (
     fold_batchnorms,
     prune_channels,
 )
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 
 def _loaders(shape: tuple[int, ...], classes: int = 10, count: int = 64) -> dict[str, DataLoader]:
@@ -235,3 +236,20 @@ def test_target_macs_through_the_technique() -> None:
     assert count_macs(result.model, x) <= 0.4 * before
     assert count_macs(result.model, x) > 0.25 * before
     assert "ratio found for target_macs" in result.report.stages[-1].notes
+
+
+def test_sensitivity_allocation_chooses_per_group_ratios() -> None:
+    model = sconce.models.vgg(num_classes=10, in_channels=1, image_size=28, widths=(8, "M", 16, "M"),
+                              hidden_features=16)
+    result = sconce.compress(model, _loaders((1, 28, 28)),
+                             recipe=[("prune.channel", {"allocation": "sensitivity",
+                                                        "sensitivity_samples": 32,
+                                                        "round_to": 1})],
+                             finetune_epochs=0, **FAST)
+    notes = result.report.stages[-1].notes
+    assert set(notes["per-group ratios"]) == {"features.0.0", "features.2.0", "classifier.1"}
+    assert "ratio allocation" in notes and result.artifacts
+    total = 8 + 16 + 16
+    kept = (result.model.features[0][0].out_channels + result.model.features[2][0].out_channels
+            + result.model.classifier[1].out_features)
+    assert abs((total - kept) / total - 0.5) < 0.1

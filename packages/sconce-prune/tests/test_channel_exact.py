@@ -8,8 +8,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from sconce_prune.channel import fold_batchnorms, prune_channels
 from torch import nn
+
+from sconce_prune.channel import fold_batchnorms, prune_channels
 
 
 def _zero_out(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: list[int]) -> None:

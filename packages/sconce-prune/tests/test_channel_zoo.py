@@ -10,9 +10,10 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from sconce_prune.channel import prune_channels
 from sconce_prune.channel.record import changes, replay, snapshot
-from torch import nn
 
 
 def _params(model: nn.Module) -> int:

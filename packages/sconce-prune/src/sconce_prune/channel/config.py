@@ -16,6 +16,7 @@ IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
 AGGREGATIONS = ("sum", "mean", "max")
 RANKINGS = ("uniform", "global")
 ATTENTION_MODES = ("heads", "dims")
+ALLOCATIONS = ("uniform", "sensitivity")
 ON_UNKNOWN = ("error", "freeze")
 
 
@@ -32,6 +33,11 @@ class ChannelPruneConfig(PruneConfig):
         ranking: ``uniform`` removes ``sparsity`` of every group; ``global`` ranks all
             channels together (scores normalised per group) and removes ``sparsity`` of all.
         round_to: kept widths are multiples of this (hardware-friendly); 1 turns it off.
+        allocation: ``uniform`` (every group at ``sparsity``) or ``sensitivity``: per-group
+            ratios from a sensitivity scan on the validation split, allocated to remove
+            ``sparsity`` of all channels and checked with all groups pruned together
+            (:mod:`sconce_prune.sensitivity`).
+        sensitivity_samples: validation samples per sensitivity evaluation.
         ratios: per-module sparsity overrides, ``{"features.3*": 0.3}`` (fnmatch patterns
             on the name of the module that produces a group's channels).
         ignored_layers: modules (fnmatch patterns) whose output channels are never pruned.
@@ -55,6 +61,8 @@ class ChannelPruneConfig(PruneConfig):
     aggregation: str = "sum"
     ranking: str = "uniform"
     round_to: int = 8
+    allocation: str = "uniform"
+    sensitivity_samples: int = 512
     ratios: dict[str, float] = field(default_factory=dict)
     ignored_layers: list[str] = field(default_factory=list)
     target_macs: float | None = None
@@ -74,6 +82,8 @@ class ChannelPruneConfig(PruneConfig):
         check_choice("ranking", self.ranking, RANKINGS)
         check_choice("attention", self.attention, ATTENTION_MODES)
         check_choice("on_unknown", self.on_unknown, ON_UNKNOWN)
+        check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_positive("sensitivity_samples", self.sensitivity_samples)
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) \
                 or self.round_to < 1:
             raise ConfigError(f"round_to must be an int >= 1 (1 turns rounding off), "

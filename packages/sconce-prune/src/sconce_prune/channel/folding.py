@@ -45,14 +45,14 @@ def fold_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
     Returns:
         The qualified names of the BatchNorms replaced by ``nn.Identity``.
     """
-    gm = trace(model, example_inputs)
+    gm = trace(model, example_inputs, shapes=False)
     calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+    pairs = [p for p in (_foldable_pair(gm, n, calls) for n in gm.graph.nodes) if p]
+    if any(isinstance(model.get_submodule(layer), nn.Linear) for layer, _ in pairs):
+        gm = trace(model, example_inputs)  # Linear + BatchNorm1d: check the shapes
+        pairs = [p for p in (_foldable_pair(gm, n, calls) for n in gm.graph.nodes) if p]
     folded = []
-    for node in gm.graph.nodes:
-        pair = _foldable_pair(gm, node, calls)
-        if pair is None:
-            continue
-        layer, norm = pair
+    for layer, norm in pairs:
         _fold(model.get_submodule(layer), model.get_submodule(norm))
         parent, _, child = norm.rpartition(".")
         setattr(model.get_submodule(parent), child, nn.Identity())
@@ -78,7 +78,7 @@ def _foldable_pair(gm: fx.GraphModule, node: fx.Node, calls: Counter[str]
         return None
     if isinstance(layer, nn.Linear):
         shape = source.meta.get("tensor_meta")
-        if shape is None or len(shape.shape) != 2:  # BatchNorm1d reads (N, C) only here
+        if shape is not None and len(shape.shape) != 2:  # BatchNorm1d reads (N, C) only
             return None
     return str(source.target), str(node.target)
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sconce.errors import TechniqueError
 from torch import fx, nn
 
+from sconce.errors import TechniqueError
 from sconce_prune.channel.ids import ChannelMap, ParamRef, TensorInfo, VariableSpace
 from sconce_prune.channel.tracing import describe_op, node_module, node_shape, trace
 

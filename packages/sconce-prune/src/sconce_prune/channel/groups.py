@@ -10,7 +10,8 @@ Example:
     >>> from torch import nn
     >>> from sconce_prune.channel.graph import build_dependency_graph
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
-    >>> [(g.name, g.size) for g in find_groups(build_dependency_graph(net, torch.randn(1, 3, 8, 8)))]
+    >>> graph = build_dependency_graph(net, torch.randn(1, 3, 8, 8))
+    >>> [(g.name, g.size) for g in find_groups(graph)]
     [('0', 8)]
 """
 

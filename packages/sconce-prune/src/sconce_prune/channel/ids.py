@@ -66,7 +66,7 @@ class VariableSpace:
         a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
         if a.shape != b.shape:
             raise ValueError(f"cannot couple {a.shape} ids with {b.shape} ids")
-        for x, y in zip(a.tolist(), b.tolist()):
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
             rx, ry = self.find(x), self.find(y)
             if rx == ry:
                 continue

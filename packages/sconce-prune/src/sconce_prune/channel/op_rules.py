@@ -383,7 +383,8 @@ def _split(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[s
         for k, size in enumerate(constants[:len(sizes)]):
             if isinstance(size, int):
                 builder.constant(node, size, ChannelMap((dim,), pieces[k]), dim)
-    return [TensorInfo(s, [*others, ChannelMap((dim,), p)]) for s, p in zip(out_shape, pieces)]
+    return [TensorInfo(s, [*others, ChannelMap((dim,), p)])
+            for s, p in zip(out_shape, pieces, strict=True)]
 
 
 def _unbind(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[str, Any],

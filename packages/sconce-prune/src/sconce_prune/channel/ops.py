@@ -24,9 +24,9 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from sconce.errors import TechniqueError
 from torch import nn
 
+from sconce.errors import TechniqueError
 from sconce_prune.channel.graph import DependencyGraph, ShapeConstant
 from sconce_prune.channel.groups import slot_roots
 
@@ -87,7 +87,7 @@ def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
     """
     roots_per_slot = slot_roots(graph)
     selections: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
-    for slot, roots in zip(graph.slots, roots_per_slot):
+    for slot, roots in zip(graph.slots, roots_per_slot, strict=True):
         mask = kept(roots, removed)
         if not mask.all():
             selections[(slot.module, slot.tensor)].append((slot.dim, np.nonzero(mask)[0]))

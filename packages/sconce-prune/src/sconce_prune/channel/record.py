@@ -23,8 +23,9 @@ import logging
 from typing import Any
 
 import torch
-from sconce.errors import ModelError
 from torch import nn
+
+from sconce.errors import ModelError
 
 logger = logging.getLogger(__name__)
 

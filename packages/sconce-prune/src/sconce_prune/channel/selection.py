@@ -89,7 +89,7 @@ def select(
     widths: list[tuple[str, int, int]] = []
     targets: dict[int, int] = {}
     pool: list[tuple[float, int, int]] = []
-    for index, (group, score) in enumerate(zip(groups, scores)):
+    for index, (group, score) in enumerate(zip(groups, scores, strict=True)):
         step = rounding_step(round_to, group.multiplicity)
         base = (reference or {}).get(index, group.size)
         explicit = any(fnmatch.fnmatchcase(group.name, p) for p in ratios)

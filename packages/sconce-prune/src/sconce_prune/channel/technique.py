@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from sconce.context import Context
-from sconce.technique import Technique
 from torch import nn
 
+from sconce.context import Context
+from sconce.technique import Technique
 from sconce_prune.channel.config import ChannelPruneConfig
 from sconce_prune.channel.folding import fold_batchnorms
 from sconce_prune.channel.macs import count_macs
@@ -84,6 +84,9 @@ class ChannelPruning(Technique):
                 lambda m, r: prune_channels(m, example, sparsity=r, verify_result=False,
                                             **search))
             ctx.note("ratio found for target_macs", round(sparsity, 4))
+        if config.allocation == "sensitivity":
+            options["ratios"] = {**self._sensitivity_ratios(model, example, config, ctx,
+                                                            options), **config.ratios}
         has_train = ctx.data is not None and ctx.data.train is not None
         epochs = ctx.finetune_epochs if config.finetune and has_train else 0
         reference: dict[int, int] = {}
@@ -114,6 +117,24 @@ class ChannelPruning(Technique):
             ctx.note("attributes updated", report.attributes)
         logger.info("prune.channel: %s", report.widths)
         return model
+
+    @staticmethod
+    def _sensitivity_ratios(model: nn.Module, example: Any, config: ChannelPruneConfig,
+                            ctx: Context, options: dict[str, Any]) -> dict[str, float]:
+        from sconce_prune.channel.allocation import channel_ratios
+        from sconce_prune.sensitivity import plot_sensitivity
+
+        def evaluate(candidate: nn.Module) -> Any:
+            return ctx.evaluate(candidate, split="val", max_samples=config.sensitivity_samples)
+
+        allocation, sensitivity = channel_ratios(model, example, evaluate,
+                                                 sparsity=config.sparsity, options=options)
+        plot_sensitivity(sensitivity, ctx.artifact_path("channel_sensitivity.png"), allocation,
+                         title="Channel-group sensitivity")
+        ctx.note("ratio allocation", f"{allocation.method} (validation accuracy with all "
+                 f"groups pruned together: {allocation.accuracy:.2f}%)")
+        ctx.note("per-group ratios", {k: round(v, 3) for k, v in allocation.ratios.items()})
+        return allocation.ratios
 
     def restore(self, model: nn.Module, config: ChannelPruneConfig,
                 record: dict[str, Any]) -> nn.Module:

@@ -22,9 +22,10 @@ import traceback
 from typing import Any
 
 import torch
-from sconce.errors import TechniqueError
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+
+from sconce.errors import TechniqueError
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,13 @@ def _user_line(exc: BaseException) -> str:
     return f"{os.path.basename(frame.filename)}:{frame.lineno}: {(frame.line or '').strip()}"
 
 
-def trace(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
+def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True) -> fx.GraphModule:
     """Trace ``model`` and annotate every node with its real output shape.
 
     Args:
         model: the model (not modified; it is traced in eval mode and put back).
         example_inputs: a tensor or a tuple of tensors the model accepts.
+        shapes: run the model on the inputs to record shapes (False: structure only).
 
     Returns:
         A GraphModule sharing ``model``'s submodules; ``node.meta["tensor_meta"]`` holds
@@ -81,7 +83,7 @@ def trace(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
     tracer = _PathTracer()
     try:
         graph = tracer.trace(model)
-    except Exception as exc:  # noqa: BLE001 - any failure becomes a named error
+    except Exception as exc:
         where = tracer.failed_in or "<root>"
         line = _user_line(exc)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -93,13 +95,15 @@ def trace(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
             "wrap that part in a leaf module listed in ignored_layers"
         ) from None
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    if not shapes:
+        return gm
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(*args)
-    except Exception as exc:  # noqa: BLE001 - any failure becomes a named error
+    except Exception as exc:
         raise TechniqueError(
             f"prune.channel could not run the traced model on the example inputs "
             f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); give example "

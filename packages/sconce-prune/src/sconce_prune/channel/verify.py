@@ -21,10 +21,10 @@ import logging
 from typing import Any
 
 import torch
-from sconce.errors import TechniqueError
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from sconce.errors import TechniqueError
 from sconce_prune.channel.graph import DependencyGraph
 from sconce_prune.channel.ids import TensorInfo
 from sconce_prune.channel.ops import axis_size, kept
@@ -53,7 +53,7 @@ class _CheckedProp(ShapeProp):
     def run_node(self, n: fx.Node) -> Any:
         try:
             return super().run_node(n)
-        except Exception as exc:  # noqa: BLE001 - any failure becomes a named error
+        except Exception as exc:
             module = node_module(n)
             raise TechniqueError(
                 f"the pruned model fails at {describe_op(n)} (graph node {n.name!r}) in "
