@@ -3,9 +3,10 @@
 Part A — ResNet-18 (224x224, 1000 classes), MobileNetV2 (224x224, 1000 classes) and the
 VGG-style model (1x28x28): pruning wall time, params, MACs, and latency at batch 1 and 64,
 for the dense model, Torch-Pruning (``MetaPruner``, group L2 magnitude, final classifier
-ignored, its defaults otherwise) and ``prune.channel`` (L2, ``round_to=8``, BatchNorms
-folded). Extra rows separate what folding contributes: Torch-Pruning's model with our BN
-folding, and ours without it.
+ignored, its defaults otherwise) and ``prune.channel`` with its defaults (L2,
+``round_to=8``, and for deployment BatchNorms folded and conv weights channels-last). Extra
+rows separate what the deployment steps contribute: the dense model channels-last,
+Torch-Pruning's model with our folding and channels-last, and ours without them.
 
 Part B — the VGG-style model trained on Fashion-MNIST (the dense checkpoint is cached in
 ``benchmarks/results/vgg_fashion_mnist_dense.pt``, shared with ``benchmarks/gmp.py``), pruned
@@ -52,15 +53,20 @@ RATIO = 0.5
 
 
 # --- the two tools ------------------------------------------------------------------------------
-def prune_ours(model: nn.Module, example: torch.Tensor, *, fold: bool = True,
-               channels_last: bool = False) -> nn.Module:
-    """prune.channel's engine with the technique's defaults (L2, round_to=8, fold BN)."""
-    prune_channels(model, example, sparsity=RATIO, importance="l2", round_to=8)
-    if fold:
-        fold_batchnorms(model, example)
-    if channels_last:
+def prune_ours(model: nn.Module, example: torch.Tensor, *, deploy: bool = True) -> nn.Module:
+    """prune.channel's engine with the technique's defaults: L2, round_to=8, and for
+    deployment BatchNorms folded and conv weights channels-last."""
+    prune_channels(model, example, sparsity=RATIO, importance="l2", round_to=8, fold_bn=deploy)
+    if deploy:
         to_channels_last(model)
     return model.eval()
+
+
+def deploy(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Our deployment steps (BN folding, channels-last weights) on a copy of any model."""
+    ready = copy.deepcopy(model)
+    fold_batchnorms(ready, example)
+    return to_channels_last(ready).eval()
 
 
 def prune_torch_pruning(model: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -127,11 +133,10 @@ def architecture_rows(name: str, dense: nn.Module, shape: tuple[int, ...],
     else:
         variants["torch-pruning"] = prune_torch_pruning(copy.deepcopy(dense), example)
         variants["prune.channel"] = prune_ours(copy.deepcopy(dense), example)
-    variants["torch-pruning + BN folded (ours)"] = fold_then(variants["torch-pruning"], example)
-    variants["prune.channel, BN not folded"] = prune_ours(copy.deepcopy(dense), example,
-                                                          fold=False)
-    variants["prune.channel + channels-last"] = to_channels_last(
-        copy.deepcopy(variants["prune.channel"]))
+    variants["dense, channels-last"] = to_channels_last(copy.deepcopy(dense))
+    variants["torch-pruning + our BN fold/ch-last"] = deploy(variants["torch-pruning"], example)
+    variants["prune.channel, no BN fold/ch-last"] = prune_ours(copy.deepcopy(dense), example,
+                                                              deploy=False)
     reference = variants["dense"](example)
     for variant, model in variants.items():
         assert model(example).shape == reference.shape, variant
@@ -153,12 +158,6 @@ def architecture_rows(name: str, dense: nn.Module, shape: tuple[int, ...],
             "mac_reduction": round(count_macs(dense, example) / count_macs(model, example), 2),
         })
     return rows
-
-
-def fold_then(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    folded = copy.deepcopy(model)
-    fold_batchnorms(folded, example)
-    return folded.eval()
 
 
 # --- part B -------------------------------------------------------------------------------------
@@ -252,7 +251,7 @@ def accuracy_run(data: sconce.Data, args: argparse.Namespace
 # --- output -------------------------------------------------------------------------------------
 def print_tables(rows: list[dict[str, Any]], accuracy_summary: dict[str, Any], batch: int
                  ) -> None:
-    header = (f"{'model':<12} {'variant':<34} {'prune s':>8} {'params M':>9} {'MACs M':>9} "
+    header = (f"{'model':<12} {'variant':<36} {'prune s':>8} {'params M':>9} {'MACs M':>9} "
               f"{'MAC red.':>8} {'b=1 ms':>8} {'x b=1':>6} {f'b={batch} ms':>10} "
               f"{f'x b={batch}':>7}")
     print("\nA. 50% channels: pruning wall time, size and latency (same run)")
@@ -260,7 +259,7 @@ def print_tables(rows: list[dict[str, Any]], accuracy_summary: dict[str, Any], b
     print("-" * len(header))
     for r in rows:
         wall = f"{r['prune_seconds']:.2f}" if r["prune_seconds"] is not None else "-"
-        print(f"{r['model']:<12} {r['variant']:<34} {wall:>8} {r['params'] / 1e6:>9.3f} "
+        print(f"{r['model']:<12} {r['variant']:<36} {wall:>8} {r['params'] / 1e6:>9.3f} "
               f"{r['macs'] / 1e6:>9.1f} {r['mac_reduction']:>7.2f}x {r['latency_b1_ms']:>8.2f} "
               f"{r['speedup_b1']:>5.2f}x {r[f'latency_b{batch}_ms']:>10.1f} "
               f"{r[f'speedup_b{batch}']:>6.2f}x")
@@ -277,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small inputs and data: smoke test")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 3)")
     parser.add_argument("--batch", type=int, default=None, help="throughput batch (default 64)")
     parser.add_argument("--finetune-epochs", type=float, default=None)
     parser.add_argument("--dense-epochs", type=float, default=6.0,
@@ -285,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "channel_pruning.json")
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.rounds = args.rounds or (2 if args.quick else 3)
     args.batch = args.batch or (8 if args.quick else 64)
     if args.finetune_epochs is None:
         args.finetune_epochs = 0.1 if args.quick else 2.0

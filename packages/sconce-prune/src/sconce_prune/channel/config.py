@@ -52,7 +52,8 @@ class ChannelPruneConfig(PruneConfig):
         finetune: fine-tune inside the technique (with distillation from the original model
             when the run distils); the budget is the run's ``finetune_epochs``.
         fold_bn: fold each BatchNorm into the conv/linear before it in the final model.
-        channels_last: store conv weights channels-last so oneDNN runs NHWC kernels.
+        channels_last: store conv weights channels-last so oneDNN runs NHWC kernels (measured
+            faster on CPU, see benchmarks/channel_pruning.py); the record restores it.
         seed: seed of the random criterion.
     """
 
@@ -72,7 +73,7 @@ class ChannelPruneConfig(PruneConfig):
     steps: int = 1
     finetune: bool = True
     fold_bn: bool = True
-    channels_last: bool = False
+    channels_last: bool = True
     seed: int = 0
 
     def validate(self) -> None:

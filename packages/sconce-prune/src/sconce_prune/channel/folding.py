@@ -35,17 +35,19 @@ _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspo
              nn.ConvTranspose3d, nn.Linear)
 
 
-def fold_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
+def fold_batchnorms(model: nn.Module, example_inputs: Any,
+                    traced: fx.GraphModule | None = None) -> list[str]:
     """Fold every foldable BatchNorm of ``model`` in place; returns their names.
 
     Args:
         model: the model (its BatchNorms must hold running statistics).
         example_inputs: inputs for tracing (batch 1 is enough).
+        traced: the model's graph with shapes when the caller already traced it.
 
     Returns:
         The qualified names of the BatchNorms replaced by ``nn.Identity``.
     """
-    gm = trace(model, example_inputs, shapes=False)
+    gm = traced if traced is not None else trace(model, example_inputs, shapes=False)
     calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
     pairs = [p for p in (_foldable_pair(gm, n, calls) for n in gm.graph.nodes) if p]
     if any(isinstance(model.get_submodule(layer), nn.Linear) for layer, _ in pairs):

@@ -119,11 +119,6 @@ class DependencyGraph:
     values: dict[str, Any]
     graph_module: fx.GraphModule
 
-    def kept_positions(self, ids: np.ndarray, removed: set[int]) -> np.ndarray:
-        """Indices of the positions of ``ids`` whose variable is not removed."""
-        roots = self.space.roots(ids).reshape(-1)
-        return np.nonzero([r not in removed for r in roots.tolist()])[0]
-
     def groups(self) -> list[Any]:
         """The prunable channel groups (see :mod:`.groups`)."""
         from sconce_prune.channel.groups import find_groups

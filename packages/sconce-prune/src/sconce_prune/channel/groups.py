@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,22 +61,29 @@ def slot_roots(graph: DependencyGraph) -> list[np.ndarray]:
 def find_groups(graph: DependencyGraph) -> list[ChannelGroup]:
     """Group the prunable channels of ``graph`` by the set of slots they appear in."""
     roots_per_slot = slot_roots(graph)
-    signature: dict[int, list[int]] = defaultdict(list)
-    for index, roots in enumerate(roots_per_slot):
-        for root in np.unique(roots).tolist():
-            signature[root].append(index)
-    members: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for root, slots in signature.items():
-        members[tuple(slots)].append(root)
+    if not roots_per_slot:
+        return []
+    uniques = [np.unique(r) for r in roots_per_slot]
+    roots = np.concatenate(uniques)
+    slots = np.concatenate([np.full(u.size, i, dtype=np.int64) for i, u in enumerate(uniques)])
+    keys = np.random.default_rng(0).integers(1, 2**62, size=len(uniques), dtype=np.int64)
+    members, inverse = np.unique(roots, return_inverse=True)
+    signature = np.zeros(members.size, dtype=np.int64)
+    np.bitwise_xor.at(signature, inverse, keys[slots])
+    frozen = np.asarray([graph.space.is_frozen(int(r)) for r in members], dtype=bool)
+    first_slot = np.full(members.size, len(uniques), dtype=np.int64)
+    np.minimum.at(first_slot, inverse, slots)
     groups = []
-    for slots, roots in members.items():
-        prunable = np.asarray(sorted(r for r in roots if not graph.space.is_frozen(r)),
-                              dtype=np.int64)
+    for value in np.unique(signature):
+        chosen = signature == value
+        prunable = members[chosen & ~frozen]
         if prunable.size == 0:
             continue
-        producer = next((i for i in slots if graph.slots[i].role == "out"), slots[0])
-        positions = int((roots_per_slot[producer] == prunable[0]).sum())
-        groups.append(ChannelGroup(graph.origin[int(prunable[0])], prunable, len(roots),
-                                   list(slots), max(1, positions)))
+        representative = int(prunable[0])
+        where = sorted(slots[roots == representative].tolist())
+        producer = next((i for i in where if graph.slots[i].role == "out"), where[0])
+        positions = int((roots_per_slot[producer] == representative).sum())
+        groups.append(ChannelGroup(graph.origin[representative], prunable,
+                                   int(chosen.sum()), where, max(1, positions)))
     groups.sort(key=lambda g: g.slots[0])
     return groups

@@ -35,6 +35,7 @@ class VariableSpace:
     def __init__(self) -> None:
         self._parent: list[int] = []
         self._frozen: dict[int, str] = {}
+        self._root_cache: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self._parent)
@@ -43,6 +44,7 @@ class VariableSpace:
         """``count`` fresh, independent variables."""
         start = len(self._parent)
         self._parent.extend(range(start, start + count))
+        self._root_cache = None
         return np.arange(start, start + count, dtype=np.int64)
 
     def find(self, var: int) -> int:
@@ -57,9 +59,16 @@ class VariableSpace:
         return root
 
     def roots(self, ids: np.ndarray) -> np.ndarray:
-        """The representative of every id in ``ids`` (same shape)."""
-        flat = [self.find(v) for v in np.asarray(ids).reshape(-1)]
-        return np.asarray(flat, dtype=np.int64).reshape(np.shape(ids))
+        """The representative of every id in ``ids`` (same shape), vectorised."""
+        if self._root_cache is None:
+            parent = np.asarray(self._parent, dtype=np.int64)
+            while True:
+                grand = parent[parent]
+                if np.array_equal(grand, parent):
+                    break
+                parent = grand
+            self._root_cache = parent
+        return self._root_cache[np.asarray(ids, dtype=np.int64)]
 
     def unite(self, a: np.ndarray, b: np.ndarray) -> None:
         """Couple ``a[i]`` with ``b[i]`` for every position (same shapes)."""
@@ -73,6 +82,7 @@ class VariableSpace:
             if ry < rx:
                 rx, ry = ry, rx
             self._parent[ry] = rx
+            self._root_cache = None
             reason = self._frozen.pop(ry, None)
             if reason is not None:
                 self._frozen.setdefault(rx, reason)

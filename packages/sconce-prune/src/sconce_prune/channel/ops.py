@@ -33,11 +33,18 @@ from sconce_prune.channel.groups import slot_roots
 logger = logging.getLogger(__name__)
 
 
-def kept(roots: np.ndarray, removed: set[int]) -> np.ndarray:
-    """Boolean mask of the positions whose root variable is not removed."""
-    if not removed:
-        return np.ones(roots.shape, dtype=bool)
-    return ~np.isin(roots, np.fromiter(removed, dtype=np.int64, count=len(removed)))
+def removal_mask(graph: DependencyGraph, removed: set[int]) -> np.ndarray:
+    """``mask[v]`` is True when variable ``v`` is a removed root."""
+    mask = np.zeros(len(graph.space), dtype=bool)
+    if removed:
+        mask[np.fromiter(removed, dtype=np.int64, count=len(removed))] = True
+    return mask
+
+
+def kept(roots: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """Boolean array: the positions whose root variable is not removed (``removed`` is a
+    :func:`removal_mask`)."""
+    return ~removed[roots]
 
 
 def axis_size(alive: np.ndarray, axis: int) -> int:
@@ -49,8 +56,8 @@ def axis_size(alive: np.ndarray, axis: int) -> int:
     return int(alive.sum(axis=axis).max())
 
 
-def new_size(constant: ShapeConstant, graph: DependencyGraph, removed: set[int]) -> int:
-    """The size along a constant's axis after removing ``removed``."""
+def new_size(constant: ShapeConstant, graph: DependencyGraph, removed: np.ndarray) -> int:
+    """The size along a constant's axis after removing ``removed`` (a removal mask)."""
     return axis_size(kept(graph.space.roots(constant.ids), removed), constant.axis)
 
 
@@ -61,8 +68,9 @@ def attribute_updates(graph: DependencyGraph, removed: set[int]
     updates: dict[tuple[str, str], int] = {}
     blocked: list[ShapeConstant] = []
     claims: dict[tuple[str, str], list[ShapeConstant]] = defaultdict(list)
+    mask = removal_mask(graph, removed)
     for constant in graph.constants:
-        size = new_size(constant, graph, removed)
+        size = new_size(constant, graph, mask)
         if size == constant.old:
             continue
         if constant.attr is None:
@@ -86,15 +94,16 @@ def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
         updates: attribute changes for code constants (from :func:`attribute_updates`).
     """
     roots_per_slot = slot_roots(graph)
+    gone = removal_mask(graph, removed)
     selections: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
     for slot, roots in zip(graph.slots, roots_per_slot, strict=True):
-        mask = kept(roots, removed)
+        mask = kept(roots, gone)
         if not mask.all():
             selections[(slot.module, slot.tensor)].append((slot.dim, np.nonzero(mask)[0]))
     for (module_name, tensor_name), cuts in selections.items():
         _shrink(model.get_submodule(module_name), tensor_name, cuts)
     for count in graph.counts:
-        alive = int(kept(graph.space.roots(count.ids), removed).sum()) // count.divisor
+        alive = int(kept(graph.space.roots(count.ids), gone).sum()) // count.divisor
         module = model.get_submodule(count.module)
         if count.index is None:
             setattr(module, count.attr, alive)
@@ -103,7 +112,7 @@ def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
             value[count.index] = alive
             setattr(module, count.attr, tuple(value))
     for layout in graph.heads:
-        _set_heads(model.get_submodule(layout.module), graph, layout.ids, removed)
+        _set_heads(model.get_submodule(layout.module), graph, layout.ids, gone)
     for (module_name, attr), value in (updates or {}).items():
         setattr(model.get_submodule(module_name), attr, value)
 
@@ -123,7 +132,7 @@ def _shrink(module: nn.Module, name: str, cuts: list[tuple[int, np.ndarray]]) ->
 
 
 def _set_heads(module: nn.Module, graph: DependencyGraph, layout: np.ndarray,
-               removed: set[int]) -> None:
+               removed: np.ndarray) -> None:
     alive = kept(graph.space.roots(layout), removed)
     per_head = alive.sum(axis=1)
     heads = per_head[per_head > 0]

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from sconce_prune.channel.folding import fold_batchnorms
 from sconce_prune.channel.graph import DependencyGraph, build_dependency_graph
 from sconce_prune.channel.importance import score_groups, taylor_saliency
 from sconce_prune.channel.ops import attribute_updates, remove_channels
@@ -39,11 +41,13 @@ class PruneReport:
         widths: ``(group name, channels before, channels after)`` per prunable group.
         frozen: why channels were kept whatever their score (reason -> count).
         attributes: module attributes updated for code constants (``"blocks.0.attn.heads"``).
+        folded: BatchNorms folded into the layer before them (with ``fold_bn``).
     """
 
     widths: list[tuple[str, int, int]]
     frozen: dict[str, int] = field(default_factory=dict)
     attributes: dict[str, int] = field(default_factory=dict)
+    folded: list[str] = field(default_factory=list)
 
     @property
     def removed(self) -> int:
@@ -69,6 +73,7 @@ def prune_channels(
     seed: int = 0,
     reference: dict[int, int] | None = None,
     verify_result: bool = True,
+    fold_bn: bool = False,
 ) -> PruneReport:
     """Remove channels of ``model`` in place.
 
@@ -91,6 +96,8 @@ def prune_channels(
         reference: original group widths by group index, filled on the first call of an
             iterative run so later calls measure ``sparsity`` against them.
         verify_result: check every value's shape after pruning (recommended).
+        fold_bn: fold BatchNorms into the layers before them afterwards (for deployment;
+            the model then trains without them).
 
     Returns:
         A :class:`PruneReport`.
@@ -134,24 +141,20 @@ def prune_channels(
     else:  # pragma: no cover - every round freezes more, so this ends long before
         selection = Selection(set(), [])
     remove_channels(model, graph, selection.removed, updates)
-    if verify_result:
-        verify(model, graph, selection.removed, example_inputs)
+    traced = verify(model, graph, selection.removed, example_inputs) if verify_result else None
+    folded = fold_batchnorms(model, example_inputs, traced) if fold_bn else []
     return PruneReport(selection.widths, _frozen_reasons(graph),
-                       {f"{m}.{a}".lstrip("."): v for (m, a), v in updates.items()})
+                       {f"{m}.{a}".lstrip("."): v for (m, a), v in updates.items()}, folded)
 
 
 def _frozen_reasons(graph: DependencyGraph) -> dict[str, int]:
+    roots = np.unique(np.concatenate([graph.space.roots(s.ids) for s in graph.slots])) \
+        if graph.slots else np.zeros(0, dtype=np.int64)
     reasons: dict[str, int] = {}
-    seen: set[int] = set()
-    for slot in graph.slots:
-        for var in slot.ids.tolist():
-            root = graph.space.find(var)
-            if root in seen:
-                continue
-            seen.add(root)
-            reason = graph.space.frozen_reason(root)
-            if reason is not None and reason != "reaches a model output":
-                reasons[reason] = reasons.get(reason, 0) + 1
+    for root in roots.tolist():
+        reason = graph.space.frozen_reason(root)
+        if reason is not None and reason != "reaches a model output":
+            reasons[reason] = reasons.get(reason, 0) + 1
     return reasons
 
 

@@ -90,20 +90,23 @@ class ChannelPruning(Technique):
         has_train = ctx.data is not None and ctx.data.train is not None
         epochs = ctx.finetune_epochs if config.finetune and has_train else 0
         reference: dict[int, int] = {}
-        report: PruneReport | None = None
+        report = PruneReport([])
         for step in range(1, config.steps + 1):
             batches = (list(_taylor_batches(ctx, config.taylor_batches))
                        if config.importance == "taylor" else None)
+            last = step == config.steps
             report = prune_channels(model, example, sparsity=sparsity * step / config.steps,
                                     taylor_batches=batches, adapter=ctx.adapter,
-                                    reference=reference, **options)
+                                    reference=reference,
+                                    fold_bn=config.fold_bn and last and epochs == 0, **options)
             if epochs > 0:
                 ctx.finetune(model, epochs=epochs / config.steps, teacher=ctx.teacher)
-        folded = fold_batchnorms(model, example) if config.fold_bn else []
+        folded = report.folded
+        if config.fold_bn and epochs > 0:  # fold after fine-tuning, with the final statistics
+            folded = fold_batchnorms(model, example)
         if config.channels_last:
             to_channels_last(model)
         ctx.set_restore_record(changes(before, model, config.channels_last))
-        assert report is not None
         macs_after = count_macs(model, example)
         ctx.note("channels removed", f"{report.removed} of "
                  f"{sum(b for _, b, _ in report.widths)} in {len(report.widths)} groups")

@@ -76,7 +76,7 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True) -> fx.G
 
     Example:
         >>> import torch
-        >>> gm = trace(torch.nn.Linear(4, 2), torch.randn(1, 4))
+        >>> gm = trace(torch.nn.Sequential(torch.nn.Linear(4, 2)), torch.randn(1, 4))
         >>> [tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if n.op != "output"]
         [(1, 4), (1, 2)]
     """

@@ -12,7 +12,7 @@ Example:
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 3))
     >>> x = torch.randn(1, 3, 8, 8)
     >>> graph = build_dependency_graph(net, x)
-    >>> verify(net, graph, set(), x)
+    >>> _ = verify(net, graph, set(), x)
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -27,14 +28,14 @@ from torch.fx.passes.shape_prop import ShapeProp
 from sconce.errors import TechniqueError
 from sconce_prune.channel.graph import DependencyGraph
 from sconce_prune.channel.ids import TensorInfo
-from sconce_prune.channel.ops import axis_size, kept
+from sconce_prune.channel.ops import axis_size, kept, removal_mask
 from sconce_prune.channel.tracing import describe_op, node_module, node_shape
 
 logger = logging.getLogger(__name__)
 
 
-def predicted_shape(info: Any, graph: DependencyGraph, removed: set[int]) -> Any:
-    """The shape a value should have after removing ``removed``."""
+def predicted_shape(info: Any, graph: DependencyGraph, removed: np.ndarray) -> Any:
+    """The shape a value should have after removing ``removed`` (a removal mask)."""
     if isinstance(info, TensorInfo):
         shape = list(info.shape)
         for cmap in info.maps:
@@ -64,8 +65,11 @@ class _CheckedProp(ShapeProp):
 
 
 def verify(model: nn.Module, graph: DependencyGraph, removed: set[int],
-           example_inputs: Any) -> None:
-    """Raise :class:`TechniqueError` unless the pruned ``model`` matches the plan."""
+           example_inputs: Any) -> fx.GraphModule:
+    """Raise :class:`TechniqueError` unless the pruned ``model`` matches the plan.
+
+    Returns the pruned model's traced graph (with shapes), for BatchNorm folding.
+    """
     gm = fx.symbolic_trace(model) if not isinstance(model, fx.GraphModule) else model
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     was_training = model.training
@@ -75,13 +79,14 @@ def verify(model: nn.Module, graph: DependencyGraph, removed: set[int],
             _CheckedProp(gm).propagate(*args)
     finally:
         model.train(was_training)
+    mask = removal_mask(graph, removed)
     for node in gm.graph.nodes:
         if node.op in ("output", "placeholder", "get_attr") or node.name not in graph.values:
             continue
         info = graph.values[node.name]
         if isinstance(info, TensorInfo) and info.param is not None:
             continue  # a parameter's own shape follows its slots
-        expected = predicted_shape(info, graph, removed)
+        expected = predicted_shape(info, graph, mask)
         actual = node_shape(node)
         if expected is None or actual is None:
             continue
@@ -92,6 +97,7 @@ def verify(model: nn.Module, graph: DependencyGraph, removed: set[int],
                 f"{expected}; its code uses a channel count the engine cannot update — "
                 "store that count in a module attribute or add the module to ignored_layers"
             )
+    return gm
 
 
 def _normal(shape: Any) -> Any:
