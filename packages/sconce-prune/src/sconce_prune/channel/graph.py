@@ -108,6 +108,7 @@ class DependencyGraph:
         origin: the module that created each variable (for naming groups).
         values: what the analysis knew about each traced node (for verification).
         graph_module: the traced graph.
+        leaves: module patterns traced as opaque leaves (the ignored layers).
     """
 
     space: VariableSpace
@@ -118,6 +119,7 @@ class DependencyGraph:
     origin: list[str]
     values: dict[str, Any]
     graph_module: fx.GraphModule
+    leaves: tuple[str, ...] = ()
 
     def groups(self) -> list[Any]:
         """The prunable channel groups (see :mod:`.groups`)."""
@@ -351,7 +353,7 @@ class GraphBuilder:
                 value = None
             self.values[node.name] = value
         return DependencyGraph(self.space, self.slots, self.counts, self.constants, self.heads,
-                               self.origin, self.values, self.gm)
+                               self.origin, self.values, self.gm, tuple(self.options.ignored))
 
     def _get_attr(self, node: fx.Node) -> Any:
         shape = node_shape(node)
@@ -430,6 +432,6 @@ def build_dependency_graph(
         >>> g.groups()
         []
     """
-    gm = trace(model, example_inputs)
+    gm = trace(model, example_inputs, leaves=ignored_layers)
     builder = GraphBuilder(model, gm, _Options(attention, on_unknown, tuple(ignored_layers)))
     return builder.run()

@@ -16,9 +16,12 @@ Example:
 
 from __future__ import annotations
 
+import fnmatch
+import itertools
 import logging
 import os
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,11 +36,19 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 class _PathTracer(fx.Tracer):
-    """A tracer that remembers the innermost module being traced when tracing fails."""
+    """A tracer that remembers the innermost module being traced when tracing fails, and
+    keeps the modules matching ``leaves`` (fnmatch patterns) opaque."""
 
-    def __init__(self) -> None:
+    def __init__(self, leaves: Sequence[str] = ()) -> None:
         super().__init__()
         self.failed_in: str | None = None
+        self.leaves = tuple(leaves)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self.leaves and any(fnmatch.fnmatchcase(module_qualified_name, pattern)
+                               for pattern in self.leaves):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
@@ -59,13 +70,20 @@ def _user_line(exc: BaseException) -> str:
     return f"{os.path.basename(frame.filename)}:{frame.lineno}: {(frame.line or '').strip()}"
 
 
-def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True) -> fx.GraphModule:
+def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
+          leaves: Sequence[str] = (), interpreter: type[ShapeProp] = ShapeProp
+          ) -> fx.GraphModule:
     """Trace ``model`` and annotate every node with its real output shape.
+
+    Shapes come from running the graph on meta tensors (no arithmetic, no kernel set-up);
+    should an operation lack a meta implementation, it is run on the real inputs instead.
 
     Args:
         model: the model (not modified; it is traced in eval mode and put back).
         example_inputs: a tensor or a tuple of tensors the model accepts.
-        shapes: run the model on the inputs to record shapes (False: structure only).
+        shapes: record shapes (False: structure only).
+        leaves: fnmatch patterns of modules kept opaque (not traced through).
+        interpreter: the shape-propagating interpreter class.
 
     Returns:
         A GraphModule sharing ``model``'s submodules; ``node.meta["tensor_meta"]`` holds
@@ -80,7 +98,7 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True) -> fx.G
         >>> [tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if n.op != "output"]
         [(1, 4), (1, 2)]
     """
-    tracer = _PathTracer()
+    tracer = _PathTracer(leaves)
     try:
         graph = tracer.trace(model)
     except Exception as exc:
@@ -101,8 +119,9 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True) -> fx.G
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*args)
+        propagate(gm, args, interpreter)
+    except TechniqueError:
+        raise
     except Exception as exc:
         raise TechniqueError(
             f"prune.channel could not run the traced model on the example inputs "
@@ -112,6 +131,36 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True) -> fx.G
     finally:
         model.train(was_training)
     return gm
+
+
+class _Runner(nn.Module):
+    """Runs a shape-propagating interpreter as a module call (for ``functional_call``)."""
+
+    def __init__(self, gm: fx.GraphModule, interpreter: type[ShapeProp]) -> None:
+        super().__init__()
+        self.gm = gm
+        self.interpreter = interpreter
+
+    def forward(self, *args: Any) -> Any:
+        return self.interpreter(self.gm).propagate(*args)
+
+
+def propagate(gm: fx.GraphModule, args: tuple[Any, ...],
+              interpreter: type[ShapeProp] = ShapeProp) -> None:
+    """Record every node's shape: on meta tensors when possible, else on the real inputs."""
+    runner = _Runner(gm, interpreter)
+    state = {name: torch.empty_like(t, device="meta") for name, t in
+             itertools.chain(runner.named_parameters(remove_duplicate=False),
+                             runner.named_buffers(remove_duplicate=False))}
+    meta_args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(runner, state, meta_args, strict=False)
+        return
+    except Exception as exc:
+        logger.debug("meta shape propagation failed (%s); running the real inputs", exc)
+    with torch.no_grad():
+        interpreter(gm).propagate(*args)
 
 
 def node_module(node: fx.Node) -> str:

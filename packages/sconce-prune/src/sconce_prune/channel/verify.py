@@ -21,7 +21,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -29,7 +28,7 @@ from sconce.errors import TechniqueError
 from sconce_prune.channel.graph import DependencyGraph
 from sconce_prune.channel.ids import TensorInfo
 from sconce_prune.channel.ops import axis_size, kept, removal_mask
-from sconce_prune.channel.tracing import describe_op, node_module, node_shape
+from sconce_prune.channel.tracing import describe_op, node_module, node_shape, trace
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +69,7 @@ def verify(model: nn.Module, graph: DependencyGraph, removed: set[int],
 
     Returns the pruned model's traced graph (with shapes), for BatchNorm folding.
     """
-    gm = fx.symbolic_trace(model) if not isinstance(model, fx.GraphModule) else model
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _CheckedProp(gm).propagate(*args)
-    finally:
-        model.train(was_training)
+    gm = trace(model, example_inputs, leaves=graph.leaves, interpreter=_CheckedProp)
     mask = removal_mask(graph, removed)
     for node in gm.graph.nodes:
         if node.op in ("output", "placeholder", "get_attr") or node.name not in graph.values:
