@@ -167,6 +167,9 @@ def test_an_untraceable_model_names_the_module_and_the_line() -> None:
         build_dependency_graph(DataDependent(), torch.randn(1, 3, 8, 8))
     message = str(error.value)
     assert "'body.1'" in message and "if x.sum() > 0" in message
+    model = DataDependent()  # the fix the message gives: keep that module opaque
+    prune_channels(model, torch.randn(1, 3, 8, 8), sparsity=0.5, ignored_layers=["body.1"])
+    assert model.body[0].out_channels == 4
 
 
 def test_invalid_configs_are_clear_errors() -> None:
@@ -226,8 +229,9 @@ def test_round_to_ratios_ignored_layers_and_global_ranking() -> None:
     assert (uniform[0].out_channels, uniform[3].out_channels) == (12, 20)
 
 
-def test_target_macs_through_the_technique() -> None:
-    model = sconce.models.vgg(num_classes=10, in_channels=1, image_size=28)
+def test_target_macs_and_latency_through_the_technique() -> None:
+    model = sconce.models.vgg(num_classes=10, in_channels=1, image_size=28,
+                              widths=(16, "M", 32, "M", 32), hidden_features=32)
     x = torch.randn(1, 1, 28, 28)
     before = count_macs(model, x)
     result = sconce.compress(copy.deepcopy(model), _loaders((1, 28, 28)),
@@ -236,6 +240,13 @@ def test_target_macs_through_the_technique() -> None:
     assert count_macs(result.model, x) <= 0.4 * before
     assert count_macs(result.model, x) > 0.25 * before
     assert "ratio found for target_macs" in result.report.stages[-1].notes
+    timed = sconce.compress(copy.deepcopy(model), _loaders((1, 28, 28)),
+                            recipe=[("prune.channel", {"target_latency": 0.9})],
+                            finetune_epochs=0, **FAST)
+    ratio = timed.report.stages[-1].notes["ratio found for target_latency"]
+    assert 0.0 < ratio <= 0.95
+    with pytest.raises(ConfigError, match="not both"):
+        ChannelPruneConfig(target_macs=0.5, target_latency=0.5)
 
 
 def test_sensitivity_allocation_chooses_per_group_ratios() -> None:

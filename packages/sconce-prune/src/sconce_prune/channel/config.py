@@ -43,6 +43,9 @@ class ChannelPruneConfig(PruneConfig):
         ignored_layers: modules (fnmatch patterns) whose output channels are never pruned.
         target_macs: instead of ``sparsity``, search the uniform ratio that keeps at most
             this fraction of the model's MACs (e.g. 0.25).
+        target_latency: instead of ``sparsity``, search the uniform ratio whose deployed
+            model (BN folded, channels-last as configured) runs in at most this fraction of
+            the original's measured batch-1 latency (e.g. 0.4).
         attention: ``heads`` removes whole attention heads (``num_heads`` shrinks),
             ``dims`` removes the same dimensions from every head.
         on_unknown: an operation the engine does not know that touches prunable channels
@@ -67,6 +70,7 @@ class ChannelPruneConfig(PruneConfig):
     ratios: dict[str, float] = field(default_factory=dict)
     ignored_layers: list[str] = field(default_factory=list)
     target_macs: float | None = None
+    target_latency: float | None = None
     attention: str = "heads"
     on_unknown: str = "error"
     taylor_batches: int = 4
@@ -100,6 +104,10 @@ class ChannelPruneConfig(PruneConfig):
                               f"got {self.ignored_layers!r}")
         if self.target_macs is not None:
             check_range("target_macs", self.target_macs, 0.0, 1.0, low_inclusive=False)
+        if self.target_latency is not None:
+            check_range("target_latency", self.target_latency, 0.0, 1.0, low_inclusive=False)
+        if self.target_macs is not None and self.target_latency is not None:
+            raise ConfigError("give target_macs or target_latency, not both")
         check_positive("taylor_batches", self.taylor_batches)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be an int >= 1, got {self.steps!r}")

@@ -170,6 +170,8 @@ def search_ratio(
     """The smallest uniform ratio whose pruned model measures at most ``target_fraction`` of
     the original (MACs or latency), by bisection on copies of ``model``.
 
+    ``prune(copy, ratio)`` prunes a copy in place; ``measure(model)`` returns the quantity.
+
     Example:
         >>> import torch
         >>> net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 2))

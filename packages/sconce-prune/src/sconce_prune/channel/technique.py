@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from sconce.context import Context
+from sconce.metrics.timing import TimingSettings, time_call
 from sconce.technique import Technique
 from sconce_prune.channel.config import ChannelPruneConfig
 from sconce_prune.channel.folding import fold_batchnorms
@@ -76,14 +77,8 @@ class ChannelPruning(Technique):
         macs_before = count_macs(model, example)
         options = pruning_options(config)
         sparsity = config.sparsity
-        if config.target_macs is not None:
-            search = {**options, "importance": "l2" if config.importance == "taylor"
-                      else config.importance}
-            sparsity = search_ratio(
-                model, example, config.target_macs, lambda m: count_macs(m, example),
-                lambda m, r: prune_channels(m, example, sparsity=r, verify_result=False,
-                                            **search))
-            ctx.note("ratio found for target_macs", round(sparsity, 4))
+        if config.target_macs is not None or config.target_latency is not None:
+            sparsity = self._search_ratio(model, example, config, ctx, options)
         if config.allocation == "sensitivity":
             options["ratios"] = {**self._sensitivity_ratios(model, example, config, ctx,
                                                             options), **config.ratios}
@@ -120,6 +115,38 @@ class ChannelPruning(Technique):
             ctx.note("attributes updated", report.attributes)
         logger.info("prune.channel: %s", report.widths)
         return model
+
+    @staticmethod
+    def _search_ratio(model: nn.Module, example: Any, config: ChannelPruneConfig,
+                      ctx: Context, options: dict[str, Any]) -> float:
+        """The uniform ratio that meets ``target_macs`` or ``target_latency``."""
+        search = {**options, "importance": "l2" if config.importance == "taylor"
+                  else config.importance}
+
+        def prune(candidate: nn.Module, ratio: float) -> None:
+            prune_channels(candidate, example, sparsity=ratio, fold_bn=config.fold_bn,
+                           **search)
+            if config.channels_last:
+                to_channels_last(candidate)
+
+        if config.target_macs is not None:
+            target, name = config.target_macs, "target_macs"
+
+            def measure(candidate: nn.Module) -> float:
+                return float(count_macs(candidate, example))
+        else:
+            assert config.target_latency is not None
+            target, name = config.target_latency, "target_latency"
+            settings = TimingSettings(threads=ctx.timing.threads, rounds=3,
+                                      round_seconds=0.05, warmup_seconds=0.05)
+
+            def measure(candidate: nn.Module) -> float:
+                candidate.eval()
+                return time_call(lambda: ctx.adapter.forward(candidate, example), ctx.device,
+                                 settings)
+        ratio = search_ratio(model, example, target, measure, prune, iterations=7)
+        ctx.note(f"ratio found for {name}", round(ratio, 4))
+        return ratio
 
     @staticmethod
     def _sensitivity_ratios(model: nn.Module, example: Any, config: ChannelPruneConfig,
