@@ -7,13 +7,12 @@ import io
 
 import pytest
 import torch
+from quant_helpers import SmallCNN
 from torch import nn
 from torch.utils.data import DataLoader
 
 from sconce_quant.engines import ENGINES, EngineError, OrtModule, StaticSettings, choose_engine
 from sconce_quant.engines.select import relative_error
-
-from conftest import SmallCNN
 
 ENGINE_NAMES = [name for name, engine in ENGINES.items() if engine.unavailable() is None]
 

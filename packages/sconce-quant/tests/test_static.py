@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from quant_helpers import SmallCNN, blob_images
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -13,8 +14,6 @@ import sconce
 from sconce.context import Context
 from sconce.errors import ConfigError, DataError
 from sconce_quant.static import Int8Config, StaticInt8
-
-from conftest import SmallCNN, blob_images
 
 QUICK = sconce.TimingSettings(threads=1, rounds=1, round_seconds=0.01, warmup_seconds=0.01,
                               batch_size=8)

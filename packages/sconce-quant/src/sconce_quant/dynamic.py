@@ -44,6 +44,7 @@ from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes
 from sconce_quant.engines.select import Candidate, choose_engine
 from sconce_quant.mixed import fit_budget
 from sconce_quant.qparams import cpu_has_vnni
+from sconce_quant.rnn import plain_state_rnns
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ def torch_dynamic(model: nn.Module, layers: Sequence[str], per_channel: bool) ->
             else default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model.eval(), spec, dtype=torch.qint8, inplace=True)
+        return plain_state_rnns(quantize_dynamic(model.eval(), spec, dtype=torch.qint8,
+                                                 inplace=True))
 
 
 class OrtDynamicEngine:

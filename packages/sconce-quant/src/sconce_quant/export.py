@@ -1,9 +1,14 @@
 """Export a quantized model to an ONNX file that ONNX Runtime runs without sconce.
 
-ONNX Runtime int8 models are already ONNX: their bytes are written as they are. torch.ao int8
-models and weight-only models are exported by torch's exporter (int8 operators become
+ONNX Runtime int8 models are already ONNX: their bytes are written as they are. torch.ao static
+int8 models and weight-only models are exported by torch's exporter (int8 operators become
 QuantizeLinear / QLinearConv / ... nodes; weight-only layers dequantize their codes with
-standard operators), float models too.
+standard operators), float models too; ONNX's uint8 QuantizeLinear saturates at 255 where
+torch.ao's 7-bit (reduce_range) activations saturate at 127, so values beyond a calibrated
+range pass a little further. torch.ao dynamic int8 layers have no ONNX export in
+torch: their int8 weights are dequantized and quantized again by ONNX Runtime's dynamic
+quantizer (same per-channel or per-tensor layout; a code can differ by one where the two
+libraries' symmetric scales differ).
 
 Example:
     >>> import tempfile, torch
@@ -15,13 +20,16 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from sconce.storage import atomic_write_bytes
+from sconce_quant._tree import replace_module
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes
 
 logger = logging.getLogger(__name__)
@@ -41,8 +49,71 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any) -> Path
     path = Path(path)
     if isinstance(model, OrtModule):
         data = model.onnx_bytes()
+    elif _has_torch_dynamic(model):
+        data = _requantized_dynamic(model, example_inputs)
     else:
         data = export_onnx_bytes(model.eval(), example_inputs)
     atomic_write_bytes(path, data)
     logger.info("wrote %s (%d bytes)", path, len(data))
     return path
+
+
+def _has_torch_dynamic(model: nn.Module) -> bool:
+    from torch.ao.nn.quantized.dynamic.modules.linear import Linear as DynamicLinear
+    from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase
+
+    return any(isinstance(m, (DynamicLinear, RNNBase)) for m in model.modules())
+
+
+def _requantized_dynamic(model: nn.Module, example_inputs: Any) -> bytes:
+    """The dynamic int8 model as ONNX: float twin exported, then ORT dynamic quantization."""
+    from sconce_quant.dynamic import DynamicConfig, OrtDynamicEngine
+
+    twin, per_channel = float_twin(model)
+    config = DynamicConfig(engine="onnxruntime", per_channel=per_channel)
+    prepared = OrtDynamicEngine(config).prepare(twin, [example_inputs], None)
+    built = prepared.build()
+    assert isinstance(built.module, OrtModule)
+    return built.module.onnx_bytes()
+
+
+def float_twin(model: nn.Module) -> tuple[nn.Module, bool]:
+    """A copy of ``model`` whose torch.ao dynamic int8 layers are float layers holding the
+    dequantized int8 weights; and whether any weight was per-channel.
+
+    Example:
+        >>> from sconce_quant.dynamic import torch_dynamic
+        >>> twin, per_channel = float_twin(torch_dynamic(nn.Sequential(nn.Linear(4, 2)), ["0"],
+        ...                                              per_channel=True))
+        >>> type(twin[0]).__name__, per_channel
+        ('Linear', True)
+    """
+    from torch.ao.nn.quantized.dynamic.modules.linear import Linear as DynamicLinear
+    from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase
+
+    twin = copy.deepcopy(model)
+    per_channel = False
+    for name, module in list(twin.named_modules()):
+        if isinstance(module, DynamicLinear):
+            weight, bias = module.weight(), module.bias()
+            per_channel |= weight.qscheme() in (torch.per_channel_affine,
+                                                torch.per_channel_symmetric)
+            linear = nn.Linear(module.in_features, module.out_features, bias=bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(weight.dequantize())
+                if bias is not None:
+                    linear.bias.copy_(bias)
+            replace_module(twin, name, linear)
+        elif isinstance(module, RNNBase):
+            float_cls = nn.LSTM if module.mode == "LSTM" else nn.GRU
+            rnn = float_cls(module.input_size, module.hidden_size, module.num_layers,
+                            bias=module.bias, batch_first=module.batch_first,
+                            dropout=float(module.dropout), bidirectional=module.bidirectional)
+            values = module._weight_bias()
+            with torch.no_grad():
+                for group in values.values():
+                    for key, tensor in group.items():
+                        target = getattr(rnn, key)
+                        target.copy_(tensor.dequantize() if tensor.is_quantized else tensor)
+            replace_module(twin, name, rnn)
+    return twin.eval(), per_channel

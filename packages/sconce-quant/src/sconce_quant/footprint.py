@@ -45,7 +45,7 @@ def quantized_footprint(module: nn.Module) -> Footprint | None:
         return _weight_only(module)
     if isinstance(module, OrtModule):
         return onnx_footprint(module.onnx_bytes())
-    if type(module).__module__.startswith(_TORCH_QUANTIZED):
+    if any(cls.__module__.startswith(_TORCH_QUANTIZED) for cls in type(module).__mro__):
         return _torch_quantized(module)
     return None
 

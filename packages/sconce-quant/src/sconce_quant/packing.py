@@ -37,8 +37,12 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_int4(packed: torch.Tensor, length: int) -> torch.Tensor:
-    """Unpack bytes from :func:`pack_int4` back to ``length`` uint8 codes per row."""
-    low = packed & 0x0F
-    high = packed >> 4
+    """Unpack bytes from :func:`pack_int4` back to ``length`` uint8 codes per row.
+
+    Written with remainder and floor division (not bit operations) so the unpacking exports
+    to ONNX with standard integer operators.
+    """
+    low = torch.remainder(packed, 16)
+    high = torch.div(packed, 16, rounding_mode="floor")
     codes = torch.stack((low, high), dim=-1).flatten(-2)
     return codes[..., :length].contiguous()
