@@ -18,9 +18,9 @@ from sconce_prune.channel import (
     ChannelPruneConfig,
     build_dependency_graph,
     count_macs,
-    fold_batchnorms,
     prune_channels,
 )
+from sconce_prune.channel.record import to_channels_last
 
 
 def _loaders(shape: tuple[int, ...], classes: int = 10, count: int = 64) -> dict[str, DataLoader]:
@@ -98,8 +98,9 @@ def test_pruned_model_exports_to_onnx_and_runs_in_onnxruntime(tmp_path) -> None:
     model = sconce.models.resnet(num_classes=10, image_size=32, depths=(1, 1),
                                  widths=(16, 32)).eval()
     x = torch.randn(2, 3, 32, 32)
-    prune_channels(model, x[:1], sparsity=0.5)
-    fold_batchnorms(model, x[:1])
+    prune_channels(model, x[:1], sparsity=0.5, fold_bn=True)
+    to_channels_last(model)  # as the technique ships it
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     path = tmp_path / "pruned.onnx"
     torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"],
                       dynamo=True)
