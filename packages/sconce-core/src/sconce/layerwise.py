@@ -247,8 +247,8 @@ def run_layerwise(
         names = list(targets)
         for name in names:
             if name not in modules:
-                raise ConfigError(f"layer {name!r} is not in the model; layers it has: "
-                                  f"{', '.join(n for n, m in modules.items() if supported_layer(m))}")
+                known = ", ".join(n for n, m in modules.items() if supported_layer(m))
+                raise ConfigError(f"layer {name!r} is not in the model; layers it has: {known}")
             if not supported_layer(modules[name]):
                 raise ConfigError(f"layer {name!r} is a {type(modules[name]).__name__}; "
                                   "layer-wise calibration supports Linear and ungrouped Conv2d")
