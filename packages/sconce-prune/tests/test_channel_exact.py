@@ -159,3 +159,70 @@ def test_folding_skips_batchnorms_that_do_not_follow_a_layer() -> None:
     assert fold_batchnorms(model, torch.randn(1, 3, 8, 8)) == []
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(model(x), reference(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.heads, -1).transpose(1, 2)
+        k = self.k(x).view(b, t, self.heads, -1).transpose(1, 2)
+        v = self.v(x).view(b, t, self.heads, -1).transpose(1, 2)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, t, -1))
+
+
+def test_planted_heads_are_removed_exactly() -> None:
+    torch.manual_seed(0)
+    model = Attention().eval()
+    with torch.no_grad():
+        for layer in (model.q, model.k, model.v):
+            for head in (1, 3):
+                layer.weight[head * 8:(head + 1) * 8] = 0
+                layer.bias[head * 8:(head + 1) * 8] = 0
+    x = torch.randn(3, 5, 32)
+    with torch.no_grad():
+        expected = model(x)
+    prune_channels(model, x[:1], sparsity=0.5, attention="heads")
+    assert model.heads == 2 and model.q.out_features == 16 and model.proj.in_features == 16
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+class Branches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 1)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=2)
+        self.out = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(torch.cat([self.a(x), self.b(x)], dim=1))
+        left, right = F.relu(self.grouped(y)).chunk(2, dim=1)
+        return self.out(torch.cat([right, left], dim=1)).mean((2, 3))
+
+
+def test_planted_channels_are_removed_exactly_through_concat_chunk_and_groups() -> None:
+    torch.manual_seed(0)
+    model = Branches().eval()
+    with torch.no_grad():
+        model.a.weight[[0, 2, 4, 6]] = 0
+        model.a.bias[[0, 2, 4, 6]] = 0
+        model.b.weight[[0, 2, 4, 6]] = 0  # the grouped conv reads a and b as its two groups,
+        model.b.bias[[0, 2, 4, 6]] = 0  # which lose the same local channels
+        for local in (0, 1, 2, 3):  # grouped conv: the same local channels in both groups
+            model.grouped.weight[[local, local + 8]] = 0
+            model.grouped.bias[[local, local + 8]] = 0
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        expected = model(x)
+    prune_channels(model, x[:1], sparsity=0.5, importance="l1")
+    assert (model.a.out_channels, model.b.out_channels, model.grouped.out_channels) == (4, 4, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-5)
