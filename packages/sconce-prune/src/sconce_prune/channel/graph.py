@@ -99,6 +99,8 @@ class HeadLayout:
 class DependencyGraph:
     """Channel variables, their coupling and where they live in the model.
 
+    Build it with :func:`build_dependency_graph`; :meth:`groups` lists the prunable groups.
+
     Attributes:
         space: the variables (coupling and frozen flags).
         slots: every tensor dimension holding channels.

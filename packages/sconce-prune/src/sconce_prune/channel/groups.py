@@ -40,6 +40,10 @@ class ChannelGroup:
         slots: indices into ``graph.slots`` of the tensors holding these channels.
         multiplicity: positions per channel in the producing tensor (heads hold ``head_dim``
             positions each), so ``round_to`` acts on real widths.
+
+    Example:
+        >>> ChannelGroup("blocks.0.attn", np.arange(4), 4, [0, 1], 16).multiplicity
+        16
     """
 
     name: str
@@ -50,7 +54,16 @@ class ChannelGroup:
 
 
 def slot_roots(graph: DependencyGraph) -> list[np.ndarray]:
-    """The root variable of every position of every slot (cached on the graph)."""
+    """The root variable of every position of every slot (cached on the graph).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from sconce_prune.channel.graph import build_dependency_graph
+        >>> g = build_dependency_graph(nn.Sequential(nn.Linear(2, 3)), torch.randn(1, 2))
+        >>> [r.tolist() for r in slot_roots(g)]  # the weight rows and the bias
+        [[0, 1, 2], [0, 1, 2]]
+    """
     cached = getattr(graph, "_slot_roots", None)
     if cached is None:
         cached = [graph.space.roots(slot.ids) for slot in graph.slots]

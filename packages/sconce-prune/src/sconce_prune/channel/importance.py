@@ -113,6 +113,15 @@ def score_groups(
 
     Returns:
         A list of float arrays; higher means more important.
+
+    Example:
+        >>> from sconce_prune.channel.graph import build_dependency_graph
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+        >>> with torch.no_grad(): net[0].weight[:] = torch.tensor([[1., 0], [0, 0], [3, 4]])
+        >>> graph = build_dependency_graph(net, torch.randn(1, 2))
+        >>> [round(float(s), 2) for s in score_groups(net, graph, graph.groups(), "l2",
+        ...                                            aggregation="max")[0]][::2]
+        [1.0, 5.0]
     """
     rng = np.random.default_rng(seed)
     roots_per_slot = slot_roots(graph)

@@ -37,6 +37,10 @@ _MAX_ROUNDS = 8
 class PruneReport:
     """What one pruning pass did.
 
+    Example:
+        >>> PruneReport([("conv1", 64, 32), ("fc1", 256, 128)]).removed
+        160
+
     Attributes:
         widths: ``(group name, channels before, channels after)`` per prunable group.
         frozen: why channels were kept whatever their score (reason -> count).
@@ -105,6 +109,11 @@ def prune_channels(
     Raises:
         TechniqueError: the model cannot be traced, uses an operation the engine does not
             know (with ``on_unknown="error"``), or the pruned model would not match.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 2))
+        >>> prune_channels(net, torch.randn(1, 4), sparsity=0.25).widths
+        [('0', 32, 24)]
     """
     graph = build_dependency_graph(model, example_inputs, attention=attention,
                                    on_unknown=on_unknown, ignored_layers=ignored_layers)

@@ -24,7 +24,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Selection:
-    """The channels chosen for removal and each group's width before and after."""
+    """The channels chosen for removal and each group's width before and after.
+
+    Example:
+        >>> Selection({3, 4}, [("conv", 8, 6)]).widths[0][2]
+        6
+    """
 
     removed: set[int]
     widths: list[tuple[str, int, int]]
@@ -83,6 +88,11 @@ def select(
 
     Returns:
         The :class:`Selection`.
+
+    Example:
+        >>> group = ChannelGroup("conv", np.array([10, 11, 12, 13]), 4, [0], 1)
+        >>> select([group], [np.array([0.3, 0.1, 0.9, 0.2])], 0.5).removed == {11, 13}
+        True
     """
     ratios = dict(ratios or {})
     removed: set[int] = set()

@@ -34,7 +34,18 @@ logger = logging.getLogger(__name__)
 
 
 def predicted_shape(info: Any, graph: DependencyGraph, removed: np.ndarray) -> Any:
-    """The shape a value should have after removing ``removed`` (a removal mask)."""
+    """The shape a value should have after removing ``removed`` (a removal mask).
+
+    Example:
+        >>> import torch
+        >>> from sconce_prune.channel.graph import build_dependency_graph
+        >>> from sconce_prune.channel.ids import ChannelMap
+        >>> net = nn.Sequential(nn.Linear(3, 4))
+        >>> graph = build_dependency_graph(net, torch.randn(1, 3))
+        >>> mask = np.zeros(len(graph.space), dtype=bool)
+        >>> predicted_shape(TensorInfo((1, 4), [ChannelMap((1,), np.arange(4))]), graph, mask)
+        (1, 4)
+    """
     if isinstance(info, TensorInfo):
         shape = list(info.shape)
         for cmap in info.maps:
@@ -68,6 +79,14 @@ def verify(model: nn.Module, graph: DependencyGraph, removed: set[int],
     """Raise :class:`TechniqueError` unless the pruned ``model`` matches the plan.
 
     Returns the pruned model's traced graph (with shapes), for BatchNorm folding.
+
+    Example:
+        >>> import torch
+        >>> from sconce_prune.channel.graph import build_dependency_graph
+        >>> net = nn.Sequential(nn.Linear(3, 4))
+        >>> x = torch.randn(1, 3)
+        >>> verify(net, build_dependency_graph(net, x), set(), x).graph is not None
+        True
     """
     gm = trace(model, example_inputs, leaves=graph.leaves, interpreter=_CheckedProp)
     mask = removal_mask(graph, removed)
