@@ -183,17 +183,26 @@ def quantize_qdq(float_bytes: bytes, ranges: dict[str, tuple[float, float]],
 
 
 def module_of(node_name: str) -> str:
-    """The module path in a node name of torch's exporter (``/model/a/a.b/Conv`` -> ``a.b``;
-    ``model`` is the wrapper every export goes through; "" for the model's own operators).
+    """The qualified module name in a node name of torch's exporter, "" for the model's own
+    operators. Scopes come either as full paths (``/features/features.0/features.0.0/Conv``)
+    or as attribute names (``/encoder/layer.0/attention/self/query/MatMul``); ``model`` is the
+    wrapper every export goes through.
 
     Example:
-        >>> module_of("/model/features/features.0/features.0.0/Conv"), module_of("/model/Erf")
-        ('features.0.0', '')
+        >>> module_of("/model/features/features.0/features.0.0/Conv")
+        'features.0.0'
+        >>> module_of("/model/encoder/layer.0/attention/self/query/MatMul")
+        'encoder.layer.0.attention.self.query'
+        >>> module_of("/model/Erf")
+        ''
     """
     parts = [p for p in node_name.split("/") if p]
     if parts and parts[0] == "model":
         parts = parts[1:]
-    return parts[-2] if len(parts) >= 2 else ""
+    name = ""
+    for part in parts[:-1]:
+        name = part if not name or part.startswith(name + ".") else f"{name}.{part}"
+    return name
 
 
 def float_nodes(onnx_bytes: bytes) -> list[str]:
