@@ -30,6 +30,8 @@ class ChannelPruneConfig(PruneConfig):
             ``bn_scale`` (|gamma| of the BatchNorm that follows), ``taylor`` (first-order
             Taylor, |w * dL/dw|, from a few training batches) or ``random`` (a control).
         aggregation: how the scores of a channel's coupled layers are combined.
+        consumers: also score a channel by the weights that read it (next layers' input
+            columns), not only by those that produce it.
         ranking: ``uniform`` removes ``sparsity`` of every group; ``global`` ranks all
             channels together (scores normalised per group) and removes ``sparsity`` of all.
         round_to: kept widths are multiples of this (hardware-friendly); 1 turns it off.
@@ -52,6 +54,8 @@ class ChannelPruneConfig(PruneConfig):
             is an ``error`` (default) or ``freeze`` s those channels.
         taylor_batches: training batches whose gradients the Taylor criterion uses.
         steps: prune in this many equal steps, fine-tuning between them (iterative pruning).
+        bn_recalibration: training batches run (no gradients) after each pruning step to
+            re-estimate the BatchNorm statistics of the narrower network; 0 turns it off.
         finetune: fine-tune inside the technique (with distillation from the original model
             when the run distils); the budget is the run's ``finetune_epochs``.
         fold_bn: fold each BatchNorm into the conv/linear before it in the final model.
@@ -63,6 +67,7 @@ class ChannelPruneConfig(PruneConfig):
     sparsity: float = 0.5
     importance: str = "l2"
     aggregation: str = "sum"
+    consumers: bool = False
     ranking: str = "uniform"
     round_to: int = 8
     allocation: str = "uniform"
@@ -75,6 +80,7 @@ class ChannelPruneConfig(PruneConfig):
     on_unknown: str = "error"
     taylor_batches: int = 4
     steps: int = 1
+    bn_recalibration: int = 32
     finetune: bool = True
     fold_bn: bool = True
     channels_last: bool = True
@@ -109,5 +115,6 @@ class ChannelPruneConfig(PruneConfig):
         if self.target_macs is not None and self.target_latency is not None:
             raise ConfigError("give target_macs or target_latency, not both")
         check_positive("taylor_batches", self.taylor_batches)
+        check_positive("bn_recalibration", self.bn_recalibration, allow_zero=True)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be an int >= 1, got {self.steps!r}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -62,6 +63,49 @@ def fold_batchnorms(model: nn.Module, example_inputs: Any,
     if folded:
         logger.info("folded %d BatchNorm layers", len(folded))
     return folded
+
+
+def recalibrate_batchnorms(model: nn.Module, batches: Iterable[Any], adapter: Any = None
+                           ) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` (no gradients).
+
+    Pruning changes what each BatchNorm sees; averaging its statistics afresh over a few
+    batches (``momentum=None``) gives the narrower network sound statistics before any
+    fine-tuning. Returns the number of batches used.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        >>> recalibrate_batchnorms(net, [torch.randn(16, 3) + 5 for _ in range(2)])
+        2
+        >>> bool(net[1].running_mean.abs().sum() > 0)
+        True
+    """
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    used = 0
+    try:
+        with torch.no_grad():
+            for inputs in batches:
+                if adapter is not None:
+                    adapter.forward(model, inputs)
+                elif isinstance(inputs, tuple):
+                    model(*inputs)
+                else:
+                    model(inputs)
+                used += 1
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        model.train(was_training)
+    return used
 
 
 def _foldable_pair(gm: fx.GraphModule, node: fx.Node, calls: Counter[str]

@@ -102,6 +102,10 @@ class VariableSpace:
         """Whether ``var``'s coupled set may not be removed."""
         return self.find(var) in self._frozen
 
+    def frozen_reasons(self) -> list[str]:
+        """The reason of every frozen coupled set."""
+        return [r for root, r in self._frozen.items() if self.find(root) == root]
+
     def frozen_reason(self, var: int) -> str | None:
         """Why ``var`` is frozen, or None."""
         return self._frozen.get(self.find(var))

@@ -98,6 +98,7 @@ def score_groups(
     aggregation: str = "sum",
     saliency: dict[str, torch.Tensor] | None = None,
     seed: int = 0,
+    consumers: bool = False,
 ) -> list[np.ndarray]:
     """One score per prunable channel of each group (aligned with ``group.roots``).
 
@@ -110,6 +111,8 @@ def score_groups(
         aggregation: ``sum``, ``mean`` or ``max`` over the group's producing tensors.
         saliency: from :func:`taylor_saliency`, for ``taylor``.
         seed: for ``random``.
+        consumers: also score a channel by the weights that read it (the next layer's
+            input columns), each tensor's scores normalised by their mean.
 
     Returns:
         A list of float arrays; higher means more important.
@@ -132,7 +135,7 @@ def score_groups(
         if criterion == "random":
             results.append(rng.random(group.roots.size))
             continue
-        chosen = _scoring_slots(model, graph, group, criterion, params)
+        chosen = _scoring_slots(model, graph, group, criterion, params, consumers)
         method = "l2" if criterion == "bn_scale" and not _has_norm(model, graph, chosen) \
             else criterion
         per_slot = []
@@ -140,7 +143,10 @@ def score_groups(
             key = (index, method)
             if key not in cache:
                 cache[key] = _slot_scores(model, graph, index, method, saliency)
-            per_slot.append(_per_root(cache[key], roots_per_slot[index], group.roots))
+            scores = _per_root(cache[key], roots_per_slot[index], group.roots)
+            if consumers:
+                scores = scores / (float(scores.mean()) or 1.0)
+            per_slot.append(scores)
         if not per_slot:
             results.append(np.zeros(group.roots.size))
             continue
@@ -151,12 +157,14 @@ def score_groups(
 
 
 def _scoring_slots(model: nn.Module, graph: DependencyGraph, group: ChannelGroup,
-                   criterion: str, params: dict[str, nn.Parameter]) -> list[int]:
+                   criterion: str, params: dict[str, nn.Parameter], consumers: bool
+                   ) -> list[int]:
     def is_param(index: int) -> bool:
         slot = graph.slots[index]
         return f"{slot.module}.{slot.tensor}".lstrip(".") in params
 
-    chosen = [i for i in group.slots if graph.slots[i].role == "out" and is_param(i)]
+    roles = ("out", "in") if consumers and criterion != "bn_scale" else ("out",)
+    chosen = [i for i in group.slots if graph.slots[i].role in roles and is_param(i)]
     if criterion == "bn_scale":
         norms = [i for i in chosen if graph.slots[i].tensor == "weight"
                  and isinstance(model.get_submodule(graph.slots[i].module), _NORMS)]

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -78,6 +77,7 @@ def prune_channels(
     reference: dict[int, int] | None = None,
     verify_result: bool = True,
     fold_bn: bool = False,
+    consumers: bool = False,
 ) -> PruneReport:
     """Remove channels of ``model`` in place.
 
@@ -102,6 +102,7 @@ def prune_channels(
         verify_result: check every value's shape after pruning (recommended).
         fold_bn: fold BatchNorms into the layers before them afterwards (for deployment;
             the model then trains without them).
+        consumers: score channels also by the weights that read them.
 
     Returns:
         A :class:`PruneReport`.
@@ -132,7 +133,8 @@ def prune_channels(
         groups = graph.groups()
         if reference is not None and not reference:
             reference.update({i: g.size for i, g in enumerate(groups)})
-        scores = score_groups(model, graph, groups, importance, aggregation, saliency, seed)
+        scores = score_groups(model, graph, groups, importance, aggregation, saliency, seed,
+                              consumers)
         usable = reference if reference and len(reference) == len(groups) else None
         return groups, select(groups, scores, sparsity, ratios=ratios, ranking=ranking,
                               round_to=round_to, reference=usable)
@@ -150,19 +152,20 @@ def prune_channels(
     else:  # pragma: no cover - every round freezes more, so this ends long before
         selection = Selection(set(), [])
     remove_channels(model, graph, selection.removed, updates)
-    traced = verify(model, graph, selection.removed, example_inputs) if verify_result else None
+    read_directly = {str(n.target) for n in graph.graph_module.graph.nodes if n.op == "get_attr"}
+    retrace = bool(updates) or any(f"{s.module}.{s.tensor}".lstrip(".") in read_directly
+                                   for s in graph.slots)
+    traced = verify(model, graph, selection.removed, example_inputs,
+                    retrace=retrace) if verify_result else None
     folded = fold_batchnorms(model, example_inputs, traced) if fold_bn else []
     return PruneReport(selection.widths, _frozen_reasons(graph),
                        {f"{m}.{a}".lstrip("."): v for (m, a), v in updates.items()}, folded)
 
 
 def _frozen_reasons(graph: DependencyGraph) -> dict[str, int]:
-    roots = np.unique(np.concatenate([graph.space.roots(s.ids) for s in graph.slots])) \
-        if graph.slots else np.zeros(0, dtype=np.int64)
     reasons: dict[str, int] = {}
-    for root in roots.tolist():
-        reason = graph.space.frozen_reason(root)
-        if reason is not None and reason != "reaches a model output":
+    for reason in graph.space.frozen_reasons():
+        if reason != "reaches a model output":
             reasons[reason] = reasons.get(reason, 0) + 1
     return reasons
 

@@ -24,7 +24,7 @@ from sconce.context import Context
 from sconce.metrics.timing import TimingSettings, time_call
 from sconce.technique import Technique
 from sconce_prune.channel.config import ChannelPruneConfig
-from sconce_prune.channel.folding import fold_batchnorms
+from sconce_prune.channel.folding import fold_batchnorms, recalibrate_batchnorms
 from sconce_prune.channel.macs import count_macs
 from sconce_prune.channel.pruner import PruneReport, prune_channels, search_ratio
 from sconce_prune.channel.record import changes, replay, snapshot, to_channels_last
@@ -42,6 +42,13 @@ def _taylor_batches(ctx: Context, count: int) -> Iterator[tuple[Any, torch.Tenso
         yield ctx.adapter.to_device(inputs, ctx.device), targets.to(ctx.device)
 
 
+def _input_batches(ctx: Context, count: int) -> Iterator[Any]:
+    data = ctx.require_data()
+    for batch in itertools.islice(data.batches("train"), count):
+        inputs, _ = ctx.adapter.split_batch(batch)
+        yield ctx.adapter.to_device(inputs, ctx.device)
+
+
 def pruning_options(config: ChannelPruneConfig) -> dict[str, Any]:
     """The keyword arguments of :func:`prune_channels` that a config sets.
 
@@ -52,7 +59,8 @@ def pruning_options(config: ChannelPruneConfig) -> dict[str, Any]:
     return {"importance": config.importance, "aggregation": config.aggregation,
             "ranking": config.ranking, "round_to": config.round_to, "ratios": config.ratios,
             "ignored_layers": config.ignored_layers, "attention": config.attention,
-            "on_unknown": config.on_unknown, "seed": config.seed}
+            "on_unknown": config.on_unknown, "seed": config.seed,
+            "consumers": config.consumers}
 
 
 class ChannelPruning(Technique):
@@ -90,14 +98,18 @@ class ChannelPruning(Technique):
             batches = (list(_taylor_batches(ctx, config.taylor_batches))
                        if config.importance == "taylor" else None)
             last = step == config.steps
+            fold_now = config.fold_bn and last and epochs == 0 and not (
+                has_train and config.bn_recalibration)
             report = prune_channels(model, example, sparsity=sparsity * step / config.steps,
                                     taylor_batches=batches, adapter=ctx.adapter,
-                                    reference=reference,
-                                    fold_bn=config.fold_bn and last and epochs == 0, **options)
+                                    reference=reference, fold_bn=fold_now, **options)
+            if has_train and config.bn_recalibration:
+                recalibrate_batchnorms(model, _input_batches(ctx, config.bn_recalibration),
+                                       ctx.adapter)
             if epochs > 0:
                 ctx.finetune(model, epochs=epochs / config.steps, teacher=ctx.teacher)
         folded = report.folded
-        if config.fold_bn and epochs > 0:  # fold after fine-tuning, with the final statistics
+        if config.fold_bn and not folded:  # fold last, with the final statistics
             folded = fold_batchnorms(model, example)
         if config.channels_last:
             to_channels_last(model)

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import fnmatch
-import itertools
 import logging
 import os
 import traceback
@@ -75,9 +74,6 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
           ) -> fx.GraphModule:
     """Trace ``model`` and annotate every node with its real output shape.
 
-    Shapes come from running the graph on meta tensors (no arithmetic, no kernel set-up);
-    should an operation lack a meta implementation, it is run on the real inputs instead.
-
     Args:
         model: the model (not modified; it is traced in eval mode and put back).
         example_inputs: a tensor or a tuple of tensors the model accepts.
@@ -133,32 +129,13 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
     return gm
 
 
-class _Runner(nn.Module):
-    """Runs a shape-propagating interpreter as a module call (for ``functional_call``)."""
-
-    def __init__(self, gm: fx.GraphModule, interpreter: type[ShapeProp]) -> None:
-        super().__init__()
-        self.gm = gm
-        self.interpreter = interpreter
-
-    def forward(self, *args: Any) -> Any:
-        return self.interpreter(self.gm).propagate(*args)
-
-
 def propagate(gm: fx.GraphModule, args: tuple[Any, ...],
               interpreter: type[ShapeProp] = ShapeProp) -> None:
-    """Record every node's shape: on meta tensors when possible, else on the real inputs."""
-    runner = _Runner(gm, interpreter)
-    state = {name: torch.empty_like(t, device="meta") for name, t in
-             itertools.chain(runner.named_parameters(remove_duplicate=False),
-                             runner.named_buffers(remove_duplicate=False))}
-    meta_args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
-    try:
-        with torch.no_grad():
-            torch.func.functional_call(runner, state, meta_args, strict=False)
-        return
-    except Exception as exc:
-        logger.debug("meta shape propagation failed (%s); running the real inputs", exc)
+    """Record every node's shape by running the graph on the inputs (no autograd).
+
+    A real run at batch 1 is cheaper than meta-tensor propagation, whose shape functions
+    run in Python.
+    """
     with torch.no_grad():
         interpreter(gm).propagate(*args)
 

@@ -28,7 +28,13 @@ from sconce.errors import TechniqueError
 from sconce_prune.channel.graph import DependencyGraph
 from sconce_prune.channel.ids import TensorInfo
 from sconce_prune.channel.ops import axis_size, kept, removal_mask
-from sconce_prune.channel.tracing import describe_op, node_module, node_shape, trace
+from sconce_prune.channel.tracing import (
+    describe_op,
+    node_module,
+    node_shape,
+    propagate,
+    trace,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +81,12 @@ class _CheckedProp(ShapeProp):
 
 
 def verify(model: nn.Module, graph: DependencyGraph, removed: set[int],
-           example_inputs: Any) -> fx.GraphModule:
+           example_inputs: Any, *, retrace: bool = True) -> fx.GraphModule:
     """Raise :class:`TechniqueError` unless the pruned ``model`` matches the plan.
 
-    Returns the pruned model's traced graph (with shapes), for BatchNorm folding.
+    With ``retrace=False`` the graph traced before pruning is run again (it calls the same,
+    now pruned, layers); that is exact when pruning changed no code constant and no tensor
+    the graph reads directly. Returns the graph (with shapes), for BatchNorm folding.
 
     Example:
         >>> import torch
@@ -88,7 +96,17 @@ def verify(model: nn.Module, graph: DependencyGraph, removed: set[int],
         >>> verify(net, build_dependency_graph(net, x), set(), x).graph is not None
         True
     """
-    gm = trace(model, example_inputs, leaves=graph.leaves, interpreter=_CheckedProp)
+    if retrace:
+        gm = trace(model, example_inputs, leaves=graph.leaves, interpreter=_CheckedProp)
+    else:
+        gm = graph.graph_module
+        args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        was_training = model.training
+        model.eval()
+        try:
+            propagate(gm, args, _CheckedProp)
+        finally:
+            model.train(was_training)
     mask = removal_mask(graph, removed)
     for node in gm.graph.nodes:
         if node.op in ("output", "placeholder", "get_attr") or node.name not in graph.values:
