@@ -265,3 +265,23 @@ def test_sensitivity_allocation_chooses_per_group_ratios() -> None:
     kept = (result.model.features[0][0].out_channels + result.model.features[2][0].out_channels
             + result.model.classifier[1].out_features)
     assert abs((total - kept) / total - 0.5) < 0.1
+
+
+def test_consumer_scores_and_batchnorm_recalibration() -> None:
+    from sconce_prune.channel.folding import recalibrate_batchnorms
+
+    x = torch.randn(1, 3, 12, 12)
+    model = _chain()
+    with torch.no_grad():  # filters look alike; what reads them tells the channels apart
+        model[0].weight.copy_(model[0].weight[:1].expand_as(model[0].weight))
+        model[1].weight.fill_(1.0)
+        model[3].weight[:, :12] *= 0.01
+    prune_channels(model, x, sparsity=0.5, consumers=True)
+    assert torch.allclose(model[3].weight.abs().mean(), model[3].weight[:, :12].abs().mean())
+    assert model[3].weight.abs().mean() > 0.01  # the 12 channels read with weight kept
+
+    before = model[4].running_mean.clone()
+    model.eval()
+    used = recalibrate_batchnorms(model, [torch.randn(8, 3, 12, 12) * 3 for _ in range(3)])
+    assert used == 3 and not torch.equal(before, model[4].running_mean)
+    assert model[4].momentum == 0.1 and not model.training
