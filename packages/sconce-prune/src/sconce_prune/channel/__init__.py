@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from sconce_prune.channel.config import ChannelPruneConfig
-from sconce_prune.channel.folding import fold_batchnorms
+from sconce_prune.channel.folding import fold_batchnorms, recalibrate_batchnorms
 from sconce_prune.channel.graph import DependencyGraph, build_dependency_graph
 from sconce_prune.channel.groups import ChannelGroup
 from sconce_prune.channel.macs import count_macs
@@ -29,4 +29,5 @@ from sconce_prune.channel.technique import ChannelPruning
 __all__ = [
     "ChannelGroup", "ChannelPruneConfig", "ChannelPruning", "DependencyGraph", "PruneReport",
     "build_dependency_graph", "count_macs", "fold_batchnorms", "prune_channels",
+    "recalibrate_batchnorms",
 ]

@@ -57,15 +57,14 @@ class Slot:
 class CountAttr:
     """A module attribute that counts channels (``in_channels``, ``num_features``).
 
-    After pruning it becomes the number of kept positions of ``ids`` (divided by
-    ``divisor``); ``index`` addresses an entry of a tuple attribute (``normalized_shape``).
+    After pruning it becomes the number of kept positions of ``ids``; ``index`` addresses an
+    entry of a tuple attribute (``normalized_shape``).
     """
 
     module: str
     attr: str
     ids: np.ndarray
     index: int | None = None
-    divisor: int = 1
 
 
 @dataclass
@@ -184,15 +183,14 @@ class GraphBuilder:
         self._slot_index[key] = len(self.slots)
         self.slots.append(Slot(module, tensor, dim, ids, role))
 
-    def count(self, module: str, attr: str, ids: np.ndarray, index: int | None = None,
-              divisor: int = 1) -> None:
+    def count(self, module: str, attr: str, ids: np.ndarray, index: int | None = None
+              ) -> None:
         """Record that attribute ``module.attr`` counts the kept positions of ``ids``."""
         key = (module, attr, index)
         if key in self._count_index:
             return
         self._count_index[key] = len(self.counts)
-        self.counts.append(CountAttr(module, attr, np.asarray(ids).reshape(-1), index,
-                                     divisor))
+        self.counts.append(CountAttr(module, attr, np.asarray(ids).reshape(-1), index))
 
     def constant(self, node: fx.Node, old: int, out_map: ChannelMap, axis: int) -> None:
         """Record a code constant ``old`` that sizes ``axis`` of ``out_map``."""

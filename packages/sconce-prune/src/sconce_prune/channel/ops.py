@@ -103,7 +103,7 @@ def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
     for (module_name, tensor_name), cuts in selections.items():
         _shrink(model.get_submodule(module_name), tensor_name, cuts)
     for count in graph.counts:
-        alive = int(kept(graph.space.roots(count.ids), gone).sum()) // count.divisor
+        alive = int(kept(graph.space.roots(count.ids), gone).sum())
         module = model.get_submodule(count.module)
         if count.index is None:
             setattr(module, count.attr, alive)
