@@ -43,6 +43,12 @@ class RangeEstimator:
 
     Args:
         bins: histogram resolution.
+
+    Example:
+        >>> estimator = RangeEstimator(bins=256)
+        >>> estimator.update(torch.tensor([-1.0, 0.0, 3.0]))
+        >>> estimator.range("minmax"), estimator.count
+        ((-1.0, 3.0), 3)
     """
 
     def __init__(self, bins: int = 2048) -> None:

@@ -63,6 +63,10 @@ class DynamicConfig(QuantizeConfig):
         layer_types: which layer types to quantize (``Linear``, ``LSTM``, ``GRU``).
         skip: layers (module names) to keep in float regardless.
         validation_samples: validation samples per evaluation when fitting an accuracy budget.
+
+    Example:
+        >>> DynamicConfig(engine="torch").layer_types
+        ('Linear', 'LSTM', 'GRU')
     """
 
     engine: str = "auto"
@@ -93,7 +97,12 @@ def dynamic_layers(model: nn.Module, config: DynamicConfig) -> list[str]:
 
 
 class TorchDynamicEngine:
-    """torch.ao dynamic quantization (fbgemm / oneDNN int8 GEMMs)."""
+    """torch.ao dynamic quantization (fbgemm / oneDNN int8 GEMMs).
+
+    Example:
+        >>> TorchDynamicEngine(DynamicConfig()).unavailable() is None
+        True
+    """
 
     name = "torch"
     description = "torch.ao dynamic int8 (fbgemm/oneDNN)"
@@ -128,7 +137,13 @@ class _TorchDynamicPrepared:
 
 
 def torch_dynamic(model: nn.Module, layers: Sequence[str], per_channel: bool) -> nn.Module:
-    """torch.ao ``quantize_dynamic`` of exactly the named layers (in place)."""
+    """torch.ao ``quantize_dynamic`` of exactly the named layers (in place).
+
+    Example:
+        >>> model = torch_dynamic(nn.Sequential(nn.Linear(4, 4)), ["0"], per_channel=True)
+        >>> type(model[0]).__module__
+        'torch.ao.nn.quantized.dynamic.modules.linear'
+    """
     from torch.ao.quantization import (
         default_dynamic_qconfig,
         per_channel_dynamic_qconfig,
@@ -148,7 +163,12 @@ def torch_dynamic(model: nn.Module, layers: Sequence[str], per_channel: bool) ->
 
 
 class OrtDynamicEngine:
-    """ONNX Runtime dynamic quantization (integer MatMul kernels) of the exported graph."""
+    """ONNX Runtime dynamic quantization (integer MatMul kernels) of the exported graph.
+
+    Example:
+        >>> OrtDynamicEngine(DynamicConfig()).unavailable() is None
+        True
+    """
 
     name = "onnxruntime"
     description = "ONNX Runtime dynamic int8 (MLAS integer MatMul)"
@@ -210,7 +230,12 @@ class _OrtDynamicPrepared:
 
 
 class DynamicInt8(Technique):
-    """Dynamic int8: int8 weights, activations quantized at run time (Linear, LSTM, GRU)."""
+    """Dynamic int8: int8 weights, activations quantized at run time (Linear, LSTM, GRU).
+
+    Example:
+        >>> DynamicInt8().name, DynamicInt8().Config().engine
+        ('quant.dynamic', 'auto')
+    """
 
     name = "quant.dynamic"
     kind = "quantize"

@@ -45,6 +45,11 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any) -> Path
 
     Raises:
         EngineError: torch's exporters cannot export the model.
+
+    Example:
+        >>> import tempfile, torch
+        >>> export_onnx(nn.Linear(4, 2), tempfile.mkdtemp() + "/m.onnx", torch.randn(1, 4)).name
+        'm.onnx'
     """
     path = Path(path)
     if isinstance(model, OrtModule):

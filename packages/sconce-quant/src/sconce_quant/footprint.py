@@ -40,7 +40,12 @@ _INTEGER_PRODUCERS = ("Cast", "MatMulInteger", "DynamicQuantizeLinear")
 
 
 def quantized_footprint(module: nn.Module) -> Footprint | None:
-    """The footprint of a quantized module, or None for modules the default counts right."""
+    """The footprint of a quantized module, or None for modules the default counts right.
+
+    Example:
+        >>> quantized_footprint(nn.Linear(2, 2)) is None  # a float layer: the default counts it
+        True
+    """
     if isinstance(module, WeightOnlyLinear):
         return _weight_only(module)
     if isinstance(module, OrtModule):

@@ -45,6 +45,10 @@ class GPTQSettings:
         damp: diagonal dampening, as a fraction of the Hessian's mean diagonal.
         block_size: columns updated together before the lazy batch update.
         act_order: quantize columns with the largest Hessian diagonal first.
+
+    Example:
+        >>> GPTQSettings(bits=8, group_size=0).group_size
+        0
     """
 
     bits: int = 4
@@ -79,6 +83,12 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSet
     Returns:
         The group-wise codes (float16 scales, uint8 zero points), in the original column
         order.
+
+    Example:
+        >>> x = torch.randn(64, 8)
+        >>> codes = gptq_quantize(torch.randn(4, 8), 2 * x.t() @ x / 64, GPTQSettings(group_size=4))
+        >>> codes.codes.shape, codes.scales.shape
+        (torch.Size([4, 8]), torch.Size([4, 2]))
     """
     w = weight.detach().to(torch.float32).clone()
     h = hessian.detach().to(torch.float32).clone()

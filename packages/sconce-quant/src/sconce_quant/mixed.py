@@ -38,6 +38,10 @@ class BudgetResult:
         accuracy: its validation accuracy.
         target: the accuracy it had to reach.
         sensitivity: validation accuracy lost per layer when only it is quantized.
+
+    Example:
+        >>> BudgetResult(built=None, kept_float=[], accuracy=90.0, target=91.0).met
+        False
     """
 
     built: Built | None
@@ -54,7 +58,12 @@ class BudgetResult:
 
 def reference_accuracy(model: nn.Module, ctx: Context, samples: int) -> float:
     """Validation accuracy the budget counts from: the original model's (the teacher), else
-    this stage's input model's."""
+    this stage's input model's.
+
+    Example:
+        >>> reference_accuracy(model, ctx, samples=1000)  # doctest: +SKIP
+        97.5
+    """
     reference = ctx.teacher if ctx.teacher is not None else model
     return ctx.evaluate(reference, "val", samples).accuracy
 
@@ -62,7 +71,13 @@ def reference_accuracy(model: nn.Module, ctx: Context, samples: int) -> float:
 def layer_sensitivity(model: nn.Module, ctx: Context, layers: Sequence[str],
                       batches: Sequence[Any], *, levels: int, per_channel: bool,
                       calibration: str, percentile: float, samples: int) -> dict[str, float]:
-    """Validation accuracy lost when only each layer is quantized (simulated), per layer."""
+    """Validation accuracy lost when only each layer is quantized (simulated), per layer.
+
+    Example:
+        >>> layer_sensitivity(model, ctx, ["fc"], batches, levels=256, per_channel=True,
+        ...                   calibration="mse", percentile=99.99, samples=1000)  # doctest: +SKIP
+        {'fc': 0.4}
+    """
     estimators = calibrate_inputs(model, layers, batches)
     base = ctx.evaluate(model, "val", samples).accuracy
     drops = {}
@@ -95,6 +110,11 @@ def fit_budget(
         sensitivity: computes the per-layer sensitivity (only called when needed).
         max_drop: accuracy points the run may lose against the original model.
         samples: validation samples per evaluation.
+
+    Example:
+        >>> fit_budget(model, ctx, build, full, sensitivity, max_drop=0.5,
+        ...            samples=2000).kept_float  # doctest: +SKIP
+        ['classifier.3']
     """
     target = reference_accuracy(model, ctx, samples) - max_drop
     accuracy = ctx.evaluate(full.module, "val", samples).accuracy

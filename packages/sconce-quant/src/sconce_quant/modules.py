@@ -39,6 +39,11 @@ class WeightOnlyLinear(nn.Module):
         bits: 4 (packed two per byte) or 8.
         group_size: inputs per scale/zero-point group.
         bias: whether the layer has a (float) bias.
+
+    Example:
+        >>> layer = WeightOnlyLinear(8, 2, bits=4, group_size=8)
+        >>> layer.qweight.shape, layer(torch.randn(3, 8)).shape
+        (torch.Size([2, 4]), torch.Size([3, 2]))
     """
 
     def __init__(self, in_features: int, out_features: int, *, bits: int, group_size: int,

@@ -26,6 +26,10 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
 
     Raises:
         ConfigError: a code is outside 0..15.
+
+    Example:
+        >>> pack_int4(torch.tensor([[3, 12]]))
+        tensor([[195]], dtype=torch.uint8)
     """
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > 15):
         raise ConfigError("int4 codes must lie in 0..15; quantize with 4 bits before packing")
@@ -41,6 +45,10 @@ def unpack_int4(packed: torch.Tensor, length: int) -> torch.Tensor:
 
     Written with remainder and floor division (not bit operations) so the unpacking exports
     to ONNX with standard integer operators.
+
+    Example:
+        >>> unpack_int4(torch.tensor([[195]], dtype=torch.uint8), 2)
+        tensor([[ 3, 12]], dtype=torch.uint8)
     """
     low = torch.remainder(packed, 16)
     high = torch.div(packed, 16, rounding_mode="floor")

@@ -17,7 +17,14 @@ from sconce_quant.weight_only import WeightOnly
 
 @hookimpl
 def sconce_register_techniques(register: Callable[[Any], None]) -> None:
-    """Register every technique this package offers."""
+    """Register every technique this package offers.
+
+    Example:
+        >>> names = []
+        >>> sconce_register_techniques(lambda technique: names.append(technique.name))
+        >>> names
+        ['quant.int8', 'quant.dynamic', 'quant.qat', 'quant.weight_only']
+    """
     register(StaticInt8())
     register(DynamicInt8())
     register(QuantizationAwareTraining())
@@ -26,5 +33,10 @@ def sconce_register_techniques(register: Callable[[Any], None]) -> None:
 
 @hookimpl
 def sconce_module_footprint(module: nn.Module) -> Footprint | None:
-    """True storage of quantized modules (packed int8, ONNX Runtime models, int4 codes)."""
+    """True storage of quantized modules (packed int8, ONNX Runtime models, int4 codes).
+
+    Example:
+        >>> sconce_module_footprint(nn.ReLU()) is None
+        True
+    """
     return quantized_footprint(module)

@@ -37,6 +37,10 @@ class QATConfig(Int8Config):
         epochs: epochs of quantization-aware fine-tuning (None: the run's fine-tuning budget).
         lr: learning rate (None: the run's fine-tuning learning rate).
         distill: learn from the original model's outputs as well as the labels.
+
+    Example:
+        >>> QATConfig(epochs=2).distill
+        True
     """
 
     epochs: float | None = None
@@ -52,7 +56,12 @@ class QATConfig(Int8Config):
 
 
 class QuantizationAwareTraining(StaticInt8):
-    """Quantization-aware training: fine-tune under simulated int8, then run on an int8 engine."""
+    """Quantization-aware training: fine-tune under simulated int8, then run on an int8 engine.
+
+    Example:
+        >>> QuantizationAwareTraining().name
+        'quant.qat'
+    """
 
     name = "quant.qat"
     kind = "quantize"

@@ -99,6 +99,11 @@ class GroupCodes:
         zeros: ``(out, groups)`` uint8 zero points.
         bits: 4 or 8.
         group_size: inputs per group.
+
+    Example:
+        >>> codes = rtn_group_codes(torch.tensor([[0.0, 1.5]]), 4, 2, symmetric=False)
+        >>> codes.dequantize()  # the float16 scale 0.09998 instead of 0.1
+        tensor([[0.0000, 1.4996]])
     """
 
     codes: torch.Tensor

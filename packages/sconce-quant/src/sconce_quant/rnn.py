@@ -69,7 +69,14 @@ def _hide_packed(module: nn.Module) -> None:
 
 
 def plain_state_rnns(model: nn.Module) -> nn.Module:
-    """Give every dynamic int8 LSTM / GRU in ``model`` a plain-tensor state dict (in place)."""
+    """Give every dynamic int8 LSTM / GRU in ``model`` a plain-tensor state dict (in place).
+
+    Example:
+        >>> from torch.ao.quantization import quantize_dynamic
+        >>> model = plain_state_rnns(quantize_dynamic(nn.Sequential(nn.GRU(4, 4)), {nn.GRU}))
+        >>> "0.weight_ih_l0" in model.state_dict()
+        True
+    """
     from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase
 
     for module in model.modules():

@@ -59,6 +59,10 @@ class Int8Config(QuantizeConfig):
             on CPUs without VNNI; None decides from this CPU.
         skip: layers (module names) to keep in float regardless.
         validation_samples: validation samples per evaluation when fitting an accuracy budget.
+
+    Example:
+        >>> Int8Config(engine="fx", calibration="percentile").settings().calibration
+        'percentile'
     """
 
     engine: str = "auto"
@@ -90,6 +94,10 @@ def calibration_batches(ctx: Context, samples: int, technique: str) -> list[Any]
 
     Raises:
         DataError: there is no data, or the calibration split yields nothing.
+
+    Example:
+        >>> calibration_batches(ctx, 512, "quant.int8")  # doctest: +SKIP
+        [tensor(...), ...]
     """
     try:
         batches = [ctx.adapter.to_device(batch, "cpu")
@@ -100,7 +108,12 @@ def calibration_batches(ctx: Context, samples: int, technique: str) -> list[Any]
 
 
 class StaticInt8(Technique):
-    """Static int8: calibrated activations, per-channel weights, on a real int8 engine."""
+    """Static int8: calibrated activations, per-channel weights, on a real int8 engine.
+
+    Example:
+        >>> StaticInt8().name, StaticInt8().kind
+        ('quant.int8', 'quantize')
+    """
 
     name = "quant.int8"
     kind = "quantize"

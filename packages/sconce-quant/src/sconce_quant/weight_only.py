@@ -52,6 +52,10 @@ class WeightOnlyConfig(QuantizeConfig):
         act_order: GPTQ quantizes the columns with the largest inputs first.
         calibration_samples: calibration inputs for GPTQ.
         skip: Linear layers (module names) to leave in float.
+
+    Example:
+        >>> WeightOnlyConfig(bits=8, method="rtn").gptq().bits
+        8
     """
 
     bits: int = 4
@@ -99,7 +103,12 @@ def target_layers(model: nn.Module, skip: tuple[str, ...]) -> tuple[list[str], l
 
 
 class WeightOnly(Technique):
-    """Weight-only int8/int4 for Linear layers (group-wise scales; RTN or GPTQ)."""
+    """Weight-only int8/int4 for Linear layers (group-wise scales; RTN or GPTQ).
+
+    Example:
+        >>> WeightOnly().name
+        'quant.weight_only'
+    """
 
     name = "quant.weight_only"
     kind = "quantize"

@@ -29,7 +29,12 @@ logger = logging.getLogger(__name__)
 
 
 class EngineError(TechniqueError):
-    """An engine cannot quantize or run this model (the reason says why)."""
+    """An engine cannot quantize or run this model (the reason says why).
+
+    Example:
+        >>> issubclass(EngineError, TechniqueError)
+        True
+    """
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class StaticSettings:
         reduce_range: use 7-bit values on one side of each int8 product (activations for
             torch.ao, weights for ONNX Runtime), for CPUs without VNNI whose int8 kernels
             would otherwise saturate (default: on exactly when this CPU lacks VNNI).
+
+    Example:
+        >>> StaticSettings(reduce_range=False).to_dict()["reduce_range"]
+        False
     """
 
     calibration: str = "mse"
@@ -65,6 +74,10 @@ class Built:
         record: JSON-able description the engine's ``restore`` needs.
         float_ops: operators that stay in float (the engine cannot quantize them), by name.
         float_layers: layers kept in float on request (mixed precision).
+
+    Example:
+        >>> Built(nn.Identity(), {"skip": []}).float_ops
+        []
     """
 
     module: nn.Module
@@ -74,7 +87,12 @@ class Built:
 
 
 class PreparedModel(Protocol):
-    """A float model an engine has traced or exported and calibrated."""
+    """A float model an engine has traced or exported and calibrated.
+
+    Example:
+        >>> hasattr(PreparedModel, "build")
+        True
+    """
 
     def build(self, skip: Collection[str] = ()) -> Built:
         """The int8 model with the layers named in ``skip`` kept in float."""
@@ -82,7 +100,13 @@ class PreparedModel(Protocol):
 
 
 class Engine(Protocol):
-    """An int8 engine: its name, whether it works here, prepare and restore."""
+    """An int8 engine: its name, whether it works here, prepare and restore.
+
+    Example:
+        >>> from sconce_quant.engines import ENGINES
+        >>> all(isinstance(engine.name, str) for engine in ENGINES.values())
+        True
+    """
 
     name: str
     description: str

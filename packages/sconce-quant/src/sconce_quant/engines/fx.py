@@ -95,7 +95,12 @@ def _estimator_observer_class() -> type:
 
 
 class FxEngine:
-    """torch.ao FX static int8 with the x86 backend (fbgemm / oneDNN kernels)."""
+    """torch.ao FX static int8 with the x86 backend (fbgemm / oneDNN kernels).
+
+    Example:
+        >>> FxEngine().name
+        'fx'
+    """
 
     name = "fx"
     description = "torch.ao FX, x86 int8 kernels (fbgemm/oneDNN)"
@@ -129,7 +134,14 @@ class FxEngine:
 
 
 class FxPrepared:
-    """A float model checked for tracing, ready to be quantized with some layers in float."""
+    """A float model checked for tracing, ready to be quantized with some layers in float.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
+        >>> prepared = FxEngine().prepare(model, [torch.randn(8, 4)], StaticSettings())
+        >>> type(prepared.build().module.get_submodule("0")).__name__
+        'LinearReLU'
+    """
 
     def __init__(self, model: nn.Module, batches: list[Any], settings: StaticSettings,
                  leaves: list[str], spec: list[dict[str, Any]]) -> None:
@@ -190,7 +202,12 @@ def qconfig_mapping(settings: StaticSettings, skip: Collection[str] = ()) -> Any
 
 
 def backend_config() -> Any:
-    """The x86 backend config (fbgemm / oneDNN kernels)."""
+    """The x86 backend config (fbgemm / oneDNN kernels).
+
+    Example:
+        >>> backend_config().name
+        'x86'
+    """
     import torch.ao.quantization.backend_config.utils  # noqa: F401  (x86 config needs it)
     from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
 
@@ -286,6 +303,11 @@ def float_operators(graph_module: fx.GraphModule) -> list[str]:
     Tensors are followed from the inputs: ``quantize_*`` makes them int8, ``dequantize`` float,
     quantized modules int8; other operators keep their inputs' kind. Compute operators whose
     tensor inputs are all float are reported; shape-only operators are not.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Softplus()).eval()
+        >>> FxEngine().prepare(model, [torch.randn(8, 4)], StaticSettings()).build().float_ops
+        ['1']
     """
     modules = dict(graph_module.named_modules())
     quantized: dict[fx.Node, bool] = {}

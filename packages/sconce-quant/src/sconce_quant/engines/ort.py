@@ -43,7 +43,12 @@ _TENSORS_PER_PASS = 64
 
 
 class OrtEngine:
-    """ONNX Runtime QDQ int8 (MLAS kernels), exported through torch.onnx."""
+    """ONNX Runtime QDQ int8 (MLAS kernels), exported through torch.onnx.
+
+    Example:
+        >>> OrtEngine().name
+        'onnxruntime'
+    """
 
     name = "onnxruntime"
     description = "ONNX Runtime QDQ int8 (MLAS kernels)"
@@ -74,7 +79,14 @@ class OrtEngine:
 
 
 class OrtPrepared:
-    """An exported, pre-processed and calibrated float ONNX model."""
+    """An exported, pre-processed and calibrated float ONNX model.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
+        >>> prepared = OrtEngine().prepare(model, [torch.randn(8, 4)], StaticSettings())
+        >>> prepared.build().module(torch.randn(2, 4)).shape
+        torch.Size([2, 4])
+    """
 
     def __init__(self, float_bytes: bytes, ranges: dict[str, tuple[float, float]],
                  settings: StaticSettings) -> None:
@@ -99,7 +111,13 @@ class OrtPrepared:
 
 
 def preprocess(onnx_bytes: bytes) -> bytes:
-    """ORT's quantization pre-processing: shape inference, batch-norm folding, clean-up."""
+    """ORT's quantization pre-processing: shape inference, batch-norm folding, clean-up.
+
+    Example:
+        >>> from sconce_quant.engines.ortmodule import export_onnx_bytes
+        >>> len(preprocess(export_onnx_bytes(nn.Linear(2, 2), torch.randn(1, 2)))) > 0
+        True
+    """
     from onnxruntime.quantization import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="sconce-ort-") as folder:
@@ -115,7 +133,16 @@ def preprocess(onnx_bytes: bytes) -> bytes:
 
 def calibrate_onnx(onnx_bytes: bytes, batches: Sequence[Any], settings: StaticSettings
                    ) -> dict[str, tuple[float, float]]:
-    """The clipping range of every float tensor of the graph over ``batches``."""
+    """The clipping range of every float tensor of the graph over ``batches``.
+
+    Example:
+        >>> from sconce_quant.engines.ortmodule import export_onnx_bytes
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        >>> onnx_bytes = export_onnx_bytes(model, torch.randn(1, 2))
+        >>> ranges = calibrate_onnx(onnx_bytes, [torch.randn(8, 2)], StaticSettings())
+        >>> all(low <= 0.0 <= high for low, high in ranges.values())
+        True
+    """
     import onnx
 
     model = onnx.load_from_string(onnx_bytes)
@@ -148,7 +175,15 @@ def calibrate_onnx(onnx_bytes: bytes, batches: Sequence[Any], settings: StaticSe
 
 def quantize_qdq(float_bytes: bytes, ranges: dict[str, tuple[float, float]],
                  settings: StaticSettings, exclude: Sequence[str]) -> bytes:
-    """Quantize a float ONNX model to QDQ int8 with the given tensor ranges."""
+    """Quantize a float ONNX model to QDQ int8 with the given tensor ranges.
+
+    Example:
+        >>> from sconce_quant.engines.ortmodule import export_onnx_bytes
+        >>> float_bytes = export_onnx_bytes(nn.Linear(4, 2), torch.randn(1, 4))
+        >>> ranges = calibrate_onnx(float_bytes, [torch.randn(8, 4)], StaticSettings())
+        >>> b"QuantizeLinear" in quantize_qdq(float_bytes, ranges, StaticSettings(), [])
+        True
+    """
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -193,14 +228,15 @@ def module_of(node_name: str) -> str:
         'features.0.0'
         >>> module_of("/model/encoder/layer.0/attention/self/query/MatMul")
         'encoder.layer.0.attention.self.query'
-        >>> module_of("/model/Erf")
-        ''
+        >>> module_of("/model/Erf"), module_of("/model/model.0/Gemm")
+        ('', '0')
     """
     parts = [p for p in node_name.split("/") if p]
     if parts and parts[0] == "model":
         parts = parts[1:]
     name = ""
     for part in parts[:-1]:
+        part = part.removeprefix("model.")
         name = part if not name or part.startswith(name + ".") else f"{name}.{part}"
     return name
 
@@ -211,6 +247,11 @@ def float_nodes(onnx_bytes: bytes) -> list[str]:
     Read from the graph ORT actually executes (after its QDQ fusions): integer kernels are the
     ``Q*`` operators (QLinearConv, QGemm, ...), the ``*Integer`` ones and ORT's NHWC int8
     pooling; data-movement operators are never reported; any other operator computes in float.
+
+    Example:
+        >>> from sconce_quant.engines.ortmodule import export_onnx_bytes
+        >>> float_nodes(export_onnx_bytes(nn.Sequential(nn.Linear(2, 2)), torch.randn(1, 2)))
+        ['0 (Gemm)']
     """
     import onnx
     import onnxruntime as ort

@@ -41,6 +41,12 @@ class OrtModule(nn.Module):
         input_names: the graph's inputs, in the order ``forward`` takes them.
         output_names: the graph's outputs; ``forward`` returns a tensor for one output and a
             tuple otherwise.
+
+    Example:
+        >>> module = OrtModule(export_onnx_bytes(nn.ReLU(), torch.randn(1, 2)),
+        ...                    input_names=["input_0"], output_names=["output_0"])
+        >>> module(torch.tensor([[-1.0, 2.0]]))
+        tensor([[0., 2.]])
     """
 
     def __init__(self, onnx_bytes: bytes, *, input_names: Sequence[str],
@@ -97,7 +103,13 @@ class OrtModule(nn.Module):
 
 
 def make_session(onnx_bytes: bytes, threads: int, *, optimize: bool = True) -> Any:
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads."""
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads.
+
+    Example:
+        >>> session = make_session(export_onnx_bytes(nn.ReLU(), torch.randn(1, 2)), threads=1)
+        >>> [i.name for i in session.get_inputs()]
+        ['input_0']
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -150,6 +162,10 @@ def export_onnx_bytes(model: nn.Module, inputs: Any) -> bytes:
 
     Raises:
         EngineError: neither exporter can export the model.
+
+    Example:
+        >>> export_onnx_bytes(nn.Linear(2, 2), torch.randn(1, 2))[:2]
+        b'\\x08\\x08'
     """
     args = as_args(inputs)
     wrapped = _Flat(model).eval()

@@ -53,6 +53,11 @@ class Candidate:
         error: why it failed ("" when it worked).
         relative_error: ``||int8 - float|| / ||float||`` of the outputs on a calibration batch.
         latency_ms: milliseconds per call, by batch size.
+
+    Example:
+        >>> from sconce_quant.engines import ENGINES
+        >>> Candidate(ENGINES["fx"], error="not installed").summary()
+        'fx: not installed'
     """
 
     engine: Engine
@@ -138,6 +143,14 @@ def choose_engine(
 
     Raises:
         EngineError: no engine could build a working int8 model (the reasons are listed).
+
+    Example:
+        >>> from sconce_quant.engines import ENGINES, StaticSettings
+        >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval()
+        >>> chosen, tried = choose_engine([ENGINES["fx"]], model, [torch.randn(16, 8)],
+        ...                               StaticSettings())
+        >>> chosen.engine.name, len(tried)
+        ('fx', 1)
     """
     tried = [_try(engine, model, batches, settings, skip) for engine in engines]
     working = [c for c in tried if c.ok]
