@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-epochs", type=float, default=None,
                         help="training epochs of the dense model (default 6; quick: 1)")
     parser.add_argument("--finetune-epochs", type=float, default=None,
-                        help="fine-tuning budget of every pruning run (default 1; quick: 0.25)")
+                        help="fine-tuning budget of every pruning run (default 2; quick: 0.25)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=None)
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     parser.add_argument("--threads", type=int, default=2)
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     dense_epochs = args.dense_epochs if args.dense_epochs is not None else (1 if args.quick else 6)
     finetune = args.finetune_epochs if args.finetune_epochs is not None else (
-        0.25 if args.quick else 1.0)
+        0.25 if args.quick else 2.0)
     sparsities = args.sparsities or ([0.5, 0.9] if args.quick else list(SPARSITIES))
     out = args.out or RESULTS / ("gmp-quick.json" if args.quick else "gmp.json")
     data = load_data(args.quick)
