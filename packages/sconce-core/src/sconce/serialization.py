@@ -22,6 +22,7 @@ import copy
 import io
 import json
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,17 +83,20 @@ def save_model(model: nn.Module, folder: str | Path, *, architecture: Architectu
 
 def _export_program(model: nn.Module, path: Path, example_inputs: Any) -> None:
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    was_training = model.training
     try:
-        was_training = model.training
         model.eval()
-        program = torch.export.export(model, args)
-        model.train(was_training)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's internal chatter is not for users
+            program = torch.export.export(model, args)
         buffer = io.BytesIO()
         torch.export.save(program, buffer)
         atomic_write_bytes(path, buffer.getvalue())
     except Exception as exc:  # export is a convenience; the architecture record is the format
         logger.info("torch.export could not export the model (%s); load it with "
                     "sconce.load(folder, model=<a fresh instance of its class>)", exc)
+    finally:
+        model.train(was_training)
 
 
 def rebuild(base: nn.Module, stages: list[StageRecord]) -> nn.Module:
