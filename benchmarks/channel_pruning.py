@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-epochs", type=float, default=6.0,
                         help="epochs of the dense VGG when it is not cached yet")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--only-accuracy", action="store_true", help="part B only")
     parser.add_argument("--out", type=Path, default=RESULTS / "channel_pruning.json")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 3)
@@ -327,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_accuracy:
         data = load_data(args.quick)
         accuracy_summary, tuned, dense = accuracy_run(data, args)
-        rows += architecture_rows("vgg", dense, (1, 28, 28), args, tuned)
-    for name, factory in (("resnet18", sconce.models.resnet18),
-                          ("mobilenet_v2", sconce.models.mobilenet_v2)):
+        if not args.only_accuracy:
+            rows += architecture_rows("vgg", dense, (1, 28, 28), args, tuned)
+    for name, factory in () if args.only_accuracy else (
+            ("resnet18", sconce.models.resnet18), ("mobilenet_v2", sconce.models.mobilenet_v2)):
         print(f"measuring {name} ...", flush=True)
         model = factory(num_classes=1000, in_channels=3, image_size=size)
         rows += architecture_rows(name, model, (3, size, size), args)
