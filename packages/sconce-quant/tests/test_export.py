@@ -77,3 +77,26 @@ def test_torch_dynamic_int8_exports_requantized(tmp_path: Path) -> None:
     # ORT re-derives the int8 weights and quantizes activations its own way: close, not equal
     scale = float(quantized(torch.randn(3, 16)).abs().max())
     _run_without_sconce(tmp_path, quantized, torch.randn(3, 16), tolerance=0.05 * scale)
+
+
+def test_transformers_models_are_exported_with_eager_attention() -> None:
+    from sconce_quant.engines.ortmodule import export_onnx_bytes
+
+    class Config:
+        _attn_implementation = "sdpa"
+
+    class HfLike(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = Config()
+            self.seen: list[str] = []
+            self.linear = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append(self.config._attn_implementation)
+            return self.linear(x)
+
+    model = HfLike()
+    export_onnx_bytes(model, torch.randn(1, 2))
+    assert set(model.seen) == {"eager"}
+    assert model.config._attn_implementation == "sdpa"  # restored

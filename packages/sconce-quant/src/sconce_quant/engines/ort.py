@@ -165,8 +165,11 @@ def calibrate_onnx(onnx_bytes: bytes, batches: Sequence[Any], settings: StaticSe
         session = make_session(augmented.SerializeToString(), torch.get_num_threads(),
                                optimize=False)
         for batch in batches:
+            args = as_args(batch)
+            if args[0].shape[0] == 0:
+                continue  # an empty batch has nothing to observe
             feeds = {name: t.detach().cpu().contiguous().numpy()
-                     for name, t in zip(input_names, as_args(batch), strict=True)}
+                     for name, t in zip(input_names, args, strict=True)}
             for name, value in zip(chunk, session.run(chunk, feeds), strict=True):
                 estimators[name].update(torch.from_numpy(np.asarray(value)))
     return {name: est.range(settings.calibration, levels=256, percentile=settings.percentile)

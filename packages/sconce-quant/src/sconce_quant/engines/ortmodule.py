@@ -20,7 +20,8 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -153,12 +154,40 @@ def flatten_outputs(outputs: Any) -> tuple[torch.Tensor, ...] | torch.Tensor:
     raise EngineError(f"cannot export a model that returns {type(outputs).__name__}")
 
 
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run Hugging Face transformers models with their plain ("eager") attention for a while.
+
+    Their default, torch's fused ``scaled_dot_product_attention``, exports to a decomposed
+    graph that ONNX Runtime runs slower than the plain matmul-softmax-matmul it computes; the
+    math is the same. Models without a transformers config are untouched.
+
+    Example:
+        >>> with eager_attention(nn.Linear(2, 2)):
+        ...     pass
+    """
+    changed: dict[int, tuple[Any, str]] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        current = getattr(config, "_attn_implementation", None)
+        if isinstance(current, str) and current != "eager" and id(config) not in changed:
+            changed[id(config)] = (config, current)
+    try:
+        for config, _ in changed.values():
+            config._attn_implementation = "eager"
+        yield
+    finally:
+        for config, previous in changed.values():
+            config._attn_implementation = previous
+
+
 def export_onnx_bytes(model: nn.Module, inputs: Any) -> bytes:
     """Export a float model to ONNX (dynamic batch dimension; every dimension of integer
     inputs, such as token ids, is dynamic too).
 
     Uses torch's TorchScript-based exporter, whose node names keep the module paths (so
-    layers can be named), and falls back to the ``torch.export``-based one.
+    layers can be named), and falls back to the ``torch.export``-based one. Transformers
+    models are exported with their eager attention (:func:`eager_attention`).
 
     Raises:
         EngineError: neither exporter can export the model.
@@ -167,7 +196,11 @@ def export_onnx_bytes(model: nn.Module, inputs: Any) -> bytes:
         >>> export_onnx_bytes(nn.Linear(2, 2), torch.randn(1, 2))[:2]
         b'\\x08\\x08'
     """
-    args = as_args(inputs)
+    with eager_attention(model):
+        return _export(model, as_args(inputs))
+
+
+def _export(model: nn.Module, args: tuple[Any, ...]) -> bytes:
     wrapped = _Flat(model).eval()
     with torch.no_grad():
         outputs = wrapped(*args)
