@@ -3,10 +3,11 @@
 Part A — ResNet-18 (224x224, 1000 classes), MobileNetV2 (224x224, 1000 classes) and the
 VGG-style model (1x28x28): pruning wall time, params, MACs, and latency at batch 1 and 64,
 for the dense model, Torch-Pruning (``MetaPruner``, group L2 magnitude, final classifier
-ignored, its defaults otherwise) and ``prune.channel`` with its defaults (L2,
-``round_to=8``, and for deployment BatchNorms folded and conv weights channels-last). Extra
-rows separate what the deployment steps contribute: the dense model channels-last,
-Torch-Pruning's model with our folding and channels-last, and ours without them.
+ignored, its defaults otherwise) and ``prune.channel`` with its defaults (BN-scale
+importance, ``round_to=8``, and for deployment BatchNorms folded and conv weights
+channels-last). Extra rows separate what the deployment steps contribute: the dense model
+channels-last, Torch-Pruning's model with our folding and channels-last, and ours without
+them.
 
 Part B — the VGG-style model trained on Fashion-MNIST (the dense checkpoint is cached in
 ``benchmarks/results/vgg_fashion_mnist_dense.pt``, shared with ``benchmarks/gmp.py``), pruned
@@ -60,9 +61,10 @@ RATIO = 0.5
 
 # --- the two tools ------------------------------------------------------------------------------
 def prune_ours(model: nn.Module, example: torch.Tensor, *, deploy: bool = True) -> nn.Module:
-    """prune.channel's engine with the technique's defaults: L2, round_to=8, and for
-    deployment BatchNorms folded and conv weights channels-last."""
-    prune_channels(model, example, sparsity=RATIO, importance="l2", round_to=8, fold_bn=deploy)
+    """prune.channel's engine with the technique's defaults: BN-scale importance, round_to=8,
+    and for deployment BatchNorms folded and conv weights channels-last."""
+    prune_channels(model, example, sparsity=RATIO, importance="bn_scale", round_to=8,
+                   fold_bn=deploy)
     if deploy:
         to_channels_last(model)
     return model.eval()
@@ -231,8 +233,8 @@ def accuracy_run(data: sconce.Data, args: argparse.Namespace
     # how good is each choice of channels, before any fine-tuning (BN stats re-estimated)
     taylor = list(itertools.islice(((b[0], b[1]) for b in data.batches("train")), 4))
     criteria: dict[str, dict[str, float]] = {}
-    for name, options in (("l2 (default)", {}), ("l2 + consumers", {"consumers": True}),
-                          ("bn_scale", {"importance": "bn_scale"}),
+    for name, options in (("l2", {}), ("l2 + consumers", {"consumers": True}),
+                          ("bn_scale (default)", {"importance": "bn_scale"}),
                           ("taylor", {"importance": "taylor", "taylor_batches": taylor})):
         candidate = copy.deepcopy(dense)
         prune_channels(candidate, example, sparsity=RATIO, round_to=8,

@@ -26,8 +26,10 @@ class ChannelPruneConfig(PruneConfig):
 
     Attributes:
         sparsity: fraction of the channels of every prunable group that is removed.
-        importance: how channels are scored: ``l1`` / ``l2`` (norms of the producing weights),
-            ``bn_scale`` (|gamma| of the BatchNorm that follows), ``taylor`` (first-order
+        importance: how channels are scored: ``bn_scale`` (default: |gamma| of the
+            BatchNorm that follows, L2 where there is none; the best choice before
+            fine-tuning in benchmarks/channel_pruning.py), ``l1`` / ``l2`` (norms of the
+            producing weights), ``taylor`` (first-order
             Taylor, |w * dL/dw|, from a few training batches) or ``random`` (a control).
         aggregation: how the scores of a channel's coupled layers are combined.
         consumers: also score a channel by the weights that read it (next layers' input
@@ -65,7 +67,7 @@ class ChannelPruneConfig(PruneConfig):
     """
 
     sparsity: float = 0.5
-    importance: str = "l2"
+    importance: str = "bn_scale"
     aggregation: str = "sum"
     consumers: bool = False
     ranking: str = "uniform"

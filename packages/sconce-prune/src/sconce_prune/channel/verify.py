@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from sconce.errors import TechniqueError
 from sconce_prune.channel.graph import DependencyGraph
 from sconce_prune.channel.ids import TensorInfo
 from sconce_prune.channel.ops import axis_size, kept, removal_mask
 from sconce_prune.channel.tracing import (
+    ShapeRecorder,
     describe_op,
     node_module,
     node_shape,
@@ -64,7 +64,7 @@ def predicted_shape(info: Any, graph: DependencyGraph, removed: np.ndarray) -> A
     return None
 
 
-class _CheckedProp(ShapeProp):
+class _CheckedProp(ShapeRecorder):
     """Shape propagation that names the node that fails."""
 
     def run_node(self, n: fx.Node) -> Any:
