@@ -39,7 +39,7 @@ from sconce.context import Context
 from sconce.errors import ModelError
 from sconce.technique import Technique
 from sconce_quant.engines.base import Built, EngineError
-from sconce_quant.engines.ort import module_of, preprocess
+from sconce_quant.engines.ort import module_of, preprocess, transformer_fusions
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes
 from sconce_quant.engines.select import Candidate, choose_engine
 from sconce_quant.mixed import fit_budget
@@ -186,8 +186,10 @@ class OrtDynamicEngine:
 
     def prepare(self, model: nn.Module, batches: Sequence[Any], settings: Any
                 ) -> _OrtDynamicPrepared:
-        return _OrtDynamicPrepared(preprocess(export_onnx_bytes(model, batches[0])),
-                                   self.config)
+        exported = export_onnx_bytes(model, batches[0])
+        fused = transformer_fusions(exported)
+        return _OrtDynamicPrepared(fused if fused is not None else preprocess(exported),
+                                   self.config, fused=fused is not None)
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
         return OrtModule.placeholder(int(record["nbytes"]), input_names=record["inputs"],
@@ -195,9 +197,10 @@ class OrtDynamicEngine:
 
 
 class _OrtDynamicPrepared:
-    def __init__(self, float_bytes: bytes, config: DynamicConfig) -> None:
+    def __init__(self, float_bytes: bytes, config: DynamicConfig, *, fused: bool) -> None:
         self.float_bytes = float_bytes
         self.config = config
+        self.fused = fused
 
     def build(self, skip: Collection[str] = ()) -> Built:
         import onnx
@@ -206,7 +209,7 @@ class _OrtDynamicPrepared:
         graph = onnx.load_from_string(self.float_bytes).graph
         excluded = set(skip) | set(self.config.skip)
         exclude = [n.name for n in graph.node if module_of(n.name) in excluded]
-        ops = ["MatMul", "Gemm"] if "Linear" in self.config.layer_types else []
+        ops = ["MatMul", "Gemm", "Attention"] if "Linear" in self.config.layer_types else []
         ops += ["LSTM"] if "LSTM" in self.config.layer_types else []
         with tempfile.TemporaryDirectory(prefix="sconce-ort-") as folder:
             source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
@@ -215,7 +218,8 @@ class _OrtDynamicPrepared:
                 quantize_dynamic(str(source), str(target), per_channel=self.config.per_channel,
                                  reduce_range=not cpu_has_vnni(), weight_type=QuantType.QInt8,
                                  nodes_to_exclude=exclude, op_types_to_quantize=ops,
-                                 extra_options={"MatMulConstBOnly": True})
+                                 extra_options={"MatMulConstBOnly": True,
+                                                "DefaultTensorType": onnx.TensorProto.FLOAT})
             except Exception as exc:  # the quantizer raises many kinds of errors
                 raise EngineError(f"onnxruntime cannot quantize this model dynamically: "
                                   f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
@@ -225,7 +229,8 @@ class _OrtDynamicPrepared:
         inputs = [i.name for i in proto.graph.input]
         outputs = [o.name for o in proto.graph.output]
         module = OrtModule(quantized, input_names=inputs, output_names=outputs)
-        record = {"nbytes": len(quantized), "inputs": inputs, "outputs": outputs}
+        record = {"nbytes": len(quantized), "inputs": inputs, "outputs": outputs,
+                  "transformer_fusions": self.fused}
         return Built(module, record, float_layers=sorted(skip))
 
 
@@ -313,5 +318,8 @@ class DynamicInt8(Technique):
             engine += "; auto, measured: " + "; ".join(c.summary() for c in tried)
         ctx.note("int8 engine", engine)
         ctx.note("weights", "per-channel" if config.per_channel else "per-tensor")
+        if built.record.get("transformer_fusions"):
+            ctx.note("graph", "ONNX Runtime transformer fusions (attention, layer norm, gelu) "
+                     "before quantization")
         if config.skip:
             ctx.note("kept in float (skip)", ", ".join(config.skip))

@@ -40,6 +40,14 @@ _INTEGER_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMul
                 "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "NhwcMaxPool"}
 # how many graph tensors one calibration pass returns at once (bounds memory)
 _TENSORS_PER_PASS = 64
+# operators quantized: weighted ones, and those ORT runs in int8 between them; not
+# embeddings (Gather), normalizations, softmax or masking arithmetic (Mul, Where)
+STATIC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Clip", "MaxPool",
+              "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Squeeze",
+              "Unsqueeze", "Concat", "Add", "Resize", "Pad", "Split", "Slice")
+# a tensor whose calibrated range is this wide (an attention mask's -3.4e38) has no useful
+# 8-bit grid: the operators reading it stay in float
+MAX_RANGE = 1e4
 
 
 class OrtEngine:
@@ -98,8 +106,11 @@ class OrtPrepared:
         import onnx
 
         graph = onnx.load_from_string(self.float_bytes).graph
+        wide = {name for name, (low, high) in self.ranges.items()
+                if not max(abs(low), abs(high)) <= MAX_RANGE}
         exclude = [node.name for node in graph.node
-                   if node.op_type in WEIGHTED_OPS and module_of(node.name) in set(skip)]
+                   if (node.op_type in WEIGHTED_OPS and module_of(node.name) in set(skip))
+                   or any(i in wide for i in node.input)]
         quantized = quantize_qdq(self.float_bytes, self.ranges, self.settings, exclude)
         proto = onnx.load_from_string(quantized)
         inputs = [i.name for i in proto.graph.input]
@@ -129,6 +140,35 @@ def preprocess(onnx_bytes: bytes) -> bytes:
             logger.info("onnxruntime pre-processing failed (%s); quantizing the raw export", exc)
             return onnx_bytes
         return target.read_bytes()
+
+
+def transformer_fusions(onnx_bytes: bytes) -> bytes | None:
+    """ONNX Runtime's transformer fusions (multi-head Attention, SkipLayerNormalization,
+    BiasGelu, embedding + LayerNorm) of a float graph, or None when nothing was fused.
+
+    The fused graph runs faster, and its Attention operators quantize dynamically into ORT's
+    integer attention kernel.
+
+    Example:
+        >>> from sconce_quant.engines.ortmodule import export_onnx_bytes
+        >>> transformer_fusions(export_onnx_bytes(nn.Linear(2, 2), torch.randn(1, 2))) is None
+        True
+    """
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+    except ImportError:
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="sconce-ort-") as folder:
+            path = Path(folder) / "float.onnx"
+            path.write_bytes(onnx_bytes)
+            optimized = optimize_model(str(path), model_type="bert", opt_level=1)
+            fused = sum(optimized.get_fused_operator_statistics().values())
+            return optimized.model.SerializeToString() if fused else None
+    except Exception as exc:  # the fusions are an optimization; the plain graph works
+        logger.info("ONNX Runtime's transformer fusions failed (%s); using the plain graph",
+                    exc)
+        return None
 
 
 def calibrate_onnx(onnx_bytes: bytes, batches: Sequence[Any], settings: StaticSettings
@@ -212,6 +252,7 @@ def quantize_qdq(float_bytes: bytes, ranges: dict[str, tuple[float, float]],
                 quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range, activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                op_types_to_quantize=list(STATIC_OPS),
                 calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         except Exception as exc:  # the quantizer raises many kinds of errors
