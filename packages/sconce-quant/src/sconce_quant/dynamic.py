@@ -39,7 +39,12 @@ from sconce.context import Context
 from sconce.errors import ModelError
 from sconce.technique import Technique
 from sconce_quant.engines.base import Built, EngineError
-from sconce_quant.engines.ort import module_of, preprocess, transformer_fusions
+from sconce_quant.engines.ort import (
+    attention_shape,
+    module_of,
+    preprocess,
+    transformer_fusions,
+)
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes
 from sconce_quant.engines.select import Candidate, choose_engine
 from sconce_quant.mixed import fit_budget
@@ -187,7 +192,7 @@ class OrtDynamicEngine:
     def prepare(self, model: nn.Module, batches: Sequence[Any], settings: Any
                 ) -> _OrtDynamicPrepared:
         exported = export_onnx_bytes(model, batches[0])
-        fused = transformer_fusions(exported)
+        fused = transformer_fusions(exported, *attention_shape(model))
         return _OrtDynamicPrepared(fused if fused is not None else preprocess(exported),
                                    self.config, fused=fused is not None)
 

@@ -35,7 +35,8 @@ class QATConfig(Int8Config):
 
     Attributes:
         epochs: epochs of quantization-aware fine-tuning (None: the run's fine-tuning budget).
-        lr: learning rate (None: the run's fine-tuning learning rate).
+        lr: learning rate; small by default, as the model is already trained (None: the
+            run's fine-tuning learning rate).
         distill: learn from the original model's outputs as well as the labels.
 
     Example:
@@ -44,7 +45,7 @@ class QATConfig(Int8Config):
     """
 
     epochs: float | None = None
-    lr: float | None = None
+    lr: float | None = 1e-4
     distill: bool = True
 
     def validate(self) -> None:

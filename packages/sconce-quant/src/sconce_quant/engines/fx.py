@@ -121,6 +121,9 @@ class FxEngine:
         if not batches:
             raise EngineError("no calibration batches")
         example = as_args(batches[0])
+        if any(isinstance(t, torch.Tensor) and not t.is_floating_point() for t in example):
+            raise EngineError("torch.ao FX quantizes every model input, and this model takes "
+                              "integer inputs (token ids, masks); use the onnxruntime engine")
         leaves = untraceable_modules(model, example)
         return FxPrepared(model, list(batches), settings, leaves, input_spec(batches[0]))
 

@@ -142,12 +142,29 @@ def preprocess(onnx_bytes: bytes) -> bytes:
         return target.read_bytes()
 
 
-def transformer_fusions(onnx_bytes: bytes) -> bytes | None:
+def attention_shape(model: nn.Module) -> tuple[int, int]:
+    """``(heads, hidden size)`` from a transformers config in ``model``, else ``(0, 0)``.
+
+    Example:
+        >>> attention_shape(nn.Linear(2, 2))
+        (0, 0)
+    """
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        heads = getattr(config, "num_attention_heads", None)
+        hidden = getattr(config, "hidden_size", None)
+        if isinstance(heads, int) and isinstance(hidden, int):
+            return heads, hidden
+    return 0, 0
+
+
+def transformer_fusions(onnx_bytes: bytes, heads: int = 0, hidden: int = 0) -> bytes | None:
     """ONNX Runtime's transformer fusions (multi-head Attention, SkipLayerNormalization,
     BiasGelu, embedding + LayerNorm) of a float graph, or None when nothing was fused.
 
     The fused graph runs faster, and its Attention operators quantize dynamically into ORT's
-    integer attention kernel.
+    integer attention kernel. Attention fusion needs the head count and hidden size
+    (:func:`attention_shape`); 0 lets ORT guess them from the graph.
 
     Example:
         >>> from sconce_quant.engines.ortmodule import export_onnx_bytes
@@ -162,7 +179,8 @@ def transformer_fusions(onnx_bytes: bytes) -> bytes | None:
         with tempfile.TemporaryDirectory(prefix="sconce-ort-") as folder:
             path = Path(folder) / "float.onnx"
             path.write_bytes(onnx_bytes)
-            optimized = optimize_model(str(path), model_type="bert", opt_level=1)
+            optimized = optimize_model(str(path), model_type="bert", num_heads=heads,
+                                       hidden_size=hidden, opt_level=1)
             fused = sum(optimized.get_fused_operator_statistics().values())
             return optimized.model.SerializeToString() if fused else None
     except Exception as exc:  # the fusions are an optimization; the plain graph works
