@@ -271,11 +271,10 @@ def compress(
     resolved_data = Data.from_value(data)
     constraints = Constraints.from_value(constraints)
     resolved = Recipe.from_value(recipe)
+    nothing_installed = False
     if not resolved.stages:
         resolved = default_recipe()
-        if not resolved.stages:
-            logger.warning("no compression technique is installed; the report shows the "
-                           "original model only (pip install sconce-prune sconce-quant)")
+        nothing_installed = not resolved.stages
     planned = plan(resolved)
 
     seed_everything(seed)
@@ -287,6 +286,9 @@ def compress(
         raise ModelError(f"the model cannot be copied ({exc}); compress needs a deep-copyable "
                          "module so that yours is never modified") from None
     check_model_runs(working, resolved_data, adapter, device)
+    if nothing_installed:
+        logger.warning("no compression technique is installed; the report shows the "
+                       "original model only (pip install sconce-prune sconce-quant)")
 
     if work_dir is None:
         work_dir = (Path(out) / "work" if out is not None
