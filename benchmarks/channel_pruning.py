@@ -22,9 +22,9 @@ Torch-Pruning is only a benchmark baseline (``pip install torch-pruning --no-dep
 package never imports it. Timings: fixed threads, interleaved rounds (dense / each tool in
 turn), each round's median, minimum over rounds; speed-ups are ratios within this run.
 
-Run (under the shared lock):
-    flock /work/bench.lock /work/venv/bin/python benchmarks/channel_pruning.py
-    flock /work/bench.lock /work/venv/bin/python benchmarks/channel_pruning.py --quick
+Run (on a quiet machine):
+    python benchmarks/channel_pruning.py
+    python benchmarks/channel_pruning.py --quick
 """
 
 from __future__ import annotations

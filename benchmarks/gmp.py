@@ -12,9 +12,9 @@ training), then pruned to 50 / 80 / 90 % of the prunable weights with
 Both run through ``sconce.compress``; accuracy is measured on the test split (every decision
 uses the validation split). Prints a table and writes ``benchmarks/results/gmp.json``.
 
-Run (under the shared lock):
-    flock /work/bench.lock /work/venv/bin/python benchmarks/gmp.py
-    flock /work/bench.lock /work/venv/bin/python benchmarks/gmp.py --quick   # smoke test
+Run (on a quiet machine):
+    python benchmarks/gmp.py
+    python benchmarks/gmp.py --quick   # smoke test
 """
 
 from __future__ import annotations
