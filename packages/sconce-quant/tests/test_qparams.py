@@ -113,3 +113,19 @@ def test_an_empty_estimator_and_an_unknown_method_are_errors() -> None:
     estimator.update(torch.ones(3))
     with pytest.raises(ValueError, match="unknown calibration method"):
         estimator.range("entropy")
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_clip_search_never_increases_the_rounding_error(symmetric: bool) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(32, 128) * torch.rand(32, 1)
+    weight[:, 7] *= 6.0  # an outlier column, as in real layers
+    plain = rtn_group_codes(weight, 4, 64, symmetric=symmetric)
+    searched = rtn_group_codes(weight, 4, 64, symmetric=symmetric, search=True)
+    per_group = [(codes.dequantize() - weight).square().reshape(32, 2, 64).sum(-1)
+                 for codes in (plain, searched)]
+    assert bool((per_group[1] <= per_group[0] + 1e-6).all())  # per group, never worse
+    assert float(per_group[1].sum()) < 0.95 * float(per_group[0].sum())  # outliers clipped
+    assert int(searched.codes.max()) <= 15
+    if symmetric:
+        assert bool((searched.zeros == 8).all())

@@ -67,11 +67,14 @@ def test_gptq_beats_rtn_on_the_layer_objective() -> None:
     w = torch.randn(16, 64)
     h = 2 * x.t() @ x / len(x)
     for settings in (GPTQSettings(bits=4, group_size=16), GPTQSettings(bits=4, group_size=0),
-                     GPTQSettings(bits=4, group_size=16, act_order=True),
+                     GPTQSettings(bits=4, group_size=16, act_order=False),
+                     GPTQSettings(bits=4, group_size=16, act_order=False, clip_search=False),
+                     GPTQSettings(bits=4, group_size=16, clip_search=False),
                      GPTQSettings(bits=8, group_size=32, symmetric=True)):
         gptq = gptq_quantize(w, h, settings).dequantize()
         rtn = rtn_group_codes(w, settings.bits, settings.group_size,
-                              symmetric=settings.symmetric).dequantize()
+                              symmetric=settings.symmetric,
+                              search=settings.clip_search).dequantize()
         assert ((gptq - w) @ x.t()).norm() < 0.9 * ((rtn - w) @ x.t()).norm()
 
 
@@ -142,3 +145,24 @@ def test_int8_weight_only_is_nearly_exact() -> None:
 def test_bad_weight_only_settings_are_config_errors(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         WeightOnlyConfig.from_dict({field: value})
+
+
+def test_clip_search_defaults_to_gptq_only() -> None:
+    assert WeightOnlyConfig().searches() and WeightOnlyConfig().gptq().clip_search
+    assert not WeightOnlyConfig(method="rtn").searches()
+    assert WeightOnlyConfig(method="rtn", clip_search=True).searches()
+    assert not WeightOnlyConfig(clip_search=False).gptq().clip_search
+
+
+def test_act_order_with_uncorrelated_inputs_is_round_to_nearest() -> None:
+    # a diagonal Hessian spreads no error, so GPTQ must give RTN's codes, in RTN's column
+    # order, even though act_order visits the columns in a shuffled order
+    torch.manual_seed(0)
+    w = torch.randn(8, 32)
+    h = torch.diag(torch.rand(32) + 0.1)
+    for search in (False, True):
+        codes = gptq_quantize(w, h, GPTQSettings(bits=4, group_size=8, act_order=True,
+                                                 clip_search=search))
+        rtn = rtn_group_codes(w, 4, 8, symmetric=False, search=search)
+        assert torch.equal(codes.codes, rtn.codes)
+        assert torch.equal(codes.scales, rtn.scales) and torch.equal(codes.zeros, rtn.zeros)

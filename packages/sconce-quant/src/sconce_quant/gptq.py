@@ -45,6 +45,8 @@ class GPTQSettings:
         damp: diagonal dampening, as a fraction of the Hessian's mean diagonal.
         block_size: columns updated together before the lazy batch update.
         act_order: quantize columns with the largest Hessian diagonal first.
+        clip_search: choose each group's range by the least rounding error (it may clip
+            outliers), not by its min/max.
 
     Example:
         >>> GPTQSettings(bits=8, group_size=0).group_size
@@ -56,7 +58,8 @@ class GPTQSettings:
     symmetric: bool = False
     damp: float = 0.01
     block_size: int = 128
-    act_order: bool = False
+    act_order: bool = True
+    clip_search: bool = True
 
 
 def _inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:
@@ -106,7 +109,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSet
         order = torch.argsort(torch.diagonal(h), descending=True)
         for g in range(groups):  # static groups: parameters from the original weights
             scales[:, g], zeros[:, g] = group_qparams(w[:, g * group:(g + 1) * group],
-                                                      settings.bits, symmetric=settings.symmetric)
+                                                      settings.bits, symmetric=settings.symmetric,
+                                                      search=settings.clip_search)
         w = w[:, order]
         h = h[order][:, order]
     upper = _inverse_cholesky(h, settings.damp)
@@ -125,7 +129,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSet
             g = original // group
             if not settings.act_order and original % group == 0:
                 scales[:, g], zeros[:, g] = group_qparams(w1[:, i:i + group], settings.bits,
-                                                          symmetric=settings.symmetric)
+                                                          symmetric=settings.symmetric,
+                                                          search=settings.clip_search)
             values = w1[:, i]
             q = quantize_to_codes(values.unsqueeze(1), scales[:, g], zeros[:, g],
                                   settings.bits).squeeze(1)

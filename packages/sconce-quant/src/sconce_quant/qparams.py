@@ -117,29 +117,71 @@ class GroupCodes:
         return dequantize_groups(self.codes, self.scales, self.zeros, self.group_size)
 
 
-def group_qparams(weight: torch.Tensor, bits: int, *, symmetric: bool
+def group_qparams(weight: torch.Tensor, bits: int, *, symmetric: bool, search: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (float16-exact, as float32) and zero point per row of ``weight`` (one group).
 
     Symmetric: ``scale = max|w| / (2**(bits-1) - 1)``, zero point ``2**(bits-1)``.
     Asymmetric: the row's ``[min, max]`` (widened to include 0) onto ``[0, 2**bits - 1]``.
+    With ``search``, each row's range is also tried shrunk (down to
+    ``1 - CLIP_SEARCH_MAX_SHRINK`` of itself) and the range with the least squared rounding
+    error is kept: clipping a few outliers buys a finer grid for all the other weights.
 
     Example:
         >>> group_qparams(torch.tensor([[0.0, 1.5]]), 4, symmetric=False)
         (tensor([0.1000]), tensor([0.]))
+        >>> w = torch.randn(4, 128, generator=torch.Generator().manual_seed(0))
+        >>> minmax = group_qparams(w, 4, symmetric=False)
+        >>> searched = group_qparams(w, 4, symmetric=False, search=True)
+        >>> bool((_rounding_error(w, *searched, 4) <= _rounding_error(w, *minmax, 4)).all())
+        True
     """
     w = weight.detach().to(torch.float32)
-    qmax = 2**bits - 1
     if symmetric:
-        half = 2 ** (bits - 1)
-        scale = _stored(w.abs().amax(dim=1) / (half - 1))
-        zero = torch.full_like(scale, float(half))
+        low = -w.abs().amax(dim=1)
+        high = -low
     else:
         low = w.amin(dim=1).clamp_max(0.0)
         high = w.amax(dim=1).clamp_min(0.0)
-        scale = _stored((high - low) / qmax)
-        zero = torch.round(-low / scale).clamp(0, qmax) + 0.0  # + 0.0: never -0.0
+    scale, zero = _range_qparams(low, high, bits, symmetric)
+    if not search:
+        return scale, zero
+    best = _rounding_error(w, scale, zero, bits)
+    for step in range(1, CLIP_SEARCH_STEPS + 1):
+        shrink = 1.0 - CLIP_SEARCH_MAX_SHRINK * step / CLIP_SEARCH_STEPS
+        candidate = _range_qparams(low * shrink, high * shrink, bits, symmetric)
+        error = _rounding_error(w, *candidate, bits)
+        better = error < best
+        best = torch.where(better, error, best)
+        scale = torch.where(better, candidate[0], scale)
+        zero = torch.where(better, candidate[1], zero)
     return scale, zero
+
+
+CLIP_SEARCH_STEPS = 40
+"""Ranges tried by :func:`group_qparams`'s search, evenly spaced."""
+CLIP_SEARCH_MAX_SHRINK = 0.5
+"""The most a group's range may shrink in the search (a fraction of it)."""
+
+
+def _range_qparams(low: torch.Tensor, high: torch.Tensor, bits: int, symmetric: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row scale and zero point for ``[low, high]`` (symmetric: ``[-high, high]``)."""
+    qmax = 2**bits - 1
+    if symmetric:
+        half = 2 ** (bits - 1)
+        scale = _stored(high / (half - 1))
+        return scale, torch.full_like(scale, float(half))
+    scale = _stored((high - low) / qmax)
+    zero = torch.round(-low / scale).clamp(0, qmax) + 0.0  # + 0.0: never -0.0
+    return scale, zero
+
+
+def _rounding_error(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+                    ) -> torch.Tensor:
+    """Per-row sum of squared differences between ``w`` and its quantized value."""
+    codes = quantize_to_codes(w, scale, zero, bits)
+    return ((codes - zero.unsqueeze(1)) * scale.unsqueeze(1) - w).square().sum(dim=1)
 
 
 def _stored(scale: torch.Tensor) -> torch.Tensor:
@@ -160,9 +202,10 @@ def quantize_to_codes(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     return q.clamp(0, 2**bits - 1)
 
 
-def rtn_group_codes(weight: torch.Tensor, bits: int, group_size: int, *, symmetric: bool
-                    ) -> GroupCodes:
-    """Round-to-nearest group-wise quantization of a 2-D weight.
+def rtn_group_codes(weight: torch.Tensor, bits: int, group_size: int, *, symmetric: bool,
+                    search: bool = False) -> GroupCodes:
+    """Round-to-nearest group-wise quantization of a 2-D weight (``search``: each group's
+    range chosen by :func:`group_qparams`'s rounding-error search).
 
     Example:
         >>> codes = rtn_group_codes(torch.randn(4, 8), 4, 4, symmetric=False)
@@ -175,7 +218,7 @@ def rtn_group_codes(weight: torch.Tensor, bits: int, group_size: int, *, symmetr
     scales, zeros = [], []
     for start in range(0, cols, group_size):
         block = weight[:, start:start + group_size].to(torch.float32)
-        scale, zero = group_qparams(block, bits, symmetric=symmetric)
+        scale, zero = group_qparams(block, bits, symmetric=symmetric, search=search)
         codes[:, start:start + group_size] = quantize_to_codes(block, scale, zero, bits).to(
             torch.uint8)
         scales.append(scale)

@@ -49,7 +49,12 @@ class WeightOnlyConfig(QuantizeConfig):
         group_size: inputs sharing one scale and zero point (0: one group per row).
         symmetric: zero point fixed at the middle code (else each group's min/max).
         damp: GPTQ's Hessian dampening (fraction of the mean diagonal).
-        act_order: GPTQ quantizes the columns with the largest inputs first.
+        act_order: GPTQ quantizes the columns with the largest inputs first (group ranges
+            fixed beforehand); on by default: SmolLM2-135M int4 g128 perplexity 26.5 -> 25.4.
+        clip_search: each group's range is the one with the least rounding error (it may
+            clip outliers) instead of its min/max. None (default): on for GPTQ, whose error
+            feedback makes up for the clipped weights, off for RTN, where clipping without
+            feedback cost perplexity (SmolLM2-135M int4 g128: 29.6 -> 34.0).
         calibration_samples: calibration inputs for GPTQ.
         skip: Linear layers (module names) to leave in float.
 
@@ -63,7 +68,8 @@ class WeightOnlyConfig(QuantizeConfig):
     group_size: int = 128
     symmetric: bool = False
     damp: float = 0.01
-    act_order: bool = False
+    act_order: bool = True
+    clip_search: bool | None = None
     calibration_samples: int = 128
     skip: tuple[str, ...] = ()
 
@@ -78,7 +84,17 @@ class WeightOnlyConfig(QuantizeConfig):
     def gptq(self) -> GPTQSettings:
         """GPTQ's settings from this config."""
         return GPTQSettings(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric,
-                            damp=self.damp, act_order=self.act_order)
+                            damp=self.damp, act_order=self.act_order,
+                            clip_search=self.searches())
+
+    def searches(self) -> bool:
+        """Whether group ranges are searched (``clip_search`` resolved for ``method``).
+
+        Example:
+            >>> WeightOnlyConfig(method="rtn").searches(), WeightOnlyConfig().searches()
+            (False, True)
+        """
+        return self.method == "gptq" if self.clip_search is None else bool(self.clip_search)
 
 
 def target_layers(model: nn.Module, skip: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -119,7 +135,8 @@ class WeightOnly(Technique):
         if config.method == "rtn":
             modules = dict(model.named_modules())
             codes = {name: rtn_group_codes(modules[name].weight.detach(), config.bits,
-                                           config.group_size, symmetric=config.symmetric)
+                                           config.group_size, symmetric=config.symmetric,
+                                           search=config.searches())
                      for name in targets}
         else:
             batches = calibration_batches(ctx, config.calibration_samples, self.name)
@@ -138,7 +155,8 @@ class WeightOnly(Technique):
         group = "per row" if config.group_size <= 0 else f"groups of {config.group_size}"
         ctx.note("weight-only", f"{len(codes)} Linear layer(s) to int{config.bits} "
                  f"({config.method.upper()}, {group}, "
-                 f"{'symmetric' if config.symmetric else 'asymmetric'}); "
+                 f"{'symmetric' if config.symmetric else 'asymmetric'}"
+                 f"{', ranges searched' if config.searches() else ''}); "
                  "dequantized on the fly")
         if tied:
             ctx.note("left in float (weight shared with another module)", ", ".join(tied))
