@@ -49,6 +49,7 @@ from sconce.evaluation import evaluate
 from sconce.metrics.timing import TimingSettings, time_call
 from sconce.storage import atomic_write_json
 from sconce_prune.channel import count_macs, fold_batchnorms, prune_channels
+from sconce_prune.channel.config import ChannelPruneConfig
 from sconce_prune.channel.folding import recalibrate_batchnorms
 from sconce_prune.channel.record import to_channels_last
 
@@ -57,6 +58,8 @@ DENSE_VGG = RESULTS / "vgg_fashion_mnist_dense.pt"
 GMP_DENSE_VGG = RESULTS / "gmp-dense-vgg-e6-s0.pt"  # benchmarks/gmp.py's cache of the same model
 CPU = torch.device("cpu")
 RATIO = 0.5
+# the fine-tuning lr prune.channel uses by default (run lr 1e-3 x its scale); Torch-Pruning too
+FINETUNE_LR = 1e-3 * ChannelPruneConfig().finetune_lr_scale
 
 
 # --- the two tools ------------------------------------------------------------------------------
@@ -258,12 +261,13 @@ def accuracy_run(data: sconce.Data, args: argparse.Namespace
         print(f"{name}: {accuracy(runs[name][0], data):.2f}%", flush=True)
     started = time.perf_counter()
     tp_model = prune_torch_pruning(copy.deepcopy(dense), example)
-    sconce.train(tp_model, data, args.finetune_epochs, lr=1e-3, teacher=copy.deepcopy(dense),
+    sconce.train(tp_model, data, args.finetune_epochs, lr=FINETUNE_LR, teacher=copy.deepcopy(dense),
                  seed=0, progress=False, device="cpu")
     runs["torch-pruning"] = (tp_model.eval(), time.perf_counter() - started)
     summary = {
         "dense": info, "dense_accuracy": base, "finetune_epochs": args.finetune_epochs,
-        "finetune": "sconce.train: AdamW lr 1e-3, cosine, distilled from the dense model",
+        "finetune": f"sconce.train: AdamW lr {FINETUNE_LR:g}, cosine, distilled from the dense "
+                    "model (prune.channel's default fine-tuning lr, used for both tools)",
         "before_finetune": criteria,
         "tools": {name: {"accuracy_after_finetune": accuracy(model, data),
                          "drop_points": round(base - accuracy(model, data), 2),

@@ -285,3 +285,24 @@ def test_consumer_scores_and_batchnorm_recalibration() -> None:
     used = recalibrate_batchnorms(model, [torch.randn(8, 3, 12, 12) * 3 for _ in range(3)])
     assert used == 3 and not torch.equal(before, model[4].running_mean)
     assert model[4].momentum == 0.1 and not model.training
+
+
+def test_finetuning_runs_at_the_scaled_learning_rate(monkeypatch, tmp_path) -> None:
+    import sconce.context
+    from sconce_prune.channel.technique import ChannelPruning
+
+    seen: dict[str, float] = {}
+
+    def fake_train(model, data, epochs, **options):  # records what the core's loop receives
+        seen.update(epochs=epochs, lr=options["lr"])
+        return model
+
+    monkeypatch.setattr(sconce.context, "train", fake_train)
+    inputs, labels = torch.randn(16, 3, 12, 12), torch.randint(0, 3, (16,))
+    loader = DataLoader(TensorDataset(inputs, labels), batch_size=8)
+    ctx = sconce.Context(data=sconce.Data(train=loader, test=loader), finetune_epochs=2.0,
+                         finetune_lr=2e-3, work_dir=tmp_path)
+    ChannelPruning().apply(_chain(), ChannelPruneConfig(finetune_lr_scale=2.5), ctx)
+    assert seen == {"epochs": 2.0, "lr": pytest.approx(5e-3)}
+    with pytest.raises(ConfigError, match="finetune_lr_scale"):
+        ChannelPruneConfig(finetune_lr_scale=0)

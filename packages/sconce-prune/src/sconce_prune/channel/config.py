@@ -60,6 +60,10 @@ class ChannelPruneConfig(PruneConfig):
             re-estimate the BatchNorm statistics of the narrower network; 0 turns it off.
         finetune: fine-tune inside the technique (with distillation from the original model
             when the run distils); the budget is the run's ``finetune_epochs``.
+        finetune_lr_scale: the fine-tuning learning rate is the run's ``finetune_lr`` times
+            this. Removing channels disturbs a network far more than masking weights, and a
+            larger step recovers it faster: VGG on Fashion-MNIST, 50% channels, 2 epochs,
+            validation accuracy 92.12% at 1x, 92.56% at 3x (benchmarks/channel_pruning.py).
         fold_bn: fold each BatchNorm into the conv/linear before it in the final model.
         channels_last: store conv weights channels-last so oneDNN runs NHWC kernels (measured
             faster on CPU, see benchmarks/channel_pruning.py); the record restores it.
@@ -84,6 +88,7 @@ class ChannelPruneConfig(PruneConfig):
     steps: int = 1
     bn_recalibration: int = 32
     finetune: bool = True
+    finetune_lr_scale: float = 3.0
     fold_bn: bool = True
     channels_last: bool = True
     seed: int = 0
@@ -117,6 +122,7 @@ class ChannelPruneConfig(PruneConfig):
         if self.target_macs is not None and self.target_latency is not None:
             raise ConfigError("give target_macs or target_latency, not both")
         check_positive("taylor_batches", self.taylor_batches)
+        check_positive("finetune_lr_scale", self.finetune_lr_scale)
         check_positive("bn_recalibration", self.bn_recalibration, allow_zero=True)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be an int >= 1, got {self.steps!r}")

@@ -107,7 +107,8 @@ class ChannelPruning(Technique):
                 recalibrate_batchnorms(model, _input_batches(ctx, config.bn_recalibration),
                                        ctx.adapter)
             if epochs > 0:
-                ctx.finetune(model, epochs=epochs / config.steps, teacher=ctx.teacher)
+                ctx.finetune(model, epochs=epochs / config.steps, teacher=ctx.teacher,
+                             lr=ctx.finetune_lr * config.finetune_lr_scale)
         folded = report.folded
         if config.fold_bn and not folded:  # fold last, with the final statistics
             folded = fold_batchnorms(model, example)
