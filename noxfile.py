@@ -38,10 +38,10 @@ nox.options.default_venv_backend = "venv"
 def _with_shared_torch(session: nox.Session) -> None:
     """Make the session's environment see the one shared torch install (installing it once)."""
     if not (SHARED_TORCH / "torch").is_dir():
-        session.run("python", "-m", "pip", "install", "--quiet", "--target",
-                    str(SHARED_TORCH), TORCH_PIN)
+        session.run_install("python", "-m", "pip", "install", "--quiet", "--target",
+                            str(SHARED_TORCH), TORCH_PIN)
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    purelib = session.run("python", "-c", code, silent=True).strip()
+    purelib = session.run_install("python", "-c", code, silent=True).strip()
     Path(purelib, "_sconce_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
 
 
