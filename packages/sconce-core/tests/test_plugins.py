@@ -139,6 +139,30 @@ def test_hook_sconce_module_footprint() -> None:
         sconce.Footprint(8 + 3, 8 + 3, 4 + 12)
 
 
+def test_hook_sconce_register_layer_rules() -> None:
+    class Neuron(nn.Module):
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.beta = nn.Parameter(torch.ones(channels, 1, 1))
+
+    class LeakyNeuron(Neuron):
+        pass
+
+    rule = sconce.ChannelwiseLayer(per_channel=("beta",))
+    _plugin("neurons", sconce_register_layer_rules=lambda register: register(Neuron, rule))
+    assert registry().layer_rule(LeakyNeuron(3)) is rule
+    assert registry().layer_rule(nn.ReLU()) is None
+    with pytest.raises(TypeError, match="tuple of attribute names"):
+        sconce.ChannelwiseLayer(per_channel="beta")  # type: ignore[arg-type]
+
+
+def test_a_layer_rule_that_is_not_a_channelwise_layer_is_skipped(caplog) -> None:
+    _plugin("bad-rules", sconce_register_layer_rules=lambda register: register(nn.ReLU, "x"))
+    with caplog.at_level(logging.WARNING):
+        assert registry().layer_rule(nn.ReLU()) is None
+    assert "use sconce.ChannelwiseLayer" in caplog.text
+
+
 def test_every_hook_has_a_docstring_and_a_test() -> None:
     tests = {name for name in globals() if name.startswith("test_hook_")}
     for hook in hookspecs.HOOK_NAMES:

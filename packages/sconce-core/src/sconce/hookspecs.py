@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from sconce.adapter import ModelAdapter
     from sconce.footprint import Footprint
+    from sconce.layers import ChannelwiseLayer
     from sconce.metrics.base import Metric
     from sconce.pipeline import StageResult
     from sconce.technique import Technique
@@ -118,6 +119,20 @@ def sconce_module_footprint(module: nn.Module) -> Footprint | None:
     weights in ways the default (dense parameters and persistent buffers) cannot see, such as
     packed int8/int4 weights or compressed sparse storage, answer for those modules. The
     first non-``None`` answer wins.
+    """
+
+
+@hookspec
+def sconce_register_layer_rules(
+    register: Callable[[type[nn.Module], ChannelwiseLayer], None],
+) -> None:
+    """Describe the channel structure of layer types a plugin owns (spiking neurons, ...).
+
+    Called once, when plugins are loaded, and read by structural techniques (channel
+    pruning, architecture search) through ``sconce.plugins.registry().layer_rules``. Call
+    ``register(module_type, rule)`` with a :class:`sconce.ChannelwiseLayer`; instances of
+    ``module_type`` and its subclasses then follow the rule and are not traced into. Describing
+    a type twice is a :class:`~sconce.errors.PluginError`. The return value is ignored.
     """
 
 

@@ -82,12 +82,13 @@ class Registry:
     metrics: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, Callable[..., Any]] = field(default_factory=dict)
     models: dict[str, Callable[..., Any]] = field(default_factory=dict)
-    origin: dict[tuple[str, str], str] = field(default_factory=dict)
+    layer_rules: dict[type, Any] = field(default_factory=dict)
+    origin: dict[tuple[str, Any], str] = field(default_factory=dict)
 
-    def add(self, kind: str, name: str, item: Any, plugin: str) -> None:
+    def add(self, kind: str, name: Any, item: Any, plugin: str) -> None:
         """Add ``item`` under ``name``; a duplicate name is a :class:`PluginError`."""
-        table: dict[str, Any] = getattr(self, kind)
-        if not isinstance(name, str) or not name:
+        table: dict[Any, Any] = getattr(self, kind)
+        if kind != "layer_rules" and (not isinstance(name, str) or not name):
             raise PluginError(f"plugin {plugin!r} registered a {kind[:-1]} without a name")
         if name in table:
             first = self.origin[(kind, name)]
@@ -97,6 +98,20 @@ class Registry:
             )
         table[name] = item
         self.origin[(kind, name)] = plugin
+
+    def layer_rule(self, module: object) -> Any:
+        """The :class:`sconce.ChannelwiseLayer` described for ``module``'s class or its
+        nearest described base class, or None.
+
+        Example:
+            >>> from torch import nn
+            >>> registry().layer_rule(nn.ReLU()) is None
+            True
+        """
+        for cls in type(module).__mro__:
+            if cls in self.layer_rules:
+                return self.layer_rules[cls]
+        return None
 
     def lookup(self, kind: str, name: str, hint: str = "") -> Any:
         """Return the item registered under ``name`` or raise :class:`UnknownNameError`."""
@@ -258,6 +273,7 @@ _REGISTRATION_HOOKS = {
     "metrics": "sconce_register_metrics",
     "datasets": "sconce_register_datasets",
     "models": "sconce_register_models",
+    "layer_rules": "sconce_register_layer_rules",
 }
 
 
@@ -290,6 +306,17 @@ def _run_registration(reg: Registry, kind: str, impl: pluggy.HookImpl) -> None:
     if kind in ("techniques", "metrics"):
         def register(item: Any) -> None:
             reg.add(kind, getattr(item, "name", ""), item, plugin)
+    elif kind == "layer_rules":
+        def register(module_type: Any, rule: Any) -> None:  # type: ignore[misc]
+            from sconce.layers import ChannelwiseLayer
+
+            if not isinstance(module_type, type):
+                raise PluginError(f"plugin {plugin!r} described a layer rule for "
+                                  f"{module_type!r}, which is not a class")
+            if not isinstance(rule, ChannelwiseLayer):
+                raise PluginError(f"plugin {plugin!r} described {module_type.__name__} with "
+                                  f"{type(rule).__name__}; use sconce.ChannelwiseLayer")
+            reg.add(kind, module_type, rule, plugin)
     else:
         def register(name: str, factory: Callable[..., Any]) -> None:  # type: ignore[misc]
             if not callable(factory):
