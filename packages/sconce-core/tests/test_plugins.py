@@ -177,7 +177,8 @@ def test_builtins_load_and_loading_is_idempotent() -> None:
     first = sconce.load_plugins()
     assert sconce.load_plugins() is first
     names = {info.name for info in plugin_infos()}
-    assert {"sconce.builtin.metrics", "sconce.builtin.datasets", "sconce.builtin.models"} <= names
+    assert {"sconce.builtin.metrics", "sconce.builtin.datasets", "sconce.builtin.models",
+            "sconce.builtin.lowbit"} <= names
     assert {"digits", "fashion-mnist"} <= set(registry().datasets)
     assert {"demo", "demo-cnn", "vgg", "resnet18", "mobilenetv2", "vit"} <= set(registry().models)
 

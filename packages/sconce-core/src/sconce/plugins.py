@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "sconce.builtin.metrics",
     "sconce.builtin.datasets",
     "sconce.builtin.models",
+    "sconce.builtin.lowbit",
 )
 
 _lock = threading.RLock()
