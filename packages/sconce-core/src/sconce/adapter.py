@@ -29,7 +29,13 @@ class ModelAdapter:
 
     Methods take and return tensors; ``inputs`` may also be a tuple of tensors for models
     with several inputs.
+
+    Attributes:
+        task: what the model does (``classification``, ``causal-lm``, ``embedding``, ...);
+            metrics that declare ``tasks`` are measured by default only for those.
     """
+
+    task: str = "classification"
 
     def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor | None]:
         """Split a loader's batch into ``(inputs, targets)``."""

@@ -274,7 +274,8 @@ def measure(model_spec: str, data_name: str, metric_names: tuple[str, ...], devi
     resolved = resolve_device(device)
     check_model_runs(model, data, adapter, resolved)
     ctx = Context(data=data, adapter=adapter, device=resolved, progress=False)
-    metrics = resolve_metrics(list(metric_names) or None, have_data=True)
+    metrics = resolve_metrics(list(metric_names) or None, have_data=True,
+                              task=adapter.task)
     measured = measure_with_context(model, ctx, metrics)
     if as_json:
         click.echo(json.dumps({"values": measured.values, "notes": measured.notes}, indent=2))

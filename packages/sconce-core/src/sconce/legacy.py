@@ -222,7 +222,8 @@ class sconce:
         from sconce.runtime import resolve_device
 
         data = self._data()
-        metrics = resolve_metrics(None, have_data=True)
+        metrics = resolve_metrics(None, have_data=True,
+                                  task=self._adapter(original).task)
         rows = []
         for model in (original, compressed):
             ctx = Context(data=data, adapter=self._adapter(model),

@@ -299,7 +299,7 @@ def compress(
         finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, constraints=constraints,
         timing=timing or TimingSettings(), progress=progress,
     )
-    metric_objects = resolve_metrics(metrics, have_data=True)
+    metric_objects = resolve_metrics(metrics, have_data=True, task=adapter.task)
     hook = plugin_manager().hook
     settings = {"seed": seed, "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
                 "distill": distill, "data": resolved_data.name, "device": device.type}

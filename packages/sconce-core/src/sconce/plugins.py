@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "sconce.builtin.datasets",
     "sconce.builtin.models",
     "sconce.builtin.lowbit",
+    "sconce.builtin.textmodels",
 )
 
 _lock = threading.RLock()

@@ -39,18 +39,23 @@ class Measurement:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def resolve_metrics(names: Sequence[str | Metric] | None, *, have_data: bool) -> list[Metric]:
-    """Metric objects for ``names`` (registered names or objects); None means the defaults.
+def resolve_metrics(names: Sequence[str | Metric] | None, *, have_data: bool,
+                    task: str = "classification") -> list[Metric]:
+    """Metric objects for ``names`` (registered names or objects); None means the defaults
+    that apply: those needing data only ``have_data``, those with ``tasks`` only for ``task``.
 
     Example:
         >>> [m.name for m in resolve_metrics(["params"], have_data=False)]
         ['params']
+        >>> "perplexity" in [m.name for m in resolve_metrics(None, have_data=True)]
+        False
     """
     from sconce.plugins import registry
 
     table = registry().metrics
     if names is None:
-        chosen = [m for m in table.values() if getattr(m, "default", True)]
+        chosen = [m for m in table.values() if getattr(m, "default", True)
+                  and task in (getattr(m, "tasks", None) or (task,))]
         return [m for m in chosen if have_data or not getattr(m, "needs_data", False)]
     return [n if not isinstance(n, str) else registry().lookup("metrics", n) for n in names]
 
@@ -98,5 +103,6 @@ def measure(
         data=resolved_data, adapter=get_adapter(model, adapter), device=resolve_device(device),
         inputs=example_inputs, timing=timing or TimingSettings(), progress=False,
     )
-    chosen = resolve_metrics(metrics, have_data=resolved_data is not None)
+    chosen = resolve_metrics(metrics, have_data=resolved_data is not None,
+                             task=ctx.adapter.task)
     return measure_with_context(model, ctx, chosen).values
