@@ -68,3 +68,11 @@ def test_true_size_counts_packed_codes_and_zeros_through_the_builtin_plugin() ->
     # non-zeros are the stored values that are not zero (small weights may round to zero)
     assert footprint.params == 1024
     assert footprint.nonzero == int((codes.dequantize() != 0).sum()) <= 512
+
+
+def test_a_group_of_zeros_gets_a_finite_grid() -> None:
+    weight = torch.zeros(2, 8)
+    weight[1, :4] = 1e-9  # below float16's smallest step
+    codes = GroupCodes.quantize(weight, bits=4, group_size=4)
+    assert bool(torch.isfinite(codes.scales.float()).all()) and bool((codes.scales > 0).all())
+    assert torch.equal(codes.dequantize(), torch.zeros(2, 8))

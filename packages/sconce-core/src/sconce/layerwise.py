@@ -53,12 +53,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sconce.errors import ConfigError, DataError
+from sconce.errors import ConfigError, DataError, TechniqueError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATISTICS", "LayerInputs", "LayerSolver", "find_blocks", "input_rows",
-           "run_layerwise", "supported_layer"]
+__all__ = ["STATISTICS", "LayerInputs", "LayerSolver", "damped_inverse", "find_blocks",
+           "input_rows", "run_layerwise", "supported_layer"]
 
 Forward = Callable[[nn.Module, Any], Any]
 
@@ -110,6 +110,39 @@ class LayerInputs:
 
 LayerSolver = Callable[[LayerInputs], Any]
 """Compresses one layer in place from its :class:`LayerInputs`; its return value is kept."""
+
+
+def damped_inverse(hessian: torch.Tensor, damp: float, *, cholesky: bool = False
+                   ) -> torch.Tensor:
+    """``(H + damp * mean(diag H) * I)^-1``, or its upper Cholesky factor ``U`` (``U^T U`` is
+    the inverse), as second-order solvers (GPTQ, SparseGPT, OBC) use it. Features that never
+    saw an input (a zero diagonal) get a diagonal of 1 first; the dampening is raised tenfold,
+    up to three times, until ``H`` is positive definite.
+
+    Raises:
+        TechniqueError: ``H`` is not positive definite even then.
+
+    Example:
+        >>> torch.diagonal(damped_inverse(torch.tensor([[2.0, 0.0], [0.0, 0.0]]), 0.0))
+        tensor([0.5000, 1.0000])
+    """
+    h = hessian.detach().to(torch.float32).clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    mean_diag = float(torch.diagonal(h).mean())
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    for factor in (1.0, 10.0, 100.0, 1000.0):
+        lower, info = torch.linalg.cholesky_ex(h + (damp * factor * mean_diag + 1e-8) * eye)
+        if int(info) != 0:
+            continue
+        inverse = torch.cholesky_inverse(lower)
+        if not cholesky:
+            return inverse
+        upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+        if int(info) == 0:
+            return upper
+    raise TechniqueError("a layer's Hessian is not positive definite even with strong "
+                         "dampening; give more (or more varied) calibration data")
 
 
 def supported_layer(module: nn.Module) -> bool:

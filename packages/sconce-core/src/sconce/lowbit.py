@@ -75,7 +75,10 @@ def grid_for(weight: torch.Tensor, bits: int, *, symmetric: bool = False
         high = w.amax(dim=1).clamp_min(0.0)
         scale = (high - low) / top
         zero = None
-    scale = scale.clamp_min(1e-8).to(torch.float16).to(torch.float32)
+    scale = scale.to(torch.float16).to(torch.float32)
+    # a group of zeros (all pruned), or a range below float16's smallest step: any scale
+    # stores it, and 1 keeps the codes finite
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     if zero is None:
         zero = (-low / scale).round().clamp(0, top)
     return scale, zero + 0.0  # never -0.0

@@ -1,7 +1,8 @@
 """sconce-prune: pruning techniques for sconce, discovered through the ``sconce`` entry point.
 
 Techniques: ``prune.gmp`` (gradual magnitude pruning with automatic per-layer sparsity),
-``prune.magnitude`` (one-shot), ``prune.nm`` (N:M masks) and ``prune.channel``.
+``prune.magnitude`` (one-shot), ``prune.nm`` (N:M masks), ``prune.channel``, and the one-shot
+second-order pruners ``prune.sparsegpt``, ``prune.obc`` and ``prune.wanda``.
 
 Example:
     >>> import sconce
@@ -15,6 +16,7 @@ from sconce_prune.config import GMPConfig, MagnitudeConfig, NMConfig
 from sconce_prune.gmp import GradualMagnitudePruning
 from sconce_prune.magnitude import MagnitudePruning
 from sconce_prune.nm import NMPruning
+from sconce_prune.oneshot import OBC, OBCConfig, SparseGPT, SparseGPTConfig, Wanda, WandaConfig
 from sconce_prune.sensitivity import (
     Allocation,
     Sensitivity,
@@ -27,7 +29,9 @@ from sconce_prune.sensitivity import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Allocation", "GMPConfig", "GradualMagnitudePruning", "MagnitudeConfig", "MagnitudePruning",
-    "NMConfig", "NMPruning", "Sensitivity", "__version__", "allocate", "choose_ratios",
-    "plot_sensitivity", "scan_sensitivity",
+    "OBC", "Allocation", "GMPConfig", "GradualMagnitudePruning", "MagnitudeConfig",
+    "MagnitudePruning", "NMConfig", "NMPruning", "OBCConfig", "Sensitivity", "SparseGPT",
+    "SparseGPTConfig",
+    "Wanda", "WandaConfig", "__version__", "allocate", "choose_ratios", "plot_sensitivity",
+    "scan_sensitivity",
 ]
