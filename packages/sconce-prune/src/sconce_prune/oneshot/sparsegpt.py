@@ -100,10 +100,59 @@ def _block_size(settings: SparseGPTSettings, cols: int) -> int:
     return unit * max(1, settings.block_size // unit)
 
 
+_ROW_CHUNK = 256
+"""Rows whose triangular systems are solved together (bounds the ``rows x s x s`` memory)."""
+
+
+def segment_errors(values: torch.Tensor, upper: torch.Tensor, mask: torch.Tensor
+                   ) -> torch.Tensor:
+    """The OBS errors of pruning the ``mask``-ed weights of a segment of columns, all at once.
+
+    Visiting the segment's columns one by one, a pruned weight's error is its current value
+    over ``U_jj``, and it changes the later columns by ``-error * U[j, later]``; kept weights
+    (no quantization) add no error. Unrolled, each row's errors solve a lower-triangular
+    system: ``e_j U_jj + sum_{k<j} e_k U_kj = w_j`` for its pruned ``j`` (``e_j = 0`` for the
+    kept ones). Solving these, batched over rows, is exactly the column-by-column loop.
+
+    Args:
+        values: ``(rows, s)`` weights at the start of the segment.
+        upper: ``(s, s)`` the inverse Hessian's upper Cholesky factor on the segment.
+        mask: ``(rows, s)`` True where pruned.
+
+    Example:
+        >>> u = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
+        >>> segment_errors(torch.tensor([[4.0, 3.0]]), u, torch.tensor([[True, True]]))
+        tensor([[2., 1.]])
+    """
+    errors = torch.empty_like(values)
+    lower = upper.t().unsqueeze(0)
+    for start in range(0, len(values), _ROW_CHUNK):
+        chunk = mask[start:start + _ROW_CHUNK]
+        system = lower * chunk.unsqueeze(2).to(lower.dtype)  # row j kept only if j is pruned
+        system.diagonal(dim1=1, dim2=2).add_((~chunk).to(lower.dtype))  # e_j = 0 if kept
+        rhs = (values[start:start + _ROW_CHUNK] * chunk).unsqueeze(2)
+        errors[start:start + _ROW_CHUNK] = torch.linalg.solve_triangular(
+            system, rhs, upper=False).squeeze(2)
+    return errors
+
+
+def _nm_cut(values: torch.Tensor, diag: torch.Tensor, settings: SparseGPTSettings
+            ) -> torch.Tensor:
+    """The pruned mask of one N:M group of columns, by OBS saliency."""
+    scores = values.square() / diag.square()
+    mask = torch.zeros_like(values, dtype=torch.bool)
+    cut = torch.topk(scores, settings.m - settings.n, dim=1, largest=False).indices
+    return mask.scatter_(1, cut, True)
+
+
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor,
                     settings: SparseGPTSettings) -> SparseGPTResult:
     """Prune (and optionally quantize) a ``(rows, cols)`` weight given its ``(cols, cols)``
     Hessian; N:M needs ``cols`` to be a multiple of ``m``.
+
+    Without quantization the columns of a block whose mask is known (the whole block when
+    unstructured, each group of ``m`` for N:M) are solved together by
+    :func:`segment_errors`; with ``bits`` every column is rounded in turn.
 
     Example:
         >>> w = torch.randn(4, 8)
@@ -117,12 +166,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor,
     dead = torch.diagonal(hessian) == 0
     w[:, dead] = 0.0
     upper = damped_inverse(hessian, settings.damp, cholesky=True)
-    quantize = settings.bits is not None
-    group = min(settings.group_size, cols) if quantize else cols
-    groups = -(-cols // group)
-    codes = torch.zeros(rows, cols, dtype=torch.uint8) if quantize else None
-    scales = torch.zeros(rows, groups)
-    zeros = torch.zeros(rows, groups)
+    quantizer = _Quantizer(settings, rows, cols) if settings.bits is not None else None
     block = _block_size(settings, cols)
     target = round(settings.sparsity * rows * cols)
     pruned_so_far = 0
@@ -130,40 +174,67 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor,
         end = min(start + block, cols)
         w1 = w[:, start:end].clone()
         h1 = upper[start:end, start:end]
-        errors = torch.zeros_like(w1)
         diag = torch.diagonal(h1)
-        if settings.m:
-            mask = torch.zeros_like(w1, dtype=torch.bool)
-        else:  # this block's share of the exact layer-wide count, by OBS saliency
+        errors = torch.zeros_like(w1)
+        mask = torch.zeros_like(w1, dtype=torch.bool)
+        if not settings.m:  # this block's share of the exact layer-wide count, by saliency
             count = round(target * end / cols) - pruned_so_far
             mask = lowest(w1.square() / diag.square().unsqueeze(0), count)
             pruned_so_far += count
-        for i in range(end - start):
-            column = start + i
-            if settings.m and i % settings.m == 0:
-                scores = w1[:, i:i + settings.m].square() / diag[i:i + settings.m].square()
-                cut = torch.topk(scores, settings.m - settings.n, dim=1, largest=False).indices
-                mask[:, i:i + settings.m].scatter_(1, cut, True)
-            values = w1[:, i]
-            kept = values.masked_fill(mask[:, i], 0.0)
-            if quantize and codes is not None and settings.bits is not None:
-                g = column // group
-                if column % group == 0:
-                    span = w1[:, i:i + group].masked_fill(mask[:, i:i + group], 0.0)
-                    scales[:, g], zeros[:, g] = grid_for(span, settings.bits,
-                                                         symmetric=settings.symmetric)
-                q = quantize_to_grid(kept.unsqueeze(1), scales[:, g], zeros[:, g],
-                                     settings.bits).squeeze(1)
-                q = torch.where(mask[:, i], zeros[:, g], q)  # pruned: exactly zero
-                codes[:, column] = q.to(torch.uint8)
-                kept = (q - zeros[:, g]) * scales[:, g]
-            error = (values - kept) / h1[i, i]
-            w1[:, i:] -= error.unsqueeze(1) * h1[i, i:].unsqueeze(0)
-            w1[:, i] = kept
-            errors[:, i] = error
+        if quantizer is not None:
+            for i in range(end - start):
+                if settings.m and i % settings.m == 0:
+                    mask[:, i:i + settings.m] = _nm_cut(w1[:, i:i + settings.m],
+                                                        diag[i:i + settings.m], settings)
+                kept = quantizer.round(w1, mask, start, i)
+                error = (w1[:, i] - kept) / h1[i, i]
+                w1[:, i + 1:].addr_(error, h1[i, i + 1:], alpha=-1.0)
+                w1[:, i] = kept
+                errors[:, i] = error
+        else:
+            step = settings.m or (end - start)
+            for i in range(0, end - start, step):
+                j = i + step
+                if settings.m:
+                    mask[:, i:j] = _nm_cut(w1[:, i:j], diag[i:j], settings)
+                errors[:, i:j] = segment_errors(w1[:, i:j], h1[i:j, i:j], mask[:, i:j])
+                w1[:, j:] -= errors[:, i:j] @ h1[i:j, j:]
+                w1[:, i:j] -= errors[:, i:j] @ torch.triu(h1[i:j, i:j])
+            w1.masked_fill_(mask, 0.0)
         w[:, start:end] = w1
         w[:, end:] -= errors @ upper[start:end, end:]
-    if codes is None or settings.bits is None:
+    if quantizer is None:
         return SparseGPTResult(w)
-    return SparseGPTResult(w, GroupCodes(codes, scales.to(torch.float16),
-                                         zeros.to(torch.uint8), settings.bits, group))
+    return SparseGPTResult(w, quantizer.codes())
+
+
+class _Quantizer:
+    """Joint quantization: group grids from the current (masked) weights, column codes."""
+
+    def __init__(self, settings: SparseGPTSettings, rows: int, cols: int) -> None:
+        assert settings.bits is not None
+        self.bits = settings.bits
+        self.symmetric = settings.symmetric
+        self.group = min(settings.group_size, cols)
+        groups = -(-cols // self.group)
+        self.values = torch.zeros(rows, cols, dtype=torch.uint8)
+        self.scales = torch.zeros(rows, groups)
+        self.zeros = torch.zeros(rows, groups)
+
+    def round(self, w1: torch.Tensor, mask: torch.Tensor, start: int, i: int) -> torch.Tensor:
+        """Column ``i`` of the block (at ``start``) on its group's grid, pruned ones at 0."""
+        column = start + i
+        g = column // self.group
+        if column % self.group == 0:
+            span = w1[:, i:i + self.group].masked_fill(mask[:, i:i + self.group], 0.0)
+            self.scales[:, g], self.zeros[:, g] = grid_for(span, self.bits,
+                                                           symmetric=self.symmetric)
+        scale, zero = self.scales[:, g], self.zeros[:, g]
+        q = quantize_to_grid(w1[:, i:i + 1], scale, zero, self.bits).squeeze(1)
+        q = torch.where(mask[:, i], zero, q)  # pruned: the zero point, exactly 0
+        self.values[:, column] = q.to(torch.uint8)
+        return (q - zero) * scale
+
+    def codes(self) -> GroupCodes:
+        return GroupCodes(self.values, self.scales.to(torch.float16),
+                          self.zeros.to(torch.uint8), self.bits, self.group)
