@@ -13,9 +13,9 @@ Sections (each row runs in its own process, so its wall time and peak RSS are it
 
 Rows: dense, magnitude (``prune.magnitude`` / ``prune.nm``, the same layers), ``prune.wanda``,
 ``prune.sparsegpt``, ``prune.obc`` where tractable, and llm-compressor's SparseGPT and Wanda
-modifiers on SmolLM2 when ``--peer-python`` names a Python that has ``llmcompressor`` (it pins
-its own transformers, so it lives in its own environment: ``python -m venv peer && peer/bin/pip
-install llmcompressor`` plus a ``.pth`` to this environment's site-packages for torch). Each
+modifiers on SmolLM2 at 50% when ``--peer-python`` names a Python that has ``llmcompressor``
+(it pins its own transformers, so it lives in its own environment: ``python -m venv peer &&
+peer/bin/pip install llmcompressor`` plus a ``.pth`` to this environment's site-packages). Each
 method's sconce row and peer row run one after the other (interleaved), one round each: a
 pruning run is minutes long and deterministic, so the wall time of one run is quoted.
 
@@ -261,6 +261,8 @@ def find(rows: list[dict[str, Any]], method: str, pattern: str, bits: int | None
 def check_targets(section: str, rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
     key, _, higher = QUALITY[section]
     checks: list[tuple[str, bool, str]] = []
+    if section == "cnn":  # the targets are on the two transformers
+        return checks
     for pattern in ("50%", "2:4"):
         found = {m: find(rows, m, pattern) for m in ("sparsegpt", "wanda", "magnitude")}
         if None in found.values():
@@ -313,9 +315,11 @@ def run_section(section: str, args: argparse.Namespace) -> dict[str, Any]:
     windows = Path(tempfile.mkdtemp(prefix="one-shot-")) / "windows.pt"
     peers = []
     if section == "smollm" and args.peer_python:
-        peers = [{"method": m, "pattern": p, "bits": None, "peer": True}
-                 for p in ("50%", "2:4") for m in ("sparsegpt", "wanda")]
+        peers = [{"method": m, "pattern": "50%", "bits": None, "peer": True}
+                 for m in ("sparsegpt", "wanda")]
     ordered: list[dict[str, Any]] = []
+    if args.method:  # the dense row always runs: it is the reference (and writes the windows)
+        rows = [r for r in rows if r["method"] in ("dense", *args.method)]
     for row in rows:  # each peer row right after the sconce row it compares with
         ordered.append(row)
         ordered += [p for p in peers if (p["method"], p["pattern"]) == (
@@ -349,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: few samples")
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run these sections")
+    parser.add_argument("--method", choices=SCONCE_METHODS, action="append",
+                        help="only these methods (and dense)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peer-python", default=None,
                         help="a Python with llmcompressor, for the side-by-side rows")

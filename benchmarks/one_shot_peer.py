@@ -8,7 +8,7 @@ sequential pipeline, the same targets, sparsity, block size and dampening as sco
 writes the pruned weights for the benchmark to evaluate in its own environment, with the
 pruning wall time and peak RSS.
 
-    python benchmarks/one_shot_peer.py SPEC_JSON OUT_JSON
+    python benchmarks/one_shot_peer.py --row SPEC_JSON OUT_JSON
 """
 
 from __future__ import annotations
@@ -50,7 +50,11 @@ def main(spec_path: str, out_path: str) -> int:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF,
                                                  dtype=torch.float32).eval()
-    # llm-compressor reads the model's config from disk: give it one (the GGUF has none)
+    # llm-compressor reads the model's config from disk: give it one (the GGUF has none),
+    # without the note that the weights came from a GGUF file (they are dequantized fp32
+    # tensors now; llm-compressor refuses models still quantized in another format)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     config_dir = tempfile.mkdtemp(prefix="one-shot-peer-")
     model.config.save_pretrained(config_dir)
     model.config.name_or_path = config_dir
@@ -81,4 +85,6 @@ def main(spec_path: str, out_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    if len(sys.argv) != 4 or sys.argv[1] != "--row":
+        sys.exit(__doc__)
+    sys.exit(main(sys.argv[2], sys.argv[3]))
