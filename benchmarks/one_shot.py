@@ -22,6 +22,7 @@ pruning run is minutes long and deterministic, so the wall time of one run is qu
     python benchmarks/one_shot.py                    # all sections
     python benchmarks/one_shot.py --quick            # smoke run: few samples, short text
     python benchmarks/one_shot.py --only smollm --peer-python peer/bin/python
+    python benchmarks/one_shot.py --only smollm --windows 32   # fewer calibration windows
 
 Prints the tables and writes ``benchmarks/results/one_shot[-quick].json``.
 """
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -313,8 +315,11 @@ def check_targets(section: str, rows: list[dict[str, Any]],
     return checks
 
 
-def run_section(section: str, args: argparse.Namespace) -> dict[str, Any]:
-    samples = args.samples or ((8 if section == "smollm" else 16) if args.quick else 128)
+def run_section(section: str, args: argparse.Namespace,
+                save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    samples = (8 if section == "smollm" else 16) if args.quick else 128
+    if section == "smollm" and args.windows:
+        samples = args.windows
     rows = plan(section, args.quick)
     windows = Path(tempfile.mkdtemp(prefix="one-shot-")) / "windows.pt"
     peers = []
@@ -348,9 +353,16 @@ def run_section(section: str, args: argparse.Namespace) -> dict[str, Any]:
         row["result"]["row_seconds"] = time.perf_counter() - started
         if "error" in row["result"]:
             print(f"    failed: {row['result']['error']}", flush=True)
+        save({"rows": [r for r in ordered if "result" in r], "calibration_samples": samples})
     if section == "smollm" and not args.peer_python:
         print("  llm-compressor rows skipped: pass --peer-python (a Python with llmcompressor)")
     return {"rows": ordered, "calibration_samples": samples}
+
+
+def write(out: Path, results: dict[str, Any]) -> None:
+    """The results so far (after every row, so a stopped run keeps what it measured)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run these sections")
     parser.add_argument("--method", choices=SCONCE_METHODS, action="append",
                         help="only these methods (and dense)")
-    parser.add_argument("--samples", type=int, default=None,
-                        help="calibration samples (default 128; --quick: 8 windows, 16 sentences)")
+    parser.add_argument("--windows", type=int, default=None,
+                        help="SmolLM2 calibration windows (default 128; --quick: 8)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peer-python", default=None,
                         help="a Python with llmcompressor, for the side-by-side rows")
@@ -372,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.row[1]).write_text(json.dumps(run_row(spec)))
         return 0
     flags = cpu_flags()
+    out = args.out or RESULTS / ("one_shot-quick.json" if args.quick else "one_shot.json")
     started = time.perf_counter()
     sections = args.only or list(SECTIONS)
     results: dict[str, Any] = {"benchmark": "one_shot", "quick": args.quick, "cpu": flags,
@@ -386,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{section} skipped: {', '.join(missing)} not installed")
             results["sections"][section] = {"skipped": f"{missing} not installed"}
             continue
-        result = run_section(section, args)
+        def save(partial: dict[str, Any], section: str = section) -> None:
+            results["sections"][section] = partial
+            write(out, results)
+
+        result = run_section(section, args, save)
         results["sections"][section] = result
         print_table(section, result, flags, args.threads)
         checks += check_targets(section, result["rows"], result["calibration_samples"])
@@ -396,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     for target, ok, measured in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {target}: {measured}")
     print(f"total {results['seconds'] / 60:.1f} min")
-    out = args.out or RESULTS / ("one_shot-quick.json" if args.quick else "one_shot.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
+    write(out, results)
     print(f"wrote {out}")
     return 0
 

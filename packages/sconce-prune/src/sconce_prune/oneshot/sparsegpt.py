@@ -102,6 +102,9 @@ def _block_size(settings: SparseGPTSettings, cols: int) -> int:
 
 _ROW_CHUNK = 256
 """Rows whose triangular systems are solved together (bounds the ``rows x s x s`` memory)."""
+_SUBSTITUTE = 16
+"""Segments up to this many columns (N:M groups) are solved by forward substitution: a few
+vector operations beat building and solving ``rows`` tiny triangular systems."""
 
 
 def segment_errors(values: torch.Tensor, upper: torch.Tensor, mask: torch.Tensor
@@ -125,6 +128,12 @@ def segment_errors(values: torch.Tensor, upper: torch.Tensor, mask: torch.Tensor
         tensor([[2., 1.]])
     """
     errors = torch.empty_like(values)
+    if values.shape[1] <= _SUBSTITUTE:  # an N:M group: forward substitution, column by column
+        pruned = values * mask
+        for j in range(values.shape[1]):
+            errors[:, j] = (pruned[:, j] - errors[:, :j] @ upper[:j, j]) / upper[j, j] \
+                * mask[:, j]
+        return errors
     lower = upper.t().unsqueeze(0)
     for start in range(0, len(values), _ROW_CHUNK):
         chunk = mask[start:start + _ROW_CHUNK]
