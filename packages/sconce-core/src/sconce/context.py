@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,10 @@ from sconce.adapter import ClassifierAdapter, ModelAdapter
 from sconce.data import Data
 from sconce.errors import DataError
 from sconce.evaluation import EvalResult, evaluate
+from sconce.footprint import Footprint, ModuleFootprint, model_footprint
 from sconce.metrics.timing import TimingSettings
 from sconce.recipe import Constraints
-from sconce.train import TrainCallback, train
+from sconce.train import TrainCallback, fit
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,23 @@ class StageNotes:
     restore_record: dict[str, Any] | None = None
     artifacts: list[Path] = field(default_factory=list)
     finetuned: bool = False
+
+
+class _Teacher:
+    """The ``teacher`` field: a model set directly, or built by ``teacher_loader`` on first use
+    and kept until :meth:`Context.release_teacher`."""
+
+    def __get__(self, ctx: Context | None, owner: type | None = None) -> nn.Module | None:
+        if ctx is None:
+            return None  # the dataclass default
+        teacher: nn.Module | None = ctx.__dict__.get("_teacher")
+        if teacher is None and ctx.teacher_loader is not None:
+            teacher = ctx.__dict__["_teacher"] = ctx.teacher_loader()
+        return teacher
+
+    def __set__(self, ctx: Context, value: nn.Module | None) -> None:
+        # the dataclass passes this descriptor itself as the field's default
+        ctx.__dict__["_teacher"] = None if isinstance(value, _Teacher) else value
 
 
 @dataclass
@@ -77,13 +95,16 @@ class Context:
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sconce-")))
     finetune_epochs: float = 1.0
     finetune_lr: float = 1e-3
-    teacher: nn.Module | None = None
+    teacher: _Teacher = field(default=_Teacher(), repr=False, compare=False)
     constraints: Constraints | None = None
     timing: TimingSettings = field(default_factory=TimingSettings)
     progress: bool = True
     measure_split: str = "test"
     inputs: Any = None
     stage: StageNotes = field(default_factory=StageNotes)
+    teacher_loader: Callable[[], nn.Module] | None = field(default=None, repr=False,
+                                                           compare=False)
+    module_footprint: ModuleFootprint | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def for_inputs(cls, example_inputs: Any, **fields: Any) -> Context:
@@ -153,11 +174,25 @@ class Context:
         if epochs <= 0:
             return model
         options.setdefault("lr", self.finetune_lr)
-        train(model, self.require_data(), epochs, teacher=teacher, callbacks=callbacks,
-              device=self.device, seed=self.seed, progress=self.progress,
-              adapter=self.adapter, **options)
+        fit(model, self.require_data(), epochs, teacher=teacher, callbacks=callbacks,
+            device=self.device, seed=self.seed, progress=self.progress,
+            adapter=self.adapter, **options)
         self.stage.finetuned = True
         return model
+
+    def footprint(self, model: nn.Module) -> Footprint:
+        """The true storage of ``model``: plugins answer for the modules they pack.
+
+        Example:
+            >>> Context().footprint(torch.nn.Linear(4, 2)).params
+            10
+        """
+        return model_footprint(model, self.module_footprint)
+
+    def release_teacher(self) -> None:
+        """Drop a teacher built by ``teacher_loader`` (the next use builds it again)."""
+        if self.teacher_loader is not None:
+            self.__dict__["_teacher"] = None
 
     # --- notes for the report -----------------------------------------------------------------
     def note(self, key: str, value: Any) -> None:

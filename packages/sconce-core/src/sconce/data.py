@@ -126,26 +126,22 @@ class Data:
             self.num_classes = _infer_num_classes(self)
 
     @classmethod
-    def from_value(cls, value: Data | Mapping[str, Any] | str, **options: Any) -> Data:
-        """Build ``Data`` from a Data, a dict of loaders, or a registered dataset name.
+    def from_value(cls, value: Data | Mapping[str, Any]) -> Data:
+        """Build ``Data`` from a Data or a dict of loaders keyed by split.
 
-        ``options`` go to the dataset factory when ``value`` is a name (e.g. ``batch_size``).
+        Dataset *names* (``"digits"``) are looked up in the plugin registry by
+        :func:`sconce.get_data`, which the public entry points (``compress``, ``train``,
+        ``measure``) call; this layer knows no registry.
+
+        Raises:
+            DataError: an unknown split key, or a value that is neither.
 
         Example:
-            >>> Data.from_value("digits").num_classes  # doctest: +SKIP
-            10
+            >>> Data.from_value({"training": data.train}).train is data.train  # doctest: +SKIP
+            True
         """
         if isinstance(value, Data):
             return value
-        if isinstance(value, str):
-            from sconce.plugins import registry
-
-            factory = registry().lookup("datasets", value, "see `sconce datasets`")
-            data = factory(**options)
-            if not isinstance(data, Data):
-                raise DataError(f"dataset factory {value!r} returned {type(data).__name__}, "
-                                "not sconce.Data")
-            return data
         if isinstance(value, Mapping):
             loaders: dict[str, Any] = {}
             for key, loader in value.items():
@@ -156,6 +152,9 @@ class Data:
                     )
                 loaders[split] = loader
             return cls(**loaders)
+        if isinstance(value, str):
+            raise DataError(f"{value!r} is a dataset name; look it up with "
+                            f"sconce.get_data({value!r})")
         raise DataError(
             f"data must be a sconce.Data, a dict of DataLoaders or a dataset name, "
             f"got {type(value).__name__}"

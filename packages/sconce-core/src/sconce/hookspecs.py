@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from sconce.footprint import Footprint
     from sconce.layers import ChannelwiseLayer
     from sconce.metrics.base import Metric
-    from sconce.pipeline import StageResult
-    from sconce.technique import Technique
+    from sconce.report import StageResult
+    from sconce.technique import TechniqueProtocol
 
 PROJECT = "sconce"
 
@@ -39,7 +39,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def sconce_register_techniques(register: Callable[[Technique], None]) -> None:
+def sconce_register_techniques(register: Callable[[TechniqueProtocol], None]) -> None:
     """Offer compression techniques.
 
     Called once, when plugins are loaded (:func:`sconce.load_plugins`). Call
