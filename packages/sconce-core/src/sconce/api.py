@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from sconce.adapter import ClassifierAdapter, ModelAdapter
 from sconce.context import Context
@@ -192,7 +193,7 @@ def measure(
     return measure_with_context(model, ctx, chosen).values
 
 
-def train(model: nn.Module, data: Data | Mapping[str, Any] | str | torch.utils.data.DataLoader,
+def train(model: nn.Module, data: Data | Mapping[str, Any] | str | DataLoader[Any],
           epochs: float = 1, *, adapter: ModelAdapter | None = None, **options: Any
           ) -> TrainResult:
     """Train ``model`` in place: the loop fine-tuning uses (:func:`sconce.train.fit`).
@@ -205,7 +206,7 @@ def train(model: nn.Module, data: Data | Mapping[str, Any] | str | torch.utils.d
         >>> train(model, "fashion-mnist", epochs=3)  # doctest: +SKIP
         TrainResult(model=VGG(...), history=[...], steps=1266)
     """
-    resolved = data if isinstance(data, torch.utils.data.DataLoader) else get_data(data)
+    resolved = data if isinstance(data, DataLoader) else get_data(data)
     return fit(model, resolved, epochs, adapter=get_adapter(model, adapter), **options)
 
 

@@ -79,7 +79,7 @@ def _load_data(name: str, batch_size: int | None) -> Any:
 
 
 def _model_kwargs(data: Any) -> dict[str, Any]:
-    shape = data.input_shape or ()
+    shape: tuple[int, ...] = data.input_shape or ()
     kwargs: dict[str, Any] = {"num_classes": data.num_classes}
     if len(shape) >= 1:
         kwargs["in_channels"] = int(shape[0])
@@ -136,6 +136,7 @@ def compress(model_spec: str | None, data_name: str | None, recipe_file: str | N
 
     if recipe_file and techniques:
         raise SconceError("give --recipe or --technique, not both")
+    options: dict[str, Any]
     recipe, constraints, options = (Recipe.from_value(list(techniques) or None), None, {})
     if recipe_file:
         recipe, constraints, options = Recipe.from_toml(recipe_file)
@@ -177,7 +178,7 @@ def techniques(pattern: str, as_json: bool) -> None:
     """Every installed technique, its package and its config fields."""
     from sconce.api import list_techniques
 
-    rows = [{"name": info.name, "kind": info.kind, "package": info.package,
+    rows: list[dict[str, Any]] = [{"name": info.name, "kind": info.kind, "package": info.package,
              "description": info.description,
              "config": [{"name": n, "type": t, "default": d} for n, t, d in info.fields]}
             for info in list_techniques(pattern)]

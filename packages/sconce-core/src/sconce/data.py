@@ -99,10 +99,10 @@ class Data:
         input_shape: shape of one input sample; read from the data when not given.
     """
 
-    train: DataLoader | None = None
-    val: DataLoader | None = None
-    test: DataLoader | None = None
-    calibration: DataLoader | None = None
+    train: DataLoader[Any] | None = None
+    val: DataLoader[Any] | None = None
+    test: DataLoader[Any] | None = None
+    calibration: DataLoader[Any] | None = None
     name: str = ""
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None
@@ -160,7 +160,7 @@ class Data:
             f"got {type(value).__name__}"
         )
 
-    def loader(self, split: str) -> DataLoader:
+    def loader(self, split: str) -> DataLoader[Any]:
         """The loader for ``split``; calibration falls back to train, val to test.
 
         Example:
@@ -168,7 +168,7 @@ class Data:
             True
         """
         split = _ALIASES.get(split, split)
-        loader = getattr(self, split, None)
+        loader: DataLoader[Any] | None = getattr(self, split, None)
         if loader is None and split == "calibration":
             loader = self.train if self.train is not None else self.val
         if loader is None and split == "val":
@@ -241,7 +241,8 @@ class Data:
         logger.info("held out %d of %d training samples for validation (seeded)", held, size)
 
 
-def _like(loader: DataLoader, dataset: Dataset, *, shuffle: bool) -> DataLoader:
+def _like(loader: DataLoader[Any], dataset: Dataset[Any], *, shuffle: bool
+          ) -> DataLoader[Any]:
     return DataLoader(
         dataset,
         batch_size=loader.batch_size or 1,

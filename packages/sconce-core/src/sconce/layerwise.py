@@ -87,13 +87,21 @@ class LayerInputs:
         """``sum(x_j^2)`` over the rows for each input feature ``j``."""
         return torch.diagonal(self.hessian) * (self.count / 2.0)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The layer's weight parameter."""
+        weight = self.module.weight
+        if not isinstance(weight, torch.Tensor):
+            raise ConfigError(f"layer {self.name!r} has no weight tensor")
+        return weight
+
     def weight_matrix(self) -> torch.Tensor:
         """A float32 copy of the weight as ``(out_features, features)``, in the Hessian's order."""
-        return self.module.weight.detach().flatten(1).to(torch.float32).clone()
+        return self.weight.detach().flatten(1).to(torch.float32).clone()
 
     def set_weight_matrix(self, matrix: torch.Tensor) -> None:
         """Write a ``(out_features, features)`` matrix back into the layer's weight."""
-        weight = self.module.weight
+        weight = self.weight
         with torch.no_grad():
             weight.copy_(matrix.reshape(weight.shape).to(weight.dtype))
 
@@ -124,7 +132,7 @@ def input_rows(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """
     if isinstance(module, nn.Linear):
         return inputs.reshape(-1, inputs.shape[-1])
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, nn.Conv2d) and not isinstance(module.padding, str):
         patches = F.unfold(inputs, module.kernel_size, dilation=module.dilation,
                            padding=module.padding, stride=module.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])

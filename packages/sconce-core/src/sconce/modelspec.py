@@ -87,12 +87,12 @@ def resolve_factory(spec: str, registered: Mapping[str, Callable[..., Any]]
             except ImportError as exc:
                 raise ModelError(f"cannot import module {where!r} for model spec {spec!r}: "
                                  f"{exc}") from None
-        factory = getattr(module, attribute, None)
-        if factory is None:
+        found: object = getattr(module, attribute, None)
+        if found is None:
             raise ModelError(f"{where!r} has no attribute {attribute!r}")
-        if not callable(factory):
+        if not callable(found):
             raise ModelError(f"{spec!r} is not a class or function")
-        return factory
+        return found
     if spec in registered:
         return registered[spec]
     raise UnknownNameError(

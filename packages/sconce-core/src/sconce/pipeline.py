@@ -358,12 +358,12 @@ def compress(
         report.run["constraints"] = limits.to_dict()
         report.stages[-1].notes["constraints"] = "; ".join(broken) if broken else "all met"
     current.eval()
-    result = CompressionResult(model=current, report=report, architecture=architecture,
-                               work_dir=work_dir, example_inputs=ctx.example_inputs(1),
-                               artifacts=artifacts)
+    compressed = CompressionResult(model=current, report=report, architecture=architecture,
+                                   work_dir=work_dir, example_inputs=ctx.example_inputs(1),
+                                   artifacts=artifacts)
     if out is not None and distributed.is_main_process():
-        result.save(out)
-    return result
+        compressed.save(out)
+    return compressed
 
 
 def _copy_of(model: nn.Module, device: torch.device) -> nn.Module:

@@ -101,7 +101,8 @@ class Recipe:
             elif isinstance(item, str):
                 stages.append(Stage(item))
             elif isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str):
-                stages.append(Stage(item[0], item[1]))
+                config: Any = item[1]
+                stages.append(Stage(item[0], config))
             else:
                 raise ConfigError(
                     f"recipe stage {item!r} is not a technique name or a (name, config) pair"

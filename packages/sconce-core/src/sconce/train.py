@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 from sconce import distributed
 from sconce.adapter import ClassifierAdapter, ModelAdapter
@@ -100,7 +101,8 @@ class TrainResult:
 
 def default_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW over trainable parameters, no weight decay on biases and norm weights."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.dim() <= 1 else decay).append(param)
@@ -124,7 +126,7 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
 
 def fit(
     model: nn.Module,
-    data: Data | Mapping[str, Any] | DataLoader,
+    data: Data | Mapping[str, Any] | DataLoader[Any],
     epochs: float = 1,
     *,
     lr: float = 1e-3,
@@ -219,8 +221,8 @@ def fit(
     show = progress and distributed.is_main_process()
     for epoch in range(start_epoch, epoch_count):
         state.epoch = epoch
-        if use_ddp:
-            loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
         model.train()
         loss_sum, seen = 0.0, 0
         steps_this_epoch = min(batches_per_epoch, total_steps - state.step)

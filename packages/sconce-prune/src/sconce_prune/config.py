@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sconce.config import PruneConfig, check_choice, check_positive, check_range
 from sconce.errors import ConfigError
-from sconce_prune.sensitivity import DEFAULT_RATIOS, check_ratios
+from sconce.sensitivity import DEFAULT_RATIOS, check_ratios
 
 ALLOCATIONS: tuple[str, ...] = ("auto", "uniform", "global")
 """How sparsity is shared among layers: ``auto`` (sensitivity analysis, then ranking within

@@ -30,7 +30,6 @@ from sconce.config import QuantizeConfig, check_choice, check_positive, check_ra
 from sconce.context import Context
 from sconce.layerwise import LayerInputs, run_layerwise
 from sconce.technique import Technique
-from sconce_quant._tree import replace_module
 from sconce_quant.gptq import GPTQSettings, gptq_quantize
 from sconce_quant.modules import WeightOnlyLinear
 from sconce_quant.qparams import GroupCodes, rtn_group_codes
@@ -168,7 +167,7 @@ class WeightOnly(Technique):
         for name, shape in record["layers"].items():
             layer = WeightOnlyLinear(shape["in"], shape["out"], bits=shape["bits"],
                                      group_size=shape["group_size"], bias=shape["bias"])
-            replace_module(model, name, layer)
+            model.set_submodule(name, layer)
         return model
 
     @staticmethod
@@ -178,7 +177,7 @@ class WeightOnly(Technique):
         for name, code in codes.items():
             linear = modules[name]
             layer = WeightOnlyLinear.from_codes(code, linear.bias).to(linear.weight.device)
-            replace_module(model, name, layer)
+            model.set_submodule(name, layer)
             layers[name] = {"in": layer.in_features, "out": layer.out_features,
                             "bias": layer.bias is not None, "bits": code.bits,
                             "group_size": code.group_size}

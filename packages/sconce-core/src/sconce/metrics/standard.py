@@ -115,6 +115,8 @@ class MACs(Metric):
             ) from None
         finally:
             model.train(was_training)
+        if not isinstance(macs, int):  # a per-node table, only with a reduction we never ask
+            raise MetricUnavailable("torchprofile returned a table instead of a count")
         if macs == 0 and ctx.footprint(model).params:
             raise MetricUnavailable("torchprofile counts no MACs for this model's operators")
         return float(macs)
