@@ -1,8 +1,31 @@
-"""The context a technique or metric runs in: data, device, adapter, fine-tuning, notes.
+"""The context a technique or metric runs in: everything it may read, use and report.
 
-The pipeline builds one :class:`Context` per run; ``sconce.measure`` builds a light one.
-Techniques read data and settings from it, fine-tune through it, and leave notes for the
-report (chosen ratios, the engine used) and a restore record for :func:`sconce.load`.
+:func:`sconce.compress` builds one :class:`Context` per run (and resets ``ctx.stage`` before
+each stage); :func:`sconce.measure` builds a light one, with example inputs and no data. A
+technique takes nothing from anywhere else: not the caller's model, not global settings.
+
+What a technique may **read**:
+    ``data`` (:class:`sconce.Data`: ``train`` / ``val`` / ``test`` / ``calibration`` loaders;
+    None under ``measure`` with example inputs), ``device``, ``seed``, ``adapter`` (run every
+    model through it: ``ctx.adapter.forward(model, inputs)``), ``constraints`` (the run's
+    :class:`sconce.Constraints`, e.g. ``max_accuracy_drop`` for a budget), ``timing``
+    (:class:`sconce.TimingSettings`, for latency-aware choices), ``finetune_epochs`` /
+    ``finetune_lr`` (the run's budget), ``progress``, ``work_dir`` (a folder it may write to).
+
+What it may **use**:
+    ``example_inputs(n)`` (n real inputs), ``calibration_inputs(max_samples)`` (input batches
+    from the calibration split, on the device), ``require_data()``, ``evaluate(model, split,
+    max_samples)`` (accuracy and loss, :class:`sconce.evaluation.EvalResult`; decisions use
+    ``"val"``, the report ``"test"``), ``finetune(model, epochs, teacher, callbacks, **options)``
+    (the core's training loop; marks the stage as fine-tuned so the pipeline does not repeat
+    it), ``teacher`` (the caller's original model, frozen: eval mode, no gradients; built on
+    first use and released when the stage ends; None when distillation is off; never modify
+    it), ``footprint(model)`` (true storage, asking the plugins that pack modules).
+
+What it **reports**:
+    ``note(key, value)`` (a fact under the report), ``artifact_path(filename)`` (where to
+    write a plot the report links), ``set_restore_record(record)`` (the JSON-able record its
+    ``restore`` reads back; see :mod:`sconce.technique`).
 
 Example:
     >>> import torch
@@ -71,7 +94,7 @@ class _Teacher:
 
 @dataclass
 class Context:
-    """Everything a technique may use.
+    """Everything a technique may use (see the module docstring for the contract).
 
     Attributes:
         data: the run's data (None when only example inputs are known).
@@ -81,11 +104,22 @@ class Context:
         work_dir: a folder the technique may write to.
         finetune_epochs: the fine-tuning budget per stage (0 turns fine-tuning off).
         finetune_lr: learning rate for fine-tuning.
-        teacher: the original model, for distillation (None turns distillation off).
+        teacher: the original model, frozen, for distillation and accuracy budgets (None
+            turns distillation off); set directly, or built by ``teacher_loader`` on first use.
         constraints: the run's constraints, if any.
         timing: how latency is measured.
         progress: whether progress bars may show.
         measure_split: the split whose accuracy the report shows.
+        inputs: example inputs, when there is no data (:meth:`for_inputs`).
+        stage: what the current stage noted (reset by the pipeline before each stage).
+        teacher_loader: builds the teacher on demand (the pipeline's; it is released after
+            each stage by :meth:`release_teacher`).
+        module_footprint: the plugins' ``sconce_module_footprint`` hook, for :meth:`footprint`.
+
+    Example:
+        >>> ctx = Context(teacher_loader=lambda: torch.nn.Linear(2, 2))
+        >>> ctx.teacher is ctx.teacher, ctx.release_teacher()
+        (True, None)
     """
 
     data: Data | None = None
