@@ -101,8 +101,8 @@ class MagnitudeEvaluator:
             return self.ctx.evaluate(self.model, split="val", max_samples=self.samples)
         finally:
             with torch.no_grad():
-                for name, weight in saved.items():
-                    self.targets[name].weight.copy_(weight)
+                for name, original in saved.items():
+                    self.targets[name].weight.copy_(original)
 
 
 def plan_allocation(model: nn.Module, targets: Sequence[Target], config: MagnitudeConfig,
