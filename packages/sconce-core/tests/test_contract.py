@@ -33,7 +33,7 @@ class Tracked(nn.Module):
 
 def _live() -> int:
     gc.collect()
-    return sum(isinstance(obj, Tracked) for obj in gc.get_objects())
+    return sum(type(obj) is Tracked for obj in gc.get_objects())
 
 
 def _register(*techniques: object, name: str = "contract") -> None:

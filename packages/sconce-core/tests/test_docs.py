@@ -39,7 +39,8 @@ def test_the_plugin_example_works_as_written(loaders) -> None:
                              progress=False, device="cpu")
     _, pruned = result.report.stages
     assert pruned.technique == "acme.zero_small" and "fine-tuned" in pruned.notes
-    assert pruned.values["sparsity"] >= 45.0  # half of each weight matrix, kept through it
+    weights = [p for p in result.model.parameters() if p.dim() > 1]
+    assert all(float((w == 0).float().mean()) >= 0.5 for w in weights)  # kept through it
 
 
 def test_the_root_readme_shows_the_same_example() -> None:

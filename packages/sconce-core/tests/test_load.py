@@ -36,8 +36,8 @@ def test_a_reference_architecture_loads_without_its_class(name: str, tmp_path) -
     assert not loaded.training
     for batch in (1, 7):
         x = torch.randn(batch, 1, 16, 16)
-        with torch.no_grad():
-            assert torch.equal(loaded(x), model(x)), f"batch {batch}"
+        with torch.no_grad():  # equal up to float rounding (eager attention takes a fused path)
+            torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
     assert list(loaded.state_dict()) == list(model.state_dict())
 
     # training mode behaves as the original's: batch statistics, running stats updated

@@ -9,7 +9,8 @@ dynamic batch dimension. :func:`load_program` turns it back into a module that
 - switches modes with ``.eval()`` / ``.train()``: the graph's mode-dependent operators
   (``batch_norm``'s ``training`` flag, every dropout's ``train`` flag) are flipped and the
   module recompiled, so training mode uses batch statistics and dropout as the original did,
-- moves with ``.to()``, and returns the saved model's outputs exactly.
+- moves with ``.to()``, and returns the saved model's outputs (to float rounding: eager
+  attention takes a fused kernel the exported graph spells out).
 
 Limits: Python branches on ``self.training`` inside the original ``forward`` were taken in
 eval mode at export time and stay that way; BatchNorm's ``num_batches_tracked`` does not
