@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,12 +224,11 @@ class Data:
     def _hold_out_validation(self) -> None:
         assert self.train is not None
         dataset = self.train.dataset
-        try:
-            size = len(dataset)  # type: ignore[arg-type]
-        except TypeError:
+        if not isinstance(dataset, Sized):
             logger.info("no validation loader and the train set has no length; "
                         "decisions will use the test split")
             return
+        size = len(dataset)
         if size < 50:
             return
         held = min(5000, max(1, size // 10))

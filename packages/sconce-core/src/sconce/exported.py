@@ -148,5 +148,5 @@ def load_program(source: str | Any | IO[bytes]) -> nn.Module:
         module = torch.export.load(source).module()
     for name in ("train", "eval"):  # torch.export refuses mode switches; this module can
         module.__dict__.pop(name, None)
-    module.train = types.MethodType(_train, module)  # type: ignore[method-assign]
+    module.__dict__["train"] = types.MethodType(_train, module)
     return nn.Module.train(module, False)
