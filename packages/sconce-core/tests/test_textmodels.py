@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import sconce
+from sconce.api import resolve_metrics
 from sconce.datasets.text import causal_lm_text, english_text, sentence_text
-from sconce.metrics.measure import resolve_metrics
 from sconce.textmodels import CausalLMAdapter, EncoderAdapter, transformers_adapter
 
 VOCAB = 40

@@ -17,21 +17,11 @@ from sconce_prune.gmp import GradualMagnitudePruning
 from sconce_prune.magnitude import MagnitudePruning
 from sconce_prune.nm import NMPruning
 from sconce_prune.oneshot import OBC, OBCConfig, SparseGPT, SparseGPTConfig, Wanda, WandaConfig
-from sconce_prune.sensitivity import (
-    Allocation,
-    Sensitivity,
-    allocate,
-    choose_ratios,
-    plot_sensitivity,
-    scan_sensitivity,
-)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "OBC", "Allocation", "GMPConfig", "GradualMagnitudePruning", "MagnitudeConfig",
-    "MagnitudePruning", "NMConfig", "NMPruning", "OBCConfig", "Sensitivity", "SparseGPT",
-    "SparseGPTConfig",
-    "Wanda", "WandaConfig", "__version__", "allocate", "choose_ratios", "plot_sensitivity",
-    "scan_sensitivity",
+    "OBC", "GMPConfig", "GradualMagnitudePruning", "MagnitudeConfig", "MagnitudePruning",
+    "NMConfig", "NMPruning", "OBCConfig", "SparseGPT", "SparseGPTConfig", "Wanda", "WandaConfig",
+    "__version__",
 ]
