@@ -107,7 +107,7 @@ def _cnn(quick: bool, samples: int) -> tuple[Any, Any, Any]:
     import sconce
     from sconce.demo import demo_model
 
-    return demo_model(), sconce.Data.from_value("digits"), None
+    return demo_model(), sconce.get_data("digits"), None
 
 
 def load_section(section: str, quick: bool, samples: int) -> tuple[Any, Any, Any]:
