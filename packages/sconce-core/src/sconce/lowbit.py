@@ -206,6 +206,11 @@ class LowBitLinear(nn.Module):
         (torch.Size([2, 3]), torch.Size([2, 2]), torch.Size([5, 2]))
     """
 
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    bias: nn.Parameter | None
+
     def __init__(self, in_features: int, out_features: int, *, bits: int, group_size: int,
                  bias: bool = True) -> None:
         super().__init__()
@@ -275,7 +280,7 @@ def lowbit_footprint(module: nn.Module) -> Footprint | None:
     codes = module.codes()
     zero = codes.zeros.repeat_interleave(module.group_size, dim=1)[:, :module.in_features]
     params = module.in_features * module.out_features
-    nonzero = int((codes.codes != zero).sum())
+    nonzero = int((codes.codes != zero).sum().item())
     nbytes = sum(tensor_nbytes(t) for t in (module.qweight, module.scales, module.zeros))
     if module.bias is not None:
         params += module.bias.numel()

@@ -188,7 +188,7 @@ def causal_lm_text(tokenizer: Tokenizer, *, length: int = 512, calibration_sampl
     if len(calibration) < calibration_samples:
         logger.warning("only %d calibration windows of %d tokens", len(calibration), length)
 
-    def loader(windows: torch.Tensor) -> DataLoader:
+    def loader(windows: torch.Tensor) -> DataLoader[tuple[torch.Tensor, ...]]:
         return DataLoader(TensorDataset(windows), batch_size=batch_size)
 
     return Data(train=loader(calibration), val=loader(evaluation), test=loader(evaluation),
@@ -257,7 +257,7 @@ def sentence_text(tokenizer: Tokenizer, *, max_length: int = 128,
     if not evaluation or not calibration:
         raise DataError("the offline text holds no sentences")
 
-    def loader(texts: list[str]) -> DataLoader:
+    def loader(texts: list[str]) -> DataLoader[tuple[tuple[torch.Tensor, torch.Tensor]]]:
         return DataLoader(_Sentences(*_encode(tokenizer, texts, max_length, pad_id)),
                           batch_size=batch_size)
 

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from sconce.evaluation import evaluate, model_device
 from sconce.metrics.base import Metric, MetricUnavailable
+from sconce.runtime import model_device
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,7 +51,7 @@ class Perplexity(Metric):
     def measure(self, model: nn.Module, ctx: Context) -> float:
         if ctx.data is None:
             raise MetricUnavailable("no text to score")
-        result = evaluate(model, ctx.data.batches(ctx.measure_split), ctx.adapter, ctx.device)
+        result = ctx.evaluate(model, ctx.measure_split)
         return math.exp(result.loss)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -57,7 +57,9 @@ Solve = Callable[[torch.Tensor, torch.Tensor, LayerInputs], tuple[torch.Tensor, 
 
 
 def _input_channels(module: nn.Module) -> int:
-    return int(module.in_channels if isinstance(module, nn.Conv2d) else module.in_features)
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels
+    return int(cast(nn.Linear, module).in_features)
 
 
 def _channels_last(module: nn.Module) -> torch.Tensor | None:
@@ -219,7 +221,7 @@ class SparseGPT(OneShotPruning):
         for name, codes in results.items():
             if not isinstance(codes, GroupCodes):
                 continue
-            linear = model.get_submodule(name)
+            linear = cast(nn.Linear, model.get_submodule(name))
             low = LowBitLinear.from_codes(codes, linear.bias).to(linear.weight.device)
             model.set_submodule(name, low)
             layers[name] = {"in": low.in_features, "out": low.out_features,
@@ -254,7 +256,7 @@ class OBC(OneShotPruning):
     Config = OBCConfig
 
     def check_layer(self, name: str, module: nn.Module, config: OBCConfig) -> None:
-        columns = module.weight[0].numel()
+        columns = cast(torch.Tensor, module.weight)[0].numel()
         if columns > config.max_columns:
             raise ConfigError(
                 f"prune.obc solves each row exactly in O(inputs^3) and layer {name!r} has "
