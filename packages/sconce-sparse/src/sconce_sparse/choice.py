@@ -67,16 +67,29 @@ class Measurement:
                                                        strict=True))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: rows, median ms per format, speed-up per sparse format.
+        """JSON-able: rows, median ms and speed-up per format, and every round's times.
 
         Example:
-            >>> Measurement(1, 1, {"dense": [2.0], "csr": [1.0]}).to_dict()
-            {'batch': 1, 'rows': 1, 'ms': {'dense': 2.0, 'csr': 1.0}, 'speedup': {'csr': 2.0}}
+            >>> Measurement(1, 1, {"dense": [2.0], "csr": [1.0]}).to_dict()["speedup"]
+            {'csr': 2.0}
         """
         return {"batch": self.batch, "rows": self.rows,
                 "ms": {name: round(self.ms(name), 5) for name in self.times},
                 "speedup": {name: round(self.speedup(name), 3) for name in self.times
-                            if name != "dense"}}
+                            if name != "dense"},
+                "rounds_ms": {name: list(times) for name, times in self.times.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        """The measurement :meth:`to_dict` wrote (its rounds, exactly).
+
+        Example:
+            >>> m = Measurement(8, 8, {"dense": [2.0, 2.5], "csr": [1.0, 1.5]})
+            >>> Measurement.from_dict(m.to_dict()) == m
+            True
+        """
+        return cls(int(data["batch"]), int(data["rows"]),
+                   {name: [float(t) for t in times] for name, times in data["rounds_ms"].items()})
 
 
 def choose_format(measurement: Measurement, min_speedup: float) -> str:

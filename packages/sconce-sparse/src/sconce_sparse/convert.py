@@ -198,7 +198,7 @@ def layer_record(layer: SparseLayer | SparseQuantized) -> dict[str, Any]:
         [[None, 'dense']]
     """
     if isinstance(layer, SparseQuantized):
-        return {"type": "int8", "encoding": layer.encoding}
+        return {"type": "int8", "encoding": layer.encoding, "per_channel": layer.axis == 0}
     common = {"plan": [list(entry) for entry in layer.plan], "encoding": layer.encoding}
     if isinstance(layer, SparseLinear):
         return {"type": "linear", "in": layer.in_features, "out": layer.out_features,
@@ -240,7 +240,7 @@ def build_layer(record: dict[str, Any], current: nn.Module | None = None
         if current is None or not is_int8_layer(current):
             raise ModelError("the saved model stores an int8 layer sparse, but the rebuilt "
                              f"model has a {type(current).__name__} there")
-        return SparseQuantized(current)
+        return SparseQuantized(current, record.get("per_channel"))
     raise ModelError(f"unknown sparse layer type {kind!r} in the saved record")
 
 

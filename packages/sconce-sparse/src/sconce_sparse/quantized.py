@@ -72,15 +72,18 @@ class SparseQuantized(nn.Module):
     """A torch.ao int8 layer whose qint8 weight is saved compressed; it runs unchanged.
 
     Use :meth:`wrap`; :func:`sconce.load` builds one around the layer that the quantization
-    technique's restore put back, then loads the compressed weight into it.
+    technique's restore put back (``per_channel`` as saved), then loads the compressed weight
+    into it.
     """
 
-    def __init__(self, inner: nn.Module) -> None:
+    def __init__(self, inner: nn.Module, per_channel: bool | None = None) -> None:
         super().__init__()
         object.__setattr__(self, "_inner", inner)  # not a child: its dense weight is not saved
         weight = inner.weight()
         self.weight_shape = tuple(weight.shape)
         self.axis = _qparams(weight)[2]
+        if per_channel is not None:  # the saved weight's scheme, not the fresh layer's
+            self.axis = 0 if per_channel else None
         if self.axis not in (None, 0):
             raise ValueError(f"int8 weights quantized along axis {self.axis} are not supported")
         self.encoding = "bitmask"
