@@ -7,8 +7,8 @@ import torch
 from sparse_helpers import blocky, unstructured
 
 from sconce_sparse.blocks import block_fill, detect_block, detect_square_block
-from sconce_sparse.formats import WeightInfo, csr_to_blocks, is_two_four
 from sconce_sparse.encoding import decode_csr, encode
+from sconce_sparse.formats import WeightInfo, csr_to_blocks, is_two_four
 
 
 @pytest.mark.parametrize("block", [(1, 4), (1, 8), (2, 2), (4, 4), (8, 8), (4, 1), (16, 16)])

@@ -9,8 +9,8 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
-import torch
 import pytest
+import torch
 from sparse_helpers import sparsify_
 from torch import nn
 
