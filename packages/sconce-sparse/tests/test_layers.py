@@ -146,3 +146,16 @@ def test_moving_or_copying_a_layer_rebuilds_its_kernels() -> None:
     assert copy.deepcopy(layer)._kernels == {}
     layer.to(torch.float32)
     assert layer._kernels == {}
+
+
+def test_inputs_that_need_gradients_run_dense_after_inference_use() -> None:
+    linear = nn.Linear(32, 8)
+    with torch.no_grad():
+        linear.weight.copy_(unstructured(linear.weight, 0.9))
+    layer = SparseLinear.from_linear(linear, plan=((None, "numba_csr"),))
+    with torch.inference_mode():
+        layer(torch.randn(2, 32))  # kernels built here must also serve autograd later
+    x = torch.randn(4, 32, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None
+    assert torch.allclose(x.grad, linear.weight.detach().sum(0).expand(4, 32), atol=1e-6)

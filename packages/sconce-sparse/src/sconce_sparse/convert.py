@@ -100,16 +100,16 @@ def _unsupported(module: nn.Module, kind: str) -> str | None:
     return None
 
 
-def _sparsity(module: nn.Module, kind: str) -> float:
+def _sparsity(module: Any, kind: str) -> float:
     with torch.no_grad():
         if kind == "int8":
-            weight = module.weight()  # type: ignore[operator]
+            weight = module.weight()
             codes = weight.int_repr().reshape(weight.shape[0], -1).to(torch.int16)
             zero = (weight.q_per_channel_zero_points().reshape(-1, 1) if weight.qscheme() in (
                 torch.per_channel_affine, torch.per_channel_symmetric)
                 else torch.tensor(weight.q_zero_point()))
             return float((codes == zero).float().mean())
-        weight = module.weight  # type: ignore[union-attr]
+        weight = module.weight
         return float((weight == 0).float().mean()) if weight.numel() else 0.0
 
 

@@ -145,7 +145,8 @@ class SparseEngine(Technique):
                 shapes: dict[int, tuple[int, ...]], config: EngineConfig, ctx: Context,
                 device: torch.device) -> dict[str, Any]:
         """Measure the layer in every format at each batch size; set its plan."""
-        weight = candidate.module.weight.detach()  # type: ignore[union-attr]
+        module: Any = candidate.module
+        weight = module.weight.detach()
         info = WeightInfo.of(weight)
         formats = candidate_formats(candidate.kind, info, config.formats)
         runnable = [name for name, reason in formats.items() if not reason]

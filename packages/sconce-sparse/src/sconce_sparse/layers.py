@@ -8,7 +8,8 @@ layers are for inference). At the first forward pass the layer builds the kernel
 format from the stored weight (a dense copy for ``dense``, CSR arrays for ``numba_csr``, ...)
 and keeps it until the layer moves device or loads other weights.
 
-A layer's ``plan`` says which format runs which inputs: ``((max_rows, format), ...)``, the
+The layers are for inference: their weights are buffers (frozen), and an input that needs
+gradients runs the dense kernels. A layer's ``plan`` says which format runs which inputs: ``((max_rows, format), ...)``, the
 first entry whose ``max_rows`` (None: any) is at least the input's row count wins. The
 engine measures each layer at batch 1 and at the throughput batch and can keep a different
 format for each. Row counts are a Linear layer's input vectors, a convolution's output
@@ -74,6 +75,7 @@ class SparseLayer(nn.Module):
     """
 
     weight_shape: tuple[int, ...]
+    bias: torch.Tensor | None
 
     def __init__(self, plan: Sequence[Sequence[Any]] = DENSE_PLAN, encoding: str = "bitmask",
                  bias: bool = False) -> None:
@@ -155,10 +157,15 @@ class SparseLayer(nn.Module):
         return self.plan[-1][1]
 
     def kernel(self, name: str) -> Any:
-        """The kernel of format ``name`` for this weight (built once, then cached)."""
+        """The kernel of format ``name`` for this weight (built once, then cached).
+
+        Built outside inference mode, so a kernel first used under ``torch.inference_mode``
+        also serves later calls that record gradients.
+        """
         kernel = self._kernels.get(name)
         if kernel is None:
-            kernel = self._kernels[name] = self._build(name)
+            with torch.inference_mode(False):
+                kernel = self._kernels[name] = self._build(name)
         return kernel
 
     def _build(self, name: str) -> Any:
@@ -214,6 +221,8 @@ class SparseLayer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            return self.run(x, "dense")  # the sparse kernels are inference-only; weights frozen
         return self.run(x, self.format_for(self.rows(x)))
 
     def extra_repr(self) -> str:

@@ -37,9 +37,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["bsr_matmul_t", "bsr_matvec", "conv2d_direct", "csr_matmul_t", "csr_matvec",
            "match_torch_threads"]
 
-_JIT = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
-
-
 def match_torch_threads() -> None:
     """Run numba's parallel loops on as many threads as torch uses (``torch.set_num_threads``).
 
@@ -48,10 +45,11 @@ def match_torch_threads() -> None:
         >>> numba.get_num_threads() == min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
         True
     """
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    limit = int(getattr(numba.config, "NUMBA_NUM_THREADS", 1))  # numba's pool size
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), limit)))
 
 
-@njit(**_JIT)
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def csr_matvec(indptr, indices, data, x, bias, y):  # type: ignore[no-untyped-def]
     """``y = W @ x + bias`` for a CSR weight ``W`` and one input vector ``x``."""
     for i in prange(indptr.shape[0] - 1):
@@ -61,7 +59,7 @@ def csr_matvec(indptr, indices, data, x, bias, y):  # type: ignore[no-untyped-de
         y[i] = acc + bias[i]
 
 
-@njit(**_JIT)
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def csr_matmul_t(indptr, indices, data, xt, bias, yt):  # type: ignore[no-untyped-def]
     """``yt = W @ xt + bias[:, None]`` for a CSR weight and ``xt`` of shape ``(in, m)``."""
     m = xt.shape[1]
@@ -76,7 +74,7 @@ def csr_matmul_t(indptr, indices, data, xt, bias, yt):  # type: ignore[no-untype
                 row[b] += v * source[b]
 
 
-@njit(**_JIT)
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def bsr_matvec(indptr, indices, blocks, x, bias, y):  # type: ignore[no-untyped-def]
     """``y = W @ x + bias`` for a block-sparse weight: ``blocks`` is ``(n, r, c)``."""
     r = blocks.shape[1]
@@ -91,7 +89,7 @@ def bsr_matvec(indptr, indices, blocks, x, bias, y):  # type: ignore[no-untyped-
             y[ib * r + k] = acc + bias[ib * r + k]
 
 
-@njit(**_JIT)
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def bsr_matmul_t(indptr, indices, blocks, xt, bias, yt):  # type: ignore[no-untyped-def]
     """``yt = W @ xt + bias[:, None]`` for a block-sparse weight and ``xt`` ``(in, m)``."""
     r = blocks.shape[1]
@@ -111,7 +109,7 @@ def bsr_matmul_t(indptr, indices, blocks, xt, bias, yt):  # type: ignore[no-unty
                         row[b] += v * source[b]
 
 
-@njit(**_JIT)
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def conv2d_direct(indptr, offsets, data, xpad, bias, out, stride_h, stride_w):  # type: ignore[no-untyped-def]
     """A direct sparse 2-D convolution.
 

@@ -76,10 +76,15 @@ class SparseQuantized(nn.Module):
     into it.
     """
 
+    _inner: Any
+    bias: torch.Tensor | None
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
     def __init__(self, inner: nn.Module, per_channel: bool | None = None) -> None:
         super().__init__()
         object.__setattr__(self, "_inner", inner)  # not a child: its dense weight is not saved
-        weight = inner.weight()
+        weight = self._inner.weight()
         self.weight_shape = tuple(weight.shape)
         self.axis = _qparams(weight)[2]
         if per_channel is not None:  # the saved weight's scheme, not the fresh layer's
@@ -91,24 +96,26 @@ class SparseQuantized(nn.Module):
             self.register_buffer(_PREFIX + name, torch.zeros(0))
         self.register_buffer("weight_scales", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("weight_zero_points", torch.zeros(0, dtype=torch.int64))
-        bias = inner.bias() if callable(getattr(inner, "bias", None)) else None
+        bias = self._inner.bias() if callable(getattr(inner, "bias", None)) else None
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.has_output_qparams = hasattr(inner, "scale") and hasattr(inner, "zero_point")
         if self.has_output_qparams:
-            self.register_buffer("scale", torch.tensor(float(inner.scale), dtype=torch.float64))
-            self.register_buffer("zero_point", torch.tensor(int(inner.zero_point)))
+            self.register_buffer("scale", torch.tensor(float(self._inner.scale),
+                                                       dtype=torch.float64))
+            self.register_buffer("zero_point", torch.tensor(int(self._inner.zero_point)))
 
     @classmethod
     def wrap(cls, inner: nn.Module, encoding: str = "auto") -> SparseQuantized:
         """Wrap a torch.ao int8 layer, encoding its current weight."""
         layer = cls(inner)
-        layer._store(inner.weight(), encoding)
+        layer._store(layer._inner.weight(), encoding)
         return layer
 
     @property
     def inner(self) -> nn.Module:
         """The int8 layer that runs."""
-        return self._inner  # type: ignore[no-any-return]
+        module: nn.Module = self._inner
+        return module
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -171,8 +178,8 @@ class SparseQuantized(nn.Module):
         if self.weight_scales.numel():
             self._inner.set_weight_bias(self.qweight(), self.bias)
         if self.has_output_qparams:
-            self._inner.scale = float(self.scale)
-            self._inner.zero_point = int(self.zero_point)
+            self._inner.scale = float(self.scale.item())
+            self._inner.zero_point = int(self.zero_point.item())
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._inner(*args, **kwargs)
