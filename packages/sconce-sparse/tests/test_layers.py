@@ -42,7 +42,7 @@ def test_linear_formats_match_dense(name: str, pattern: str) -> None:
     expected_block = {"unstructured": None, "4x4": (4, 4), "1x8": (1, 8)}[pattern]
     if name in ("bsr", "numba_bsr") and expected_block is not None:
         assert _runs(layer, name) == (name == "numba_bsr" or pattern == "4x4")
-    for shape in [(1, 64), (7, 64), (2, 5, 64)]:
+    for shape in [(1, 64), (7, 64), (2, 5, 64), (40, 64), (3, 16, 64)]:
         x = torch.randn(shape)
         with torch.inference_mode():
             assert relative_error(layer(x), linear(x)) <= TOLERANCE, shape

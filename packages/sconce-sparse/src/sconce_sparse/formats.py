@@ -142,6 +142,9 @@ class _TorchSparseKernel(Kernel):
 
 
 class _NumbaKernel(Kernel):
+    """Runs one input row as a gather (``*_matvec``), a few rows against the transposed
+    input (``*_matmul_t``), many rows against 16-row panels (``*_matmul_panels``)."""
+
     def __init__(self, out_features: int, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
         super().__init__(out_features, bias)
         zeros = torch.zeros(out_features, dtype=dtype)
@@ -153,6 +156,9 @@ class _NumbaKernel(Kernel):
     def _run_matrix(self, xt: np.ndarray, yt: np.ndarray) -> None:
         raise NotImplementedError
 
+    def _run_panels(self, panels: np.ndarray, out: np.ndarray) -> None:
+        raise NotImplementedError
+
     def matmul_t(self, xt: torch.Tensor) -> torch.Tensor:
         numba_kernels.match_torch_threads()
         m = xt.shape[1]
@@ -161,10 +167,20 @@ class _NumbaKernel(Kernel):
             y = torch.empty(self.out_features, dtype=x.dtype)
             self._run_vector(x.numpy(), y.numpy())
             return y.reshape(-1, 1)
-        xt = xt.contiguous()
         yt = torch.empty(self.out_features, m, dtype=xt.dtype)
-        self._run_matrix(xt.numpy(), yt.numpy())
+        if m < numba_kernels.PANEL:
+            self._run_matrix(xt.contiguous().numpy(), yt.numpy())
+        else:
+            self._run_panels(numba_kernels.panels_of(xt.t()).numpy(), yt.numpy().T)
         return yt
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < numba_kernels.PANEL:
+            return super().linear(x)
+        numba_kernels.match_torch_threads()
+        y = torch.empty(x.shape[0], self.out_features, dtype=x.dtype)
+        self._run_panels(numba_kernels.panels_of(x).numpy(), y.numpy())
+        return y
 
 
 class _NumbaCsrKernel(_NumbaKernel):
@@ -179,6 +195,10 @@ class _NumbaCsrKernel(_NumbaKernel):
 
     def _run_matrix(self, xt: np.ndarray, yt: np.ndarray) -> None:
         numba_kernels.csr_matmul_t(self.indptr, self.indices, self.data, xt, self.bias_array, yt)
+
+    def _run_panels(self, panels: np.ndarray, out: np.ndarray) -> None:
+        numba_kernels.csr_matmul_panels(self.indptr, self.indices, self.data, panels,
+                                        self.bias_array, out)
 
 
 def csr_to_blocks(parts: CsrParts, block: tuple[int, int]
@@ -222,6 +242,10 @@ class _NumbaBsrKernel(_NumbaKernel):
 
     def _run_matrix(self, xt: np.ndarray, yt: np.ndarray) -> None:
         numba_kernels.bsr_matmul_t(self.indptr, self.indices, self.tiles, xt, self.bias_array, yt)
+
+    def _run_panels(self, panels: np.ndarray, out: np.ndarray) -> None:
+        numba_kernels.bsr_matmul_panels(self.indptr, self.indices, self.tiles, panels,
+                                        self.bias_array, out)
 
 
 class _SemiStructuredKernel(Kernel):

@@ -34,8 +34,26 @@ from numba import njit, prange
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["bsr_matmul_t", "bsr_matvec", "conv2d_direct", "csr_matmul_t", "csr_matvec",
-           "match_torch_threads"]
+__all__ = ["PANEL", "bsr_matmul_panels", "bsr_matmul_t", "bsr_matvec", "conv2d_direct",
+           "csr_matmul_panels", "csr_matmul_t", "csr_matvec", "match_torch_threads", "panels_of"]
+
+PANEL = 16
+"""Input rows per panel of the ``*_panels`` kernels (one 64-byte line of float32)."""
+
+def panels_of(x: torch.Tensor) -> torch.Tensor:
+    """Input rows ``x`` (``(m, in)``, any strides) as ``(ceil(m / 16), in, 16)`` panels,
+    zero-padded to whole panels, contiguous (one copy).
+
+    Example:
+        >>> panels_of(torch.arange(6.0).reshape(3, 2)).shape
+        torch.Size([1, 2, 16])
+    """
+    rows = x.shape[0]
+    padded = -(-rows // PANEL) * PANEL
+    if padded != rows:
+        x = torch.nn.functional.pad(x, (0, 0, 0, padded - rows))
+    return x.reshape(padded // PANEL, PANEL, x.shape[1]).transpose(1, 2).contiguous()
+
 
 def match_torch_threads() -> None:
     """Run numba's parallel loops on as many threads as torch uses (``torch.set_num_threads``).
@@ -141,3 +159,171 @@ def conv2d_direct(indptr, offsets, data, xpad, bias, out, stride_h, stride_w):  
                 line = plane[y]
                 for x in range(width):
                     line[x] += v * source[start + x * stride_w]
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def csr_matmul_panels(indptr, indices, data, panels, bias, out):  # type: ignore[no-untyped-def]
+    """``out = X @ W.T + bias`` for a CSR weight, X given as 16-column panels.
+
+    ``panels`` is ``(ceil(m / 16), in, 16)``: panel ``c`` holds input rows ``16c .. 16c+15``
+    transposed, so one stored weight meets one 64-byte line of its panel, and a panel
+    (``in * 64`` bytes) stays in the core's L2 cache while every output row is computed
+    against it. The 16 partial sums live in registers (explicit scalars: numba keeps local
+    scalars in registers, not arrays). ``out`` is ``(m, out)``, any strides.
+    """
+    m = out.shape[0]
+    for c in range(panels.shape[0]):
+        panel = panels[c]
+        base = c * 16
+        for i in prange(indptr.shape[0] - 1):
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            a2 = np.float32(0.0)
+            a3 = np.float32(0.0)
+            a4 = np.float32(0.0)
+            a5 = np.float32(0.0)
+            a6 = np.float32(0.0)
+            a7 = np.float32(0.0)
+            a8 = np.float32(0.0)
+            a9 = np.float32(0.0)
+            a10 = np.float32(0.0)
+            a11 = np.float32(0.0)
+            a12 = np.float32(0.0)
+            a13 = np.float32(0.0)
+            a14 = np.float32(0.0)
+            a15 = np.float32(0.0)
+            for p in range(indptr[i], indptr[i + 1]):
+                v = data[p]
+                source = panel[indices[p]]
+                a0 += v * source[0]
+                a1 += v * source[1]
+                a2 += v * source[2]
+                a3 += v * source[3]
+                a4 += v * source[4]
+                a5 += v * source[5]
+                a6 += v * source[6]
+                a7 += v * source[7]
+                a8 += v * source[8]
+                a9 += v * source[9]
+                a10 += v * source[10]
+                a11 += v * source[11]
+                a12 += v * source[12]
+                a13 += v * source[13]
+                a14 += v * source[14]
+                a15 += v * source[15]
+            if base + 0 < m:
+                out[base + 0, i] = a0 + bias[i]
+            if base + 1 < m:
+                out[base + 1, i] = a1 + bias[i]
+            if base + 2 < m:
+                out[base + 2, i] = a2 + bias[i]
+            if base + 3 < m:
+                out[base + 3, i] = a3 + bias[i]
+            if base + 4 < m:
+                out[base + 4, i] = a4 + bias[i]
+            if base + 5 < m:
+                out[base + 5, i] = a5 + bias[i]
+            if base + 6 < m:
+                out[base + 6, i] = a6 + bias[i]
+            if base + 7 < m:
+                out[base + 7, i] = a7 + bias[i]
+            if base + 8 < m:
+                out[base + 8, i] = a8 + bias[i]
+            if base + 9 < m:
+                out[base + 9, i] = a9 + bias[i]
+            if base + 10 < m:
+                out[base + 10, i] = a10 + bias[i]
+            if base + 11 < m:
+                out[base + 11, i] = a11 + bias[i]
+            if base + 12 < m:
+                out[base + 12, i] = a12 + bias[i]
+            if base + 13 < m:
+                out[base + 13, i] = a13 + bias[i]
+            if base + 14 < m:
+                out[base + 14, i] = a14 + bias[i]
+            if base + 15 < m:
+                out[base + 15, i] = a15 + bias[i]
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def bsr_matmul_panels(indptr, indices, blocks, panels, bias, out):  # type: ignore[no-untyped-def]
+    """Like :func:`csr_matmul_panels` for a block-sparse weight (``blocks``: ``(n, r, c)``):
+    the ``c`` panel lines of a tile are contiguous and are reused by its ``r`` rows."""
+    m = out.shape[0]
+    rows = blocks.shape[1]
+    cols = blocks.shape[2]
+    for c in range(panels.shape[0]):
+        panel = panels[c]
+        base = c * 16
+        for ib in prange(indptr.shape[0] - 1):
+            for r in range(rows):
+                row = ib * rows + r
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                a4 = np.float32(0.0)
+                a5 = np.float32(0.0)
+                a6 = np.float32(0.0)
+                a7 = np.float32(0.0)
+                a8 = np.float32(0.0)
+                a9 = np.float32(0.0)
+                a10 = np.float32(0.0)
+                a11 = np.float32(0.0)
+                a12 = np.float32(0.0)
+                a13 = np.float32(0.0)
+                a14 = np.float32(0.0)
+                a15 = np.float32(0.0)
+                for p in range(indptr[ib], indptr[ib + 1]):
+                    start = indices[p] * cols
+                    for j in range(cols):
+                        v = blocks[p, r, j]
+                        source = panel[start + j]
+                        a0 += v * source[0]
+                        a1 += v * source[1]
+                        a2 += v * source[2]
+                        a3 += v * source[3]
+                        a4 += v * source[4]
+                        a5 += v * source[5]
+                        a6 += v * source[6]
+                        a7 += v * source[7]
+                        a8 += v * source[8]
+                        a9 += v * source[9]
+                        a10 += v * source[10]
+                        a11 += v * source[11]
+                        a12 += v * source[12]
+                        a13 += v * source[13]
+                        a14 += v * source[14]
+                        a15 += v * source[15]
+                if base + 0 < m:
+                    out[base + 0, row] = a0 + bias[row]
+                if base + 1 < m:
+                    out[base + 1, row] = a1 + bias[row]
+                if base + 2 < m:
+                    out[base + 2, row] = a2 + bias[row]
+                if base + 3 < m:
+                    out[base + 3, row] = a3 + bias[row]
+                if base + 4 < m:
+                    out[base + 4, row] = a4 + bias[row]
+                if base + 5 < m:
+                    out[base + 5, row] = a5 + bias[row]
+                if base + 6 < m:
+                    out[base + 6, row] = a6 + bias[row]
+                if base + 7 < m:
+                    out[base + 7, row] = a7 + bias[row]
+                if base + 8 < m:
+                    out[base + 8, row] = a8 + bias[row]
+                if base + 9 < m:
+                    out[base + 9, row] = a9 + bias[row]
+                if base + 10 < m:
+                    out[base + 10, row] = a10 + bias[row]
+                if base + 11 < m:
+                    out[base + 11, row] = a11 + bias[row]
+                if base + 12 < m:
+                    out[base + 12, row] = a12 + bias[row]
+                if base + 13 < m:
+                    out[base + 13, row] = a13 + bias[row]
+                if base + 14 < m:
+                    out[base + 14, row] = a14 + bias[row]
+                if base + 15 < m:
+                    out[base + 15, row] = a15 + bias[row]
