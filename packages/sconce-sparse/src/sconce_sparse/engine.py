@@ -34,21 +34,13 @@ import torch
 from torch import nn
 
 from sconce.evaluation import model_device
-from sconce.technique import Technique
 from sconce_sparse.choice import Measurement, choose_plan
-from sconce_sparse.config import EngineConfig
-from sconce_sparse.convert import (
-    Candidate,
-    find_layers,
-    layer_record,
-    replace_module,
-    restore_layers,
-    to_sparse,
-)
+from sconce_sparse.config import EngineConfig, StorageConfig
+from sconce_sparse.convert import Candidate, Found, layer_record, to_sparse
 from sconce_sparse.formats import CONV_ONLY_FORMATS, FORMATS, WeightInfo, get_format
 from sconce_sparse.layers import SparseLayer
 from sconce_sparse.quantized import SparseQuantized
-from sconce_sparse.storage import note_storage, nothing_sparse
+from sconce_sparse.storage import SparseStorage
 from sconce_sparse.timing import input_shapes, interleaved_times
 
 if TYPE_CHECKING:
@@ -90,8 +82,11 @@ def candidate_formats(kind: str, info: WeightInfo, allowed: Sequence[str]) -> di
     return result
 
 
-class SparseEngine(Technique):
+class SparseEngine(SparseStorage):
     """Run sparse Linear / Conv layers in the format measured fastest per layer (or dense).
+
+    The same conversion as :class:`~sconce_sparse.storage.SparseStorage` (and the same
+    ``restore``), with each layer's plan measured.
 
     Example:
         >>> SparseEngine().name, SparseEngine().kind
@@ -103,13 +98,10 @@ class SparseEngine(Technique):
     Config = EngineConfig
     finetune_after = False
 
-    def apply(self, model: nn.Module, config: EngineConfig, ctx: Context) -> nn.Module:
-        kinds = ("linear", "conv", "int8", *(("embedding",) if config.embeddings else ()))
-        found = find_layers(model, min_sparsity=config.min_sparsity,
-                            skip_layers=config.skip_layers, kinds=kinds)
-        if not found.layers:
-            nothing_sparse(ctx, found, config.min_sparsity)
-            return model
+    def convert(self, model: nn.Module, found: Found, config: StorageConfig, ctx: Context
+                ) -> tuple[dict[str, SparseLayer | SparseQuantized], dict[str, dict[str, Any]]]:
+        """Measure every runnable layer and give it its plan; store every layer compressed."""
+        assert isinstance(config, EngineConfig)
         device = model_device(model, ctx.device)
         batches = sorted(set(config.batch_sizes or (1, ctx.timing.batch_size)))
         runnable = [c for c in found.layers if c.runs_sparse]
@@ -134,12 +126,8 @@ class SparseEngine(Technique):
                     decisions[candidate.name] = record.pop("decision")
             layers[candidate.name] = layer
             records[candidate.name] = record
-        for name, layer in layers.items():
-            model = replace_module(model, name, layer)
-        ctx.set_restore_record({"layers": records})
         self._notes(ctx, layers, decisions, config)
-        note_storage(ctx, found, layers)
-        return model
+        return layers, records
 
     def _decide(self, candidate: Candidate, layer: SparseLayer,
                 shapes: dict[int, tuple[int, ...]], config: EngineConfig, ctx: Context,
@@ -197,7 +185,3 @@ class SparseEngine(Technique):
                  + f"; dense kept where no format was {config.min_speedup:g}x faster")
         ctx.note("per-layer formats", decisions)
 
-    def restore(self, model: nn.Module, config: EngineConfig, record: dict[str, Any]
-                ) -> nn.Module:
-        """Put the sparse layers, with their measured plans, where the saved model has them."""
-        return restore_layers(model, record.get("layers", {}))

@@ -8,12 +8,12 @@ layers are for inference). At the first forward pass the layer builds the kernel
 format from the stored weight (a dense copy for ``dense``, CSR arrays for ``numba_csr``, ...)
 and keeps it until the layer moves device or loads other weights.
 
-The layers are for inference: their weights are buffers (frozen), and an input that needs
-gradients runs the dense kernels. A layer's ``plan`` says which format runs which inputs: ``((max_rows, format), ...)``, the
+A layer's ``plan`` says which format runs which inputs: ``((max_rows, format), ...)``, the
 first entry whose ``max_rows`` (None: any) is at least the input's row count wins. The
 engine measures each layer at batch 1 and at the throughput batch and can keep a different
 format for each. Row counts are a Linear layer's input vectors, a convolution's output
-positions over the whole batch.
+positions over the whole batch. The layers are for inference: their weights are buffers
+(frozen), and an input that needs gradients runs the dense kernels.
 
 Example:
     >>> import torch

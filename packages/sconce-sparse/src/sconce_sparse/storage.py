@@ -123,13 +123,18 @@ class SparseStorage(Technique):
         if not found.layers:
             nothing_sparse(ctx, found, config.min_sparsity)
             return model
-        layers = {c.name: to_sparse(c, encoding=config.encoding) for c in found.layers}
+        layers, records = self.convert(model, found, config, ctx)
         for name, layer in layers.items():
             model = replace_module(model, name, layer)
-        ctx.set_restore_record({"layers": {name: layer_record(layer)
-                                           for name, layer in layers.items()}})
+        ctx.set_restore_record({"layers": records})
         note_storage(ctx, found, layers)
         return model
+
+    def convert(self, model: nn.Module, found: Found, config: StorageConfig, ctx: Context
+                ) -> tuple[dict[str, SparseLayer | SparseQuantized], dict[str, dict[str, Any]]]:
+        """The sparse layers that replace ``found``'s, and their restore records."""
+        layers = {c.name: to_sparse(c, encoding=config.encoding) for c in found.layers}
+        return layers, {name: layer_record(layer) for name, layer in layers.items()}
 
     def restore(self, model: nn.Module, config: StorageConfig, record: dict[str, Any]
                 ) -> nn.Module:
