@@ -23,8 +23,7 @@ from sconce_sparse.quantized import SparseQuantized
 QUICK = sconce.TimingSettings(threads=1, rounds=1, round_seconds=0.01, warmup_seconds=0.01,
                               batch_size=16)
 METRICS = ["accuracy", "params", "nonzero_params", "sparsity", "size"]
-SPEC = {"model_spec": "demo", "model_kwargs": {"num_classes": 10, "in_channels": 1,
-                                              "image_size": 8}}
+DEMO_KWARGS = {"num_classes": 10, "in_channels": 1, "image_size": 8}
 ENGINE = ("sparse.engine", {"rounds": 2, "round_seconds": 0.002})
 GMP_90 = ("prune.gmp", {"sparsity": 0.9, "allocation": "uniform"})
 
@@ -36,8 +35,10 @@ def _demo() -> torch.nn.Module:
 
 
 def _compress(recipe: list, out: Path, finetune_epochs: float = 0) -> sconce.CompressionResult:
-    return sconce.compress(_demo(), "digits", recipe=recipe, finetune_epochs=finetune_epochs,
-                           out=out, metrics=METRICS, timing=QUICK, progress=False, **SPEC)
+    result = sconce.compress(_demo(), "digits", recipe=recipe, finetune_epochs=finetune_epochs,
+                             metrics=METRICS, timing=QUICK, progress=False)
+    result.save(out, model_spec="demo", model_kwargs=DEMO_KWARGS)
+    return result
 
 
 def _assert_loads_back_exactly(result: sconce.CompressionResult, out: Path) -> torch.nn.Module:
