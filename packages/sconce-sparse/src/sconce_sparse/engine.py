@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from sconce.evaluation import model_device
+from sconce.runtime import model_device
 from sconce_sparse.choice import Measurement, choose_plan
 from sconce_sparse.config import EngineConfig, StorageConfig
 from sconce_sparse.convert import Candidate, Found, layer_record, to_sparse

@@ -187,7 +187,7 @@ class SparseLayer(nn.Module):
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
                ) -> SparseLayer:
         self._kernels.clear()
-        return super()._apply(fn, recurse)
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # torch leaves Module._apply unannotated
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -78,6 +78,10 @@ def _round_median(call: Callable[[], Any], seconds: float, min_calls: int,
     return statistics.median(samples) * 1e3
 
 
+def _no_sync() -> None:
+    """Nothing to wait for on the CPU."""
+
+
 def interleaved_times(calls: Mapping[str, Callable[[], Any]], *, rounds: int = 5,
                       round_seconds: float = 0.02, min_calls: int = 3, threads: int = 1,
                       device: torch.device | None = None) -> dict[str, list[float]]:
@@ -88,8 +92,9 @@ def interleaved_times(calls: Mapping[str, Callable[[], Any]], *, rounds: int = 5
     the median, starting each round with a different call.
     """
     names = list(calls)
-    synchronize = torch.cuda.synchronize if device is not None and device.type == "cuda" \
-        else (lambda: None)
+    synchronize: Callable[[], None] = _no_sync
+    if device is not None and device.type == "cuda":
+        synchronize = torch.cuda.synchronize
     times: dict[str, list[float]] = {name: [] for name in names}
     with fixed_threads(threads), torch.inference_mode():
         for name in names:
