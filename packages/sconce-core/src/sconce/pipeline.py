@@ -394,7 +394,8 @@ def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str
         raise TechniqueError(f"technique {technique.name!r} returned "
                              f"{type(compressed).__name__} instead of an nn.Module")
     check_restorable(technique, before, structure_of(compressed))
-    if technique.kind in FINETUNED_KINDS and not ctx.stage.finetuned \
+    wants_finetune = bool(getattr(technique, "finetune_after", technique.kind in FINETUNED_KINDS))
+    if wants_finetune and not ctx.stage.finetuned \
             and ctx.finetune_epochs > 0 and ctx.data is not None and ctx.data.train is not None:
         keeper = KeepZeros.of(compressed)
         ctx.finetune(compressed, teacher=ctx.teacher, callbacks=[keeper] if keeper else [])
