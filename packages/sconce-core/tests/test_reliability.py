@@ -208,7 +208,7 @@ def test_two_concurrent_runs_into_one_folder_never_both_succeed(tmp_path) -> Non
         import sconce
 
         def digits(batch_size=64):
-            time.sleep(4)  # both runs are alive at once
+            time.sleep(6)  # both runs are alive at once
             return sconce.get_data("digits", batch_size=batch_size)
     """))
     env = {**os.environ, "SCONCE_NO_PROGRESS": "1", "SCONCE_DISABLE_PLUGIN_AUTOLOAD": "1",
@@ -356,8 +356,8 @@ def test_bad_labels_are_one_line(factory, message, tmp_path, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("SCONCE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    (tmp_path / "labels.py").write_text(LABELS)
-    code, _, err = run(["compress", "--model", "demo-cnn", "--data", f"labels:{factory}",
+    (tmp_path / "badlabels.py").write_text(LABELS)
+    code, _, err = run(["compress", "--model", "demo-cnn", "--data", f"badlabels:{factory}",
                         "--train-epochs", "1", "--out", "o"], capsys)
     assert code == 2 and message in one_error_line(err)
 

@@ -180,11 +180,14 @@ def _compress(model_spec: str | None, data_name: str | None, recipe_file: str | 
     data = _load_data(data_name or DEMO_DATA, batch_size)
     model, kwargs = _build(model_spec or DEMO_MODEL, data, trust_code)
     if train_epochs > 0:
+        import torch
+
         from sconce.api import get_adapter
         from sconce.pipeline import check_model_runs
-        from sconce.runtime import resolve_device
+        from sconce.runtime import model_device
 
-        check_model_runs(model, data, get_adapter(model), resolve_device(device))
+        # labels and shapes are checked before training, as compress checks them
+        check_model_runs(model, data, get_adapter(model), model_device(model, torch.device("cpu")))
         logger.info("training the model for %g epoch(s) before compressing", train_epochs)
         train(model, data, train_epochs, device=device, seed=seed, progress=not no_progress)
     if finetune_epochs is not None:

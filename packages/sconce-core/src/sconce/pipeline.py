@@ -333,10 +333,11 @@ def weights_hash(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+def _tensor_bytes(tensor: torch.Tensor) -> Any:
+    """The tensor's bytes as a buffer (no copy for a contiguous CPU tensor)."""
     tensor = tensor.detach().cpu()
     try:
-        return bytes(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        return tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
     except (RuntimeError, TypeError):  # quantized or sparse layouts: their serialised form
         buffer = io.BytesIO()
         torch.save(tensor, buffer)
@@ -368,9 +369,12 @@ def data_identity(data: Data) -> dict[str, Any]:
         entry["size"] = size
         if size:
             digest = hashlib.sha256()
-            for index in sorted({i * size // DATA_SAMPLES for i in range(DATA_SAMPLES)}):
-                _hash_sample(digest, dataset[index])
-            entry["sample_hash"] = digest.hexdigest()[:16]
+            try:
+                for index in sorted({i * size // DATA_SAMPLES for i in range(DATA_SAMPLES)}):
+                    _hash_sample(digest, dataset[index])  # type: ignore[index]
+                entry["sample_hash"] = digest.hexdigest()[:16]
+            except Exception as exc:  # a dataset that cannot be indexed: sizes only
+                logger.debug("the %s split cannot be sampled for its identity: %s", split, exc)
         identity[split] = entry
     return identity
 
