@@ -253,10 +253,10 @@ def check_labels(data: Data, num_classes: int) -> None:
     Example:
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> bad = Data(test=DataLoader(TensorDataset(torch.zeros(2, 3), torch.tensor([0, 5]))))
-        >>> check_labels(bad, 3)
+        >>> check_labels(bad, 3)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        sconce.errors.DataError: the test labels must be class indices 0..2, found 5; ...
+        sconce.errors.DataError: the test labels must be class indices 0..2, found 5; relabel ...
     """
     for split in ("train", "val", "test", "calibration"):
         loader = getattr(data, split)
@@ -266,8 +266,8 @@ def check_labels(data: Data, num_classes: int) -> None:
         if targets is None:
             first = next(iter(loader), None)
             targets = split_batch(first)[1] if first is not None else None
-        if not isinstance(targets, torch.Tensor) or targets.numel() == 0:
-            continue
+        if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.numel() == 0:
+            continue  # no labels, or soft / per-position targets: not class indices
         fix = "relabel the data, or give a model with an output per class"
         if targets.dtype.is_floating_point or targets.dtype.is_complex or \
                 targets.dtype == torch.bool:
