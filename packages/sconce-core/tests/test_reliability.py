@@ -304,7 +304,9 @@ def test_a_name_clash_keeps_the_first_party_and_both_packages(third_party_first,
 
 
 @pytest.mark.parametrize("order", [("one", "two"), ("two", "one")])
-def test_between_runtime_plugins_the_first_registration_wins(order, caplog) -> None:
+def test_between_runtime_plugins_the_first_registration_wins(order, caplog, monkeypatch
+                                                             ) -> None:
+    monkeypatch.setenv("SCONCE_DISABLE_PLUGIN_AUTOLOAD", "1")
     made = {"one": _module("one", Gmp, Channel), "two": _module("two", Hijack, EvilOther)}
     for name in order:
         sconce.register_plugin(made[name], name=name)
@@ -316,6 +318,7 @@ def test_between_runtime_plugins_the_first_registration_wins(order, caplog) -> N
 
 
 def test_a_plugin_cannot_take_a_builtin_dataset(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="sconce.plugins")
     plugin = types.SimpleNamespace(sconce_register_datasets=sconce.hookimpl(
         lambda register: (register("digits", lambda **kw: None),
                           register("mine", lambda **kw: None))))
@@ -323,6 +326,7 @@ def test_a_plugin_cannot_take_a_builtin_dataset(caplog) -> None:
     reg = registry()
     assert reg.origin[("datasets", "digits")] == "sconce.builtin.datasets"
     assert "mine" in reg.datasets
+    assert "plugin 'squatter': its dataset 'digits' is refused" in caplog.text
 
 
 # --- every mistake is one line ------------------------------------------------------------------
