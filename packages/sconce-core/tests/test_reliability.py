@@ -224,6 +224,29 @@ def test_two_concurrent_runs_into_one_folder_never_both_succeed(tmp_path) -> Non
     assert "another sconce run is writing into" in one_error_line(refused)
 
 
+def test_the_lock_is_reentrant_and_waits_when_asked(tmp_path) -> None:
+    from sconce.storage import folder_lock
+
+    with folder_lock(tmp_path), folder_lock(tmp_path):  # the CLI, then the pipeline
+        pass
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import pathlib, sys, time
+            from sconce.storage import folder_lock
+            with folder_lock({str(tmp_path)!r}):
+                print("locked", flush=True)
+                time.sleep(2)
+                pathlib.Path({str(tmp_path / "released")!r}).write_text("")
+        """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ConfigError, match="another sconce run is writing into"):
+        with folder_lock(tmp_path):
+            pass
+    with folder_lock(tmp_path, wait=True):
+        assert (tmp_path / "released").exists()  # got the lock only after the holder ended
+    holder.wait(timeout=60)
+
+
 def test_an_unwritable_out_fails_before_any_compute(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("x")
