@@ -211,8 +211,7 @@ def _compress(model_spec: str | None, data_name: str | None, recipe_file: str | 
     if result.failed is not None:
         click.echo(f"sconce: error: {result.failed}; the stages before it are saved in {out}/",
                    err=True)
-        raise click.exceptions.Exit(EXIT_USER_ERROR if result.failed.user_mistake
-                                    else EXIT_STAGE_FAILED)
+        raise click.exceptions.Exit(EXIT_STAGE_FAILED)
 
 
 @cli.command()
@@ -342,7 +341,8 @@ def build_cli() -> click.Group:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; a :class:`SconceError` becomes one line and exit status 2."""
     try:
-        build_cli().main(args=argv, prog_name="sconce", standalone_mode=False)
+        # without standalone mode, click returns an Exit's code instead of raising it
+        code = build_cli().main(args=argv, prog_name="sconce", standalone_mode=False)
     except SconceError as exc:
         click.echo(f"sconce: error: {exc}", err=True)
         return EXIT_USER_ERROR
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

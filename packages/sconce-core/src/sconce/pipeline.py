@@ -5,8 +5,9 @@ Each finished stage is checkpointed in the work folder (written atomically), so 
 what the run is (a hash of the input model's weights, the data's identity, every option that
 changes results); resuming from a folder another run wrote is refused with a line naming what
 differs. The output folder is checked writable and locked for the whole run, so two runs never
-write into one folder. A stage whose technique raises is marked failed in the report; the
-earlier stages are kept (and saved). The caller's model is never modified.
+write into one folder. A stage whose technique fails (raises anything but a
+:class:`~sconce.errors.SconceError`, which is the user's to fix and propagates) is marked
+failed in the report; the earlier stages are kept (and saved). The caller's model is never modified.
 
 Memory: the pipeline holds one working copy of the model besides the caller's. Each stage's
 technique receives that copy (its own: nothing else references it) and the previous stages
@@ -93,14 +94,13 @@ class PlannedStage:
 
 @dataclass(frozen=True)
 class StageFailure:
-    """A stage whose technique raised: which one, and the error.
+    """A stage whose technique raised something else than a :class:`SconceError` (a user's
+    mistake, which propagates as one line): which stage, and the error.
 
     Attributes:
         index: the stage's position in the recipe (1-based).
         label: the stage as the recipe names it.
         error: ``"TypeName: first line of the message"``.
-        user_mistake: the error was a :class:`~sconce.errors.SconceError` (a config or data
-            problem the user can fix) rather than a fault in the technique.
 
     Example:
         >>> str(StageFailure(2, "quant.int8", "ValueError: boom"))
@@ -110,7 +110,6 @@ class StageFailure:
     index: int
     label: str
     error: str
-    user_mistake: bool = False
 
     def __str__(self) -> str:
         return f"stage {self.index} ({self.label}) failed: {self.error}"
@@ -363,7 +362,7 @@ def data_identity(data: Data) -> dict[str, Any]:
         dataset = loader.dataset
         entry: dict[str, Any] = {"batch_size": loader.batch_size}
         try:
-            size = len(dataset)  # type: ignore[arg-type]
+            size = len(dataset)
         except TypeError:  # an iterable dataset: no length, no indexing
             size = None
         entry["size"] = size
@@ -371,7 +370,7 @@ def data_identity(data: Data) -> dict[str, Any]:
             digest = hashlib.sha256()
             try:
                 for index in sorted({i * size // DATA_SAMPLES for i in range(DATA_SAMPLES)}):
-                    _hash_sample(digest, dataset[index])  # type: ignore[index]
+                    _hash_sample(digest, dataset[index])
                 entry["sample_hash"] = digest.hexdigest()[:16]
             except Exception as exc:  # a dataset that cannot be indexed: sizes only
                 logger.debug("the %s split cannot be sampled for its identity: %s", split, exc)
@@ -553,10 +552,11 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
         if not reused:
             try:
                 current, result, record = _run_stage(current, stage, ctx, title, metric_objects)
-            except Exception as exc:  # the report names the stage; earlier stages are kept
+            except SconceError:  # a user's mistake: one line (the earlier stages are in work/)
+                raise
+            except Exception as exc:  # a fault in the technique: the report names the stage
                 ctx.release_teacher()
-                failed = StageFailure(index, stage.label, _one_line(exc),
-                                      isinstance(exc, SconceError))
+                failed = StageFailure(index, stage.label, _one_line(exc))
                 logger.error("%s; keeping the stages before it", failed)
                 logger.debug("the failed stage's traceback", exc_info=True)
                 report.stages.append(StageResult(
