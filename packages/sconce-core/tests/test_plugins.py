@@ -213,7 +213,8 @@ def test_a_duplicate_name_is_logged_and_the_first_kept(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="sconce.plugins"):
         techniques = registry().techniques
     assert "test.halve" in techniques
-    assert "registered twice" in caplog.text
+    assert registry().origin[("techniques", "test.halve")] == "first"
+    assert "plugin 'second': its technique 'test.halve' is refused" in caplog.text
 
 
 def test_unregister_plugin_removes_its_things() -> None:

@@ -217,17 +217,25 @@ def train(model: nn.Module, data: Data | Mapping[str, Any] | str | DataLoader[An
 
 
 def load(folder: str | Path, model: nn.Module | None = None, *,
-         map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a model saved by sconce, in eval mode, without unpickling code.
+         map_location: str | torch.device = "cpu", trust_code: bool = False) -> nn.Module:
+    """Load a model saved by sconce, in eval mode, without unpickling or running code.
+
+    The folder is data: the architecture comes from a registered model name (or ``model``)
+    and the techniques' restore records. A folder whose ``model.json`` names code
+    (``pkg.module:factory``, ``file.py:Name``) is refused unless ``trust_code=True``, like
+    ``trust_remote_code`` in transformers (see ``SECURITY.md``).
 
     Args:
         folder: the folder ``result.save()`` or ``sconce compress`` wrote.
         model: a fresh instance of the original architecture (copied, never modified);
             without it the spec the folder records, else its exported program, is used.
         map_location: device for the weights.
+        trust_code: import and call the code the folder's spec names; only for folders
+            whose source you trust like your own code.
 
     Raises:
-        ModelError: the folder is not a sconce model, or the architecture cannot be rebuilt.
+        ModelError: the folder is not a sconce model, the architecture cannot be rebuilt,
+            or it names code and ``trust_code`` is False.
 
     Example:
         >>> model = load("out/")  # doctest: +SKIP
@@ -236,4 +244,4 @@ def load(folder: str | Path, model: nn.Module | None = None, *,
     """
     reg = registry()
     return load_saved(folder, model, techniques=reg.techniques, models=reg.models,
-                      map_location=map_location)
+                      map_location=map_location, trust_code=trust_code)
