@@ -330,7 +330,9 @@ def main() -> None:
     report["checks"] = [{"target": label, "met": ok, "value": value}
                         for label, ok, value in checks]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("quant-quick.json" if args.quick else "quant.json")
+    everything = sections == ["limit", "vgg", "minilm", "smollm"]
+    out = RESULTS / ("quant" + ("-quick" if args.quick else "")
+                     + ("" if everything else "-" + "-".join(sections)) + ".json")
     atomic_write_json(out, report)
     print(f"\nwrote {out}")
 
