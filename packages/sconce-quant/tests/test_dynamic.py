@@ -12,7 +12,7 @@ from torch import nn
 import sconce
 from sconce.context import Context
 from sconce.errors import ConfigError
-from sconce_quant.dynamic import DynamicConfig, DynamicInt8
+from sconce_quant.dynamic import DynamicConfig, DynamicInt8, Pt2eDynamicEngine
 from sconce_quant.engines import OrtModule, Pt2eModule
 
 
@@ -71,7 +71,11 @@ def test_dynamic_int8_is_close_and_restores(engine: str, factory: type[nn.Module
         torch.testing.assert_close(restored(x), quantized(x), rtol=0, atol=0)
 
 
-def test_auto_measures_both_dynamic_engines() -> None:
+def test_auto_measures_the_dynamic_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PT2E compiles the encoder for every input shape auto tries (a minute and more here):
+    # auto with PT2E among the engines is tested on a small CNN in test_static.py, and on
+    # MiniLM by benchmarks/quant.py
+    monkeypatch.setattr(Pt2eDynamicEngine, "unavailable", lambda self: "left out (test time)")
     torch.manual_seed(0)
     model = Encoder().eval()
     x = torch.randint(0, 100, (2, 12))
@@ -80,7 +84,8 @@ def test_auto_measures_both_dynamic_engines() -> None:
                                                              warmup_seconds=0.01, batch_size=4))
     DynamicInt8().apply(model, DynamicConfig(), ctx)
     note = ctx.stage.notes["int8 engine"]
-    assert "auto, measured: onnxruntime:" in note and "torch:" in note and "pt2e:" in note
+    assert "auto, measured: onnxruntime:" in note and "torch:" in note
+    assert "pt2e: left out (test time)" in note
 
 
 def test_dynamic_budget_keeps_the_sensitive_layer_float(cnn: SmallCNN,

@@ -228,6 +228,12 @@ class Pt2eModule(nn.Module):
                         self.compile_seconds[-1])
         return out
 
+    def train(self, mode: bool = True) -> Pt2eModule:
+        """Set the flag only: the converted graph is an inference graph and stays in eval
+        mode (its dropouts and batch norms are the exported eval versions)."""
+        self.training = mode
+        return self
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
                               **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
