@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,6 @@ from sconce.errors import TechniqueError
 from sconce.layerwise import LayerInputs, run_layerwise
 from sconce.metrics.timing import TimingSettings, time_call
 from sconce.technique import Technique
-from sconce_quant._tree import replace_module
 from sconce_quant.engines.base import EngineError
 from sconce_quant.gptq import GPTQSettings, gptq_quantize
 from sconce_quant.lowbit import nbits_unavailable
@@ -160,12 +160,21 @@ class WeightOnly(Technique):
 
     def apply(self, model: nn.Module, config: WeightOnlyConfig, ctx: Context) -> nn.Module:
         targets, tied = target_layers(model, config.skip)
+        accuracy_level = COMPUTE[config.compute]
+        # found before any layer is swapped (they are found by their shared weight)
+        tied_embeddings = _tied_embeddings(model, tied) if config.tied == "int8" else {}
+
+        def rtn(name: str) -> GroupCodes:
+            return rtn_group_codes(model.get_submodule(name).weight.detach(), config.bits,
+                                   config.group_size, symmetric=config.symmetric,
+                                   search=config.searches())
+
+        def tied_rtn(name: str) -> GroupCodes:  # int8: the codes serve lookups and the output
+            return rtn_group_codes(model.get_submodule(name).weight.detach(), 8,
+                                   config.group_size, symmetric=config.symmetric)
+
         if config.method == "rtn":
-            modules = dict(model.named_modules())
-            codes = {name: rtn_group_codes(modules[name].weight.detach(), config.bits,
-                                           config.group_size, symmetric=config.symmetric,
-                                           search=config.searches())
-                     for name in targets}
+            record = self._swap(model, targets, rtn, accuracy_level)
         else:
             batches = calibration_batches(ctx, config.calibration_samples, self.name)
             batches = [ctx.adapter.to_device(b, _device(model)) for b in batches]
@@ -178,15 +187,11 @@ class WeightOnly(Technique):
 
             codes = run_layerwise(model, batches, solve, targets=targets,
                                   forward=ctx.adapter.forward)
-        tied_embeddings: dict[str, str] = {}
-        if config.tied == "int8" and tied:
-            modules = dict(model.named_modules())
-            for name in tied:  # round to nearest: the codes serve lookups and the output
-                codes[name] = rtn_group_codes(modules[name].weight.detach(), 8,
-                                              config.group_size, symmetric=config.symmetric)
-            tied_embeddings = _tied_embeddings(model, tied)
-        record = self._swap(model, codes, COMPUTE[config.compute])
-        _tie(model, tied_embeddings)
+            record = self._swap(model, list(codes), codes.pop, accuracy_level)
+        if tied_embeddings:
+            heads = sorted(set(tied_embeddings.values()))
+            record["layers"].update(self._swap(model, heads, tied_rtn, accuracy_level)["layers"])
+            _tie(model, tied_embeddings)
         record["tied"] = tied_embeddings
         kernel, measured = self._choose_kernel(model, config, ctx)
         for layer in model.modules():
@@ -195,7 +200,7 @@ class WeightOnly(Technique):
         record["kernel"] = kernel
         ctx.set_restore_record(record)
         group = "per row" if config.group_size <= 0 else f"groups of {config.group_size}"
-        ctx.note("weight-only", f"{len(codes)} Linear layer(s) to int{config.bits} "
+        ctx.note("weight-only", f"{len(record['layers'])} Linear layer(s) to int{config.bits} "
                  f"({config.method.upper()}, {group}, "
                  f"{'symmetric' if config.symmetric else 'asymmetric'}"
                  f"{', ranges searched' if config.searches() else ''})")
@@ -221,20 +226,23 @@ class WeightOnly(Technique):
                                      group_size=shape["group_size"], bias=shape["bias"],
                                      kernel=kernel,
                                      accuracy_level=shape.get("accuracy_level", 4))
-            replace_module(model, name, layer)
+            model.set_submodule(name, layer)
         _tie(model, record.get("tied", {}))
         return model
 
     @staticmethod
-    def _swap(model: nn.Module, codes: dict[str, GroupCodes], accuracy_level: int
-              ) -> dict[str, Any]:
-        modules = dict(model.named_modules())
+    def _swap(model: nn.Module, names: Sequence[str], code_for: Callable[[str], GroupCodes],
+              accuracy_level: int) -> dict[str, Any]:
+        """Replace each Linear by its packed layer, one at a time (``code_for(name)`` gives its
+        codes), so the float weight and the unpacked codes of only one layer are alive
+        besides the model."""
         layers = {}
-        for name, code in codes.items():
-            linear = modules[name]
+        for name in names:
+            code = code_for(name)
+            linear = model.get_submodule(name)
             layer = WeightOnlyLinear.from_codes(code, linear.bias, accuracy_level=accuracy_level
                                                 ).to(linear.weight.device)
-            replace_module(model, name, layer)
+            model.set_submodule(name, layer)
             layers[name] = {"in": layer.in_features, "out": layer.out_features,
                             "bias": layer.bias is not None, "bits": code.bits,
                             "group_size": code.group_size, "accuracy_level": accuracy_level}
@@ -328,7 +336,7 @@ def _tie(model: nn.Module, tied: dict[str, str]) -> None:
             raise TechniqueError(f"{head_name} should be a quantized output layer, "
                                  f"not {type(head).__name__}")
         padding = getattr(model.get_submodule(embedding_name), "padding_idx", None)
-        replace_module(model, embedding_name, WeightOnlyEmbedding(head, padding))
+        model.set_submodule(embedding_name, WeightOnlyEmbedding(head, padding))
 
 
 def _describe(kernel: str, config: WeightOnlyConfig) -> str:
