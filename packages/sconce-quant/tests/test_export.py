@@ -106,14 +106,12 @@ def test_transformers_models_are_exported_with_eager_attention() -> None:
 
 @pytest.mark.skipif(ENGINES["pt2e"].unavailable() is not None, reason="pt2e unavailable")
 def test_pt2e_dynamic_int8_says_it_has_no_onnx_export(tmp_path: Path) -> None:
-    from quant_helpers import Encoder
-
     from sconce.context import Context
     from sconce_quant.dynamic import DynamicConfig, DynamicInt8
 
     torch.manual_seed(0)
-    model = Encoder().eval()
-    x = torch.randint(0, 100, (4, 12))
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(4, 8)
     quantized = DynamicInt8().apply(model, DynamicConfig(engine="pt2e"), Context.for_inputs(x))
     with pytest.raises(EngineError, match="engine='onnxruntime'"):
         export_onnx(quantized, tmp_path / "m.onnx", x)
