@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -35,3 +36,31 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class Attention(nn.Module):
+    """Self-attention and a feed-forward block, with layer norms (a transformer layer)."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+        self.ff1, self.ff2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+        self.n1, self.n2 = nn.LayerNorm(width), nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.q(x) @ self.k(x).transpose(1, 2) / x.shape[-1] ** 0.5
+        x = self.n1(x + self.o(torch.softmax(scores, -1) @ self.v(x)))
+        return self.n2(x + self.ff2(F.gelu(self.ff1(x))))
+
+
+class Encoder(nn.Module):
+    """Token embedding, two attention layers, a classifier head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 32)
+        self.layers = nn.Sequential(Attention(), Attention())
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(self.embed(ids)).mean(1))

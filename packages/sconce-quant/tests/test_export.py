@@ -15,7 +15,7 @@ from quant_helpers import SmallCNN
 from torch import nn
 
 from sconce_quant.dynamic import torch_dynamic
-from sconce_quant.engines import ENGINES, StaticSettings
+from sconce_quant.engines import ENGINES, EngineError, StaticSettings
 from sconce_quant.export import export_onnx
 from sconce_quant.modules import WeightOnlyLinear
 from sconce_quant.qparams import rtn_group_codes
@@ -50,16 +50,18 @@ def _run_without_sconce(tmp_path: Path, model: nn.Module, x: torch.Tensor,
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("engine", ["onnxruntime", "fx"])
+@pytest.mark.parametrize("engine", [e for e in ("onnxruntime", "fx", "pt2e")
+                                    if ENGINES[e].unavailable() is None])
 def test_static_int8_exports(engine: str, cnn: SmallCNN, tmp_path: Path) -> None:
     x = torch.randn(4, 1, 8, 8)
     built = ENGINES[engine].prepare(cnn, [x], StaticSettings()).build()
-    # exact for ONNX Runtime's own models; torch.ao's 7-bit (reduce_range) activations clip at
-    # 127 where ONNX's uint8 QuantizeLinear clips at 255, and rounding differs by a step
+    # exact for ONNX Runtime's own models; torch.ao's and PT2E's 7-bit (reduce_range)
+    # activations clip at 127 where ONNX's uint8 QuantizeLinear clips at 255, and rounding
+    # differs by a step
     with torch.no_grad():
         scale = float(built.module(x).abs().max())
     _run_without_sconce(tmp_path, built.module, x,
-                        tolerance=1e-5 if engine != "fx" else 0.03 * scale)
+                        tolerance=1e-5 if engine == "onnxruntime" else 0.03 * scale)
 
 
 def test_weight_only_int4_exports(tmp_path: Path) -> None:
@@ -100,3 +102,17 @@ def test_transformers_models_are_exported_with_eager_attention() -> None:
     export_onnx_bytes(model, torch.randn(1, 2))
     assert set(model.seen) == {"eager"}
     assert model.config._attn_implementation == "sdpa"  # restored
+
+
+@pytest.mark.skipif(ENGINES["pt2e"].unavailable() is not None, reason="pt2e unavailable")
+def test_pt2e_dynamic_int8_says_it_has_no_onnx_export(tmp_path: Path) -> None:
+    from sconce.context import Context
+    from sconce_quant.dynamic import DynamicConfig, DynamicInt8
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(4, 8)
+    quantized = DynamicInt8().apply(model, DynamicConfig(engine="pt2e"), Context.for_inputs(x))
+    with pytest.raises(EngineError, match="engine='onnxruntime'"):
+        export_onnx(quantized, tmp_path / "m.onnx", x)
+    assert not (tmp_path / "m.onnx").exists()

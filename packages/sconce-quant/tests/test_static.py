@@ -20,7 +20,7 @@ QUICK = sconce.TimingSettings(threads=1, rounds=1, round_seconds=0.01, warmup_se
 METRICS = ["accuracy", "params", "size", "latency"]
 
 
-@pytest.mark.parametrize("engine", ["auto", "onnxruntime", "fx"])
+@pytest.mark.parametrize("engine", ["auto", "onnxruntime", "pt2e", "fx"])
 def test_int8_through_compress_is_accurate_small_and_reloads(
         engine: str, cnn: SmallCNN, data: sconce.Data, tmp_path: Path) -> None:
     result = sconce.compress(cnn, data, recipe=[("quant.int8", {"engine": engine})],
@@ -35,10 +35,10 @@ def test_int8_through_compress_is_accurate_small_and_reloads(
     assert notes["int8 engine"].startswith(engine if engine != "auto" else "")
     if engine == "auto":
         assert "auto, measured: onnxruntime:" in notes["int8 engine"]
-        assert "fx:" in notes["int8 engine"]
+        assert "pt2e:" in notes["int8 engine"] and "fx:" in notes["int8 engine"]
     assert notes["calibration"].startswith("mse on ")
     loaded = sconce.load(tmp_path, model=SmallCNN())
-    x = data.example_inputs(16)
+    x = data.example_inputs(8)  # a shape the timing compiled PT2E models for
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result.model(x), rtol=0, atol=0)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
@@ -64,7 +64,7 @@ def test_empty_calibration_data_is_a_clear_error(cnn: SmallCNN,
 
 @pytest.mark.parametrize("field, value, message", [
     ("bits", 4, "bits must be one of 8"),
-    ("engine", "tensorrt", "engine must be one of 'auto', 'onnxruntime', 'fx'"),
+    ("engine", "tensorrt", "engine must be one of 'auto', 'onnxruntime', 'pt2e', 'fx'"),
     ("calibration", "entropy", "calibration must be one of"),
     ("percentile", 50.0, "percentile must be in"),
     ("calibration_samples", 0, "calibration_samples must be > 0"),

@@ -2,10 +2,13 @@
 
 Weights are stored in int8 (per output channel by default); each activation is quantized at
 run time from its own range, so no calibration data is needed, the right default for
-transformer encoders and recurrent networks on CPU. Two engines: ``torch`` (torch.ao's
-dynamic modules on fbgemm/oneDNN) and ``onnxruntime`` (ORT's integer MatMul kernels on the
-exported graph); ``auto`` builds both, checks them against the float model and keeps the
-faster. With ``max_accuracy_drop`` set, the layers whose quantization costs most stay in float.
+transformer encoders and recurrent networks on CPU. Three engines: ``onnxruntime`` (ORT's
+integer MatMul kernels on the exported graph, after ORT's transformer fusions), ``pt2e``
+(torchao's ``X86InductorQuantizer``, compiled by inductor: oneDNN int8 matmuls, generated
+code for the float operators around them; Linear only) and ``torch`` (torch.ao's dynamic
+modules on fbgemm/oneDNN, deprecated upstream); ``auto`` builds each available one, checks
+it against the float model and keeps the fastest. With ``max_accuracy_drop`` set, the layers
+whose quantization costs most stay in float.
 
 Example:
     >>> import torch
@@ -36,11 +39,12 @@ from torch import nn
 
 from sconce.config import QuantizeConfig, check_choice, check_positive
 from sconce.context import Context
-from sconce.errors import ModelError
+from sconce.errors import ConfigError, ModelError
 from sconce.evaluation import EvalResult
 from sconce.sensitivity import Sensitivity, scan_sensitivity
 from sconce.technique import Technique
-from sconce_quant.engines.base import Built, EngineError
+from sconce_quant.engines.base import Built, EngineError, StaticSettings
+from sconce_quant.engines.cuda import DTYPES, TorchaoCudaEngine
 from sconce_quant.engines.ort import (
     attention_shape,
     module_of,
@@ -48,6 +52,7 @@ from sconce_quant.engines.ort import (
     transformer_fusions,
 )
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes
+from sconce_quant.engines.pt2e import Pt2eEngine
 from sconce_quant.engines.select import Candidate, choose_engine
 from sconce_quant.mixed import fit_budget
 from sconce_quant.qparams import cpu_has_vnni
@@ -57,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 DYNAMIC_TYPES: dict[str, type[nn.Module]] = {"Linear": nn.Linear, "LSTM": nn.LSTM,
                                              "GRU": nn.GRU}
+ENGINE_CHOICES: tuple[str, ...] = ("auto", "onnxruntime", "pt2e", "torch", "torchao")
 
 
 @dataclass
@@ -65,11 +71,14 @@ class DynamicConfig(QuantizeConfig):
 
     Attributes:
         bits: 8.
-        engine: ``auto`` (measure both, keep the faster), ``torch`` or ``onnxruntime``.
+        engine: ``auto`` (measure every available engine, keep the fastest; on a CUDA model:
+            ``torchao``), ``onnxruntime``, ``pt2e`` (torchao + inductor), ``torch``
+            (torch.ao) or ``torchao`` (CUDA).
         per_channel: one weight scale per output channel (else one per tensor).
         layer_types: which layer types to quantize (``Linear``, ``LSTM``, ``GRU``).
         skip: layers (module names) to keep in float regardless.
         validation_samples: validation samples per evaluation when fitting an accuracy budget.
+        dtype: ``int8``, or ``fp8`` (float8 weights and activations: torchao on CUDA).
 
     Example:
         >>> DynamicConfig(engine="torch").layer_types
@@ -81,11 +90,16 @@ class DynamicConfig(QuantizeConfig):
     layer_types: tuple[str, ...] = ("Linear", "LSTM", "GRU")
     skip: tuple[str, ...] = ()
     validation_samples: int = 2000
+    dtype: str = "int8"
 
     def validate(self) -> None:
         super().validate()
         check_choice("bits", self.bits, (8,))
-        check_choice("engine", self.engine, ("auto", "torch", "onnxruntime"))
+        check_choice("engine", self.engine, ENGINE_CHOICES)
+        check_choice("dtype", self.dtype, DTYPES)
+        if self.dtype == "fp8" and self.engine not in ("auto", "torchao"):
+            raise ConfigError(f"dtype='fp8' runs on torchao's CUDA kernels only; use "
+                              f"engine='auto' or 'torchao', not {self.engine!r}")
         for name in self.layer_types:
             check_choice("layer_types", name, tuple(DYNAMIC_TYPES))
         check_positive("validation_samples", self.validation_samples)
@@ -241,6 +255,45 @@ class _OrtDynamicPrepared:
         return Built(module, record, float_layers=sorted(skip))
 
 
+class Pt2eDynamicEngine:
+    """torchao PT2E dynamic int8 of the Linear layers, compiled by inductor (oneDNN); the
+    float operators around them (normalizations, softmax, GELU) become generated C++.
+
+    Example:
+        >>> Pt2eDynamicEngine(DynamicConfig()).name
+        'pt2e'
+    """
+
+    name = "pt2e"
+
+    def __init__(self, config: DynamicConfig) -> None:
+        self.config = config
+        self.engine = Pt2eEngine(dynamic=True)
+        self.description = self.engine.description
+
+    def settings(self) -> StaticSettings:
+        """Per-channel or per-tensor weights as configured; 7-bit activations without VNNI."""
+        return StaticSettings(per_channel=self.config.per_channel,
+                              reduce_range=not cpu_has_vnni())
+
+    def unavailable(self) -> str | None:
+        if "Linear" not in self.config.layer_types:
+            return "the PT2E dynamic engine quantizes Linear layers only"
+        return self.engine.unavailable()
+
+    def prepare(self, model: nn.Module, batches: Sequence[Any], settings: Any) -> Any:
+        return self.engine.prepare(model, batches, self.settings())
+
+    def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
+        return self.engine.restore(model, record, self.settings())
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
 class DynamicInt8(Technique):
     """Dynamic int8: int8 weights, activations quantized at run time (Linear, LSTM, GRU).
 
@@ -254,14 +307,18 @@ class DynamicInt8(Technique):
     Config = DynamicConfig
 
     def apply(self, model: nn.Module, config: DynamicConfig, ctx: Context) -> nn.Module:
-        model = model.cpu().eval()
-        engines = self._engines(config)
-        batch = ctx.adapter.to_device(ctx.example_inputs(8), "cpu")
+        device = _device_of(model)
+        cuda = device.type == "cuda" and config.engine in ("auto", "torchao")
+        if not cuda:
+            device = torch.device("cpu")
+        model = model.to(device).eval()
+        engines = self._engines(config, cuda=cuda)
+        batch = ctx.adapter.to_device(ctx.example_inputs(8), device)
         timing: dict[int, Any] = {}
         if len(engines) > 1:
-            timing = {1: ctx.adapter.to_device(ctx.example_inputs(1), "cpu"),
+            timing = {1: ctx.adapter.to_device(ctx.example_inputs(1), device),
                       ctx.timing.batch_size: ctx.adapter.to_device(
-                          ctx.example_inputs(ctx.timing.batch_size), "cpu")}
+                          ctx.example_inputs(ctx.timing.batch_size), device)}
         with torch.no_grad():
             chosen, tried = choose_engine(engines, model, [batch], None,  # type: ignore[arg-type]
                                           skip=config.skip, timing_inputs=timing,
@@ -288,17 +345,22 @@ class DynamicInt8(Technique):
     def restore(self, model: nn.Module, config: DynamicConfig, record: dict[str, Any]
                 ) -> nn.Module:
         """Rebuild the dynamic int8 structure on a fresh float model."""
-        engine = next((e for e in self._engines(config.replace(engine="auto"))
+        cuda = record["engine"] == "torchao"
+        engine = next((e for e in self._engines(config.replace(engine="auto"), cuda=cuda)
                        if e.name == record["engine"]), None)
         reason = engine.unavailable() if engine is not None else "unknown engine"
         if engine is None or reason:
             raise ModelError(f"this model was quantized with the {record['engine']!r} dynamic "
                              f"int8 engine, which cannot run here: {reason}")
-        return engine.restore(model.cpu().eval(), record)
+        return engine.restore(model.eval() if cuda else model.cpu().eval(), record)
 
     @staticmethod
-    def _engines(config: DynamicConfig) -> list[Any]:
-        engines: list[Any] = [OrtDynamicEngine(config), TorchDynamicEngine(config)]
+    def _engines(config: DynamicConfig, *, cuda: bool = False) -> list[Any]:
+        if cuda or config.engine == "torchao":
+            engines: list[Any] = [TorchaoCudaEngine(config.dtype)]
+        else:
+            engines = [OrtDynamicEngine(config), Pt2eDynamicEngine(config),
+                       TorchDynamicEngine(config)]
         if config.engine != "auto":
             engines = [e for e in engines if e.name == config.engine]
             reason = engines[0].unavailable()
@@ -325,7 +387,8 @@ class DynamicInt8(Technique):
         if len(tried) > 1:
             engine += "; auto, measured: " + "; ".join(c.summary() for c in tried)
         ctx.note("int8 engine", engine)
-        ctx.note("weights", "per-channel" if config.per_channel else "per-tensor")
+        ctx.note("weights", f"{config.dtype}, "
+                 + ("per-channel" if config.per_channel else "per-tensor"))
         if built.record.get("transformer_fusions"):
             ctx.note("graph", "ONNX Runtime transformer fusions (attention, layer norm, gelu) "
                      "before quantization")

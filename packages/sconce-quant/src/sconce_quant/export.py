@@ -1,14 +1,18 @@
 """Export a quantized model to an ONNX file that ONNX Runtime runs without sconce.
 
-ONNX Runtime int8 models are already ONNX: their bytes are written as they are. torch.ao static
-int8 models and weight-only models are exported by torch's exporter (int8 operators become
-QuantizeLinear / QLinearConv / ... nodes; weight-only layers dequantize their codes with
-standard operators), float models too; ONNX's uint8 QuantizeLinear saturates at 255 where
-torch.ao's 7-bit (reduce_range) activations saturate at 127, so values beyond a calibrated
-range pass a little further. torch.ao dynamic int8 layers have no ONNX export in
-torch: their int8 weights are dequantized and quantized again by ONNX Runtime's dynamic
-quantizer (same per-channel or per-tensor layout; a code can differ by one where the two
-libraries' symmetric scales differ).
+ONNX Runtime int8 models are already ONNX: their bytes are written as they are. PT2E int8
+models export their converted quantize/dequantize graph (before inductor) through torch's
+``torch.export``-based exporter, as a QDQ graph that ONNX Runtime fuses into its own int8
+kernels (``quant.dynamic``'s PT2E models have no ONNX export: torch's exporter cannot
+convert their run-time activation quantization). torch.ao static int8 models and weight-only
+models are exported by torch's exporter (int8 operators become QuantizeLinear / QLinearConv
+/ ... nodes; weight-only layers dequantize their codes with standard operators), float
+models too; ONNX's uint8 QuantizeLinear saturates at 255 where torch.ao's and PT2E's 7-bit
+(reduce_range) activations saturate at 127, so values beyond a calibrated range pass a
+little further. torch.ao dynamic int8 layers have no ONNX export in torch: their int8
+weights are dequantized and quantized again by ONNX Runtime's dynamic quantizer (same per-
+channel or per-tensor layout; a code can differ by one where the two libraries' symmetric
+scales differ).
 
 Example:
     >>> import tempfile, torch
@@ -29,7 +33,9 @@ import torch
 from torch import nn
 
 from sconce.storage import atomic_write_bytes
+from sconce_quant.engines.base import EngineError
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes
+from sconce_quant.engines.pt2e import Pt2eModule
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +59,12 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any) -> Path
     path = Path(path)
     if isinstance(model, OrtModule):
         data = model.onnx_bytes()
+    elif isinstance(model, Pt2eModule):  # its quantize/dequantize graph becomes QDQ ONNX
+        if _quantizes_at_run_time(model.graph_module):
+            raise EngineError("a quant.dynamic PT2E model has no ONNX export (torch's exporter "
+                              "cannot convert its run-time activation quantization); use "
+                              "quant.dynamic with engine='onnxruntime' for an ONNX model")
+        data = export_onnx_bytes(model.graph_module, example_inputs)
     elif _has_torch_dynamic(model):
         data = _requantized_dynamic(model, example_inputs)
     else:
@@ -62,9 +74,16 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any) -> Path
     return path
 
 
+def _quantizes_at_run_time(graph: torch.fx.GraphModule) -> bool:
+    return any("choose_qparams" in str(node.target) for node in graph.graph.nodes)
+
+
 def _has_torch_dynamic(model: nn.Module) -> bool:
-    from torch.ao.nn.quantized.dynamic.modules.linear import Linear as DynamicLinear
-    from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase
+    try:
+        from torch.ao.nn.quantized.dynamic.modules.linear import Linear as DynamicLinear
+        from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase
+    except ImportError:  # a torch without torch.ao has no such layers
+        return False
 
     return any(isinstance(m, (DynamicLinear, RNNBase)) for m in model.modules())
 

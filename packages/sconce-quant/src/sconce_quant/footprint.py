@@ -2,8 +2,9 @@
 
 The core counts dense parameters and buffers; quantized modules keep their weights where it
 cannot see them: torch.ao's quantized layers in packed-parameter objects, an ONNX Runtime
-int8 model inside one serialized buffer, weight-only layers as packed codes plus scales.
-:func:`quantized_footprint` answers for those (the ``sconce_module_footprint`` hook).
+int8 model inside one serialized buffer, weight-only layers as packed codes plus scales, a
+PT2E graph as int8 buffers. :func:`quantized_footprint` answers for those (the
+``sconce_module_footprint`` hook).
 
 Example:
     >>> import torch
@@ -25,6 +26,7 @@ from torch import nn
 
 from sconce.footprint import Footprint, default_module_footprint, tensor_nbytes, tensor_nonzero
 from sconce_quant.engines.ortmodule import OrtModule
+from sconce_quant.engines.pt2e import Pt2eModule
 from sconce_quant.modules import WeightOnlyLinear
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ def quantized_footprint(module: nn.Module) -> Footprint | None:
         return _weight_only(module)
     if isinstance(module, OrtModule):
         return onnx_footprint(module.onnx_bytes())
+    if isinstance(module, Pt2eModule):
+        return _pt2e_weights(module)
     if any(cls.__module__.startswith(_TORCH_QUANTIZED) for cls in type(module).__mro__):
         return _torch_quantized(module)
     return None
@@ -65,6 +69,14 @@ def _weight_only(layer: WeightOnlyLinear) -> Footprint:
         nonzero += tensor_nonzero(layer.bias)
         nbytes += tensor_nbytes(layer.bias)
     return Footprint(params, nonzero, nbytes)
+
+
+def _pt2e_weights(module: Pt2eModule) -> Footprint:
+    """A PT2E graph keeps its int8 weights as buffers, which the core counts as bytes only
+    (as it does the scales and zero points beside them, and the float parameters as
+    parameters): they are added here as weight values, without bytes."""
+    weights = [t for _, t in module.graph_module.named_buffers() if t.dtype == torch.int8]
+    return Footprint(sum(t.numel() for t in weights), sum(tensor_nonzero(t) for t in weights), 0)
 
 
 def _torch_quantized(module: nn.Module) -> Footprint | None:

@@ -1,8 +1,11 @@
 """``WeightOnlyLinear``: a Linear layer whose weight is stored as int8 or packed int4 codes.
 
 The weight is kept as unsigned codes (two per byte for int4), one float16 scale and one uint8
-zero point per group of ``group_size`` inputs of each row; the forward pass dequantizes it on
-the fly (``(codes - zero) * scale``) and runs a float matmul, so memory holds the small form.
+zero point per group of ``group_size`` inputs of each row. Two kernels run it:
+``onnxruntime`` (ONNX Runtime's ``MatMulNBits``, which reads the packed codes directly, see
+:mod:`sconce_quant.lowbit`) and ``dequantize`` (the weight is dequantized on the fly,
+``(codes - zero) * scale``, and a float matmul runs: any device, and what torch's exporters
+and tracers see).
 
 Example:
     >>> import torch
@@ -20,25 +23,33 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sconce_quant.packing import pack_int4, unpack_int4
+from sconce_quant.lowbit import NBitsKernel
+from sconce_quant.packing import NBitsWeight, pack_int4, pack_nbits, unpack_int4
 from sconce_quant.qparams import GroupCodes, dequantize_groups
+
+KERNELS: tuple[str, ...] = ("dequantize", "onnxruntime")
+"""How a :class:`WeightOnlyLinear` runs its matmul."""
 
 logger = logging.getLogger(__name__)
 
 
 class WeightOnlyLinear(nn.Module):
-    """A Linear layer with int8 or int4 group-quantized weights, dequantized on the fly.
+    """A Linear layer with int8 or int4 group-quantized weights, run by a low-bit kernel.
 
     Args:
         in_features, out_features: the layer's shape.
         bits: 4 (packed two per byte) or 8.
         group_size: inputs per scale/zero-point group.
         bias: whether the layer has a (float) bias.
+        kernel: ``dequantize`` or ``onnxruntime`` (see the module docstring).
+        accuracy_level: for ``onnxruntime``: ``MatMulNBits``'s compute type (4: activations
+            quantized to int8 per block inside the kernel; 1: float32).
 
     Example:
         >>> layer = WeightOnlyLinear(8, 2, bits=4, group_size=8)
@@ -46,13 +57,20 @@ class WeightOnlyLinear(nn.Module):
         (torch.Size([2, 4]), torch.Size([3, 2]))
     """
 
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int, *, bits: int, group_size: int,
-                 bias: bool = True) -> None:
+                 bias: bool = True, kernel: str = "dequantize", accuracy_level: int = 4) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.bits = bits
         self.group_size = group_size
+        self.kernel = kernel
+        self.accuracy_level = accuracy_level
+        self._nbits: NBitsKernel | None = None
         groups = math.ceil(in_features / group_size)
         columns = math.ceil(in_features / 2) if bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, columns, dtype=torch.uint8))
@@ -61,11 +79,12 @@ class WeightOnlyLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
-    def from_codes(cls, codes: GroupCodes, bias: torch.Tensor | None) -> WeightOnlyLinear:
+    def from_codes(cls, codes: GroupCodes, bias: torch.Tensor | None, *,
+                   kernel: str = "dequantize", accuracy_level: int = 4) -> WeightOnlyLinear:
         """A layer holding ``codes`` (packed when 4-bit) and a copy of ``bias``."""
         out_features, in_features = codes.codes.shape
         layer = cls(in_features, out_features, bits=codes.bits, group_size=codes.group_size,
-                    bias=bias is not None)
+                    bias=bias is not None, kernel=kernel, accuracy_level=accuracy_level)
         stored = pack_int4(codes.codes) if codes.bits == 4 else codes.codes.to(torch.uint8)
         layer.qweight.copy_(stored)
         layer.scales.copy_(codes.scales.to(torch.float16))
@@ -85,11 +104,96 @@ class WeightOnlyLinear(nn.Module):
         """The float32 weight the codes stand for."""
         return dequantize_groups(self.codes(), self.scales, self.zeros, self.group_size)
 
+    def nbits_weight(self) -> NBitsWeight:
+        """The weight in ONNX Runtime's ``MatMulNBits`` layout."""
+        block = self.group_size if self.group_size > 0 else self.in_features
+        return pack_nbits(self.codes(), self.scales, self.zeros, bits=self.bits,
+                          block_size=block)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "onnxruntime" and x.device.type == "cpu" and not _tracing(x):
+            if self._nbits is None:
+                self._nbits = NBitsKernel(self._nbits_source, accuracy_level=self.accuracy_level)
+            return self._nbits(x)
         weight = self.dequantized_weight().to(x.dtype)
         return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+
+    def _nbits_source(self) -> tuple[NBitsWeight, torch.Tensor | None]:
+        return self.nbits_weight(), self.bias
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._nbits = None  # the kernel packed the old codes
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_nbits"] = None  # a copy packs its own codes
+        return state
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bits={self.bits}, group_size={self.group_size}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}, kernel={self.kernel}")
+
+
+def _tracing(x: torch.Tensor) -> bool:
+    """Whether torch is exporting, tracing or compiling ``x``'s computation (they see the
+    dequantizing code)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+                or is_fake(x) or type(x) is not torch.Tensor)
+
+
+class WeightOnlyEmbedding(nn.Module):
+    """An embedding whose table is the quantized weight of the output layer it is tied to.
+
+    Language models often share one matrix between the token embedding and the output
+    layer. When that layer becomes a :class:`WeightOnlyLinear`, this module looks tokens up
+    in the same codes (the rows of the looked-up tokens are dequantized), so the matrix is
+    stored once, quantized. It holds no tensors of its own; the output layer is not one of
+    its submodules (the model owns it elsewhere).
+
+    Args:
+        head: the quantized output layer (``out_features`` tokens of ``in_features`` each).
+        padding_idx: kept from the float embedding (informational; lookups are plain).
+
+    Example:
+        >>> from sconce_quant.qparams import rtn_group_codes
+        >>> table = torch.randn(10, 16)
+        >>> head = WeightOnlyLinear.from_codes(rtn_group_codes(table, 8, 16, symmetric=False),
+        ...                                    None)
+        >>> embedding = WeightOnlyEmbedding(head)
+        >>> ids = torch.tensor([[3, 7]])
+        >>> torch.equal(embedding(ids)[0, 1], head.dequantized_weight()[7])
+        True
+    """
+
+    head: WeightOnlyLinear
+
+    def __init__(self, head: WeightOnlyLinear, padding_idx: int | None = None) -> None:
+        super().__init__()
+        object.__setattr__(self, "head", head)  # not a submodule: the model owns it
+        self.num_embeddings = head.out_features
+        self.embedding_dim = head.in_features
+        self.padding_idx = padding_idx
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The whole dequantized table (for code that reads ``embedding.weight``)."""
+        return self.head.dequantized_weight()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        head = self.head
+        flat = ids.reshape(-1)
+        rows = head.qweight.index_select(0, flat)
+        codes = unpack_int4(rows, head.in_features) if head.bits == 4 else rows
+        values = dequantize_groups(codes, head.scales.index_select(0, flat),
+                                   head.zeros.index_select(0, flat), head.group_size)
+        return values.reshape(*ids.shape, head.in_features)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, tied to an int{self.head.bits} "
+                f"output layer")

@@ -4,8 +4,10 @@ Round-to-nearest (``rtn``) needs no data; ``gptq`` calibrates each layer on real
 through the core's layer-wise driver (:func:`sconce.layerwise.run_layerwise`), block by block
 for transformer stacks, so later layers are solved on the outputs of the already-quantized
 earlier ones. Layers become :class:`~sconce_quant.modules.WeightOnlyLinear` (int4 packed two
-per byte), dequantized on the fly at run time. Linear layers whose weight is shared with
-another module (a language model's head tied to its embedding) are left alone.
+per byte), run by a low-bit kernel: ONNX Runtime's ``MatMulNBits`` on the packed codes, or
+dequantized on the fly; ``kernel="auto"`` times both on the model and keeps the faster.
+Linear layers whose weight is shared with another module (a language model's head tied to
+its embedding) are left alone.
 
 Example:
     >>> import torch
@@ -25,18 +27,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from sconce.config import QuantizeConfig, check_choice, check_positive, check_range
 from sconce.context import Context
+from sconce.errors import TechniqueError
 from sconce.layerwise import LayerInputs, run_layerwise
+from sconce.metrics.timing import TimingSettings, time_call
 from sconce.technique import Technique
+from sconce_quant.engines.base import EngineError
 from sconce_quant.gptq import GPTQSettings, gptq_quantize
-from sconce_quant.modules import WeightOnlyLinear
+from sconce_quant.lowbit import nbits_unavailable
+from sconce_quant.modules import KERNELS, WeightOnlyEmbedding, WeightOnlyLinear
+from sconce_quant.packing import nbits_block_ok
 from sconce_quant.qparams import GroupCodes, rtn_group_codes
 from sconce_quant.static import calibration_batches
 
 logger = logging.getLogger(__name__)
+
+COMPUTE: dict[str, int] = {"int8": 4, "float32": 1}
+"""``compute`` settings as ``MatMulNBits`` accuracy levels."""
 
 
 @dataclass
@@ -57,6 +68,16 @@ class WeightOnlyConfig(QuantizeConfig):
             feedback cost perplexity (SmolLM2-135M int4 g128: 29.6 -> 34.0).
         calibration_samples: calibration inputs for GPTQ.
         skip: Linear layers (module names) to leave in float.
+        kernel: ``auto`` (time the model with each available kernel at batch 1, keep the
+            faster), ``onnxruntime`` (``MatMulNBits`` on the packed codes) or ``dequantize``
+            (a float matmul on the weight dequantized on the fly).
+        compute: for ``onnxruntime``: ``int8`` (activations quantized per block of 128
+            inputs inside the kernel, int8 dot products: fastest) or ``float32``.
+        tied: what to do with a Linear layer whose weight an embedding shares (a language
+            model's output layer): ``float`` (leave both alone) or ``int8`` (the shared
+            matrix becomes int8 codes by round to nearest, in groups of ``group_size``,
+            stored once: the output layer runs on them and the embedding looks tokens up in
+            them).
 
     Example:
         >>> WeightOnlyConfig(bits=8, method="rtn").gptq().bits
@@ -72,11 +93,17 @@ class WeightOnlyConfig(QuantizeConfig):
     clip_search: bool | None = None
     calibration_samples: int = 128
     skip: tuple[str, ...] = ()
+    kernel: str = "auto"
+    compute: str = "int8"
+    tied: str = "float"
 
     def validate(self) -> None:
         super().validate()
         check_choice("bits", self.bits, (4, 8))
         check_choice("method", self.method, ("gptq", "rtn"))
+        check_choice("kernel", self.kernel, ("auto", *KERNELS))
+        check_choice("compute", self.compute, tuple(COMPUTE))
+        check_choice("tied", self.tied, ("float", "int8"))
         check_positive("group_size", self.group_size, allow_zero=True)
         check_range("damp", self.damp, 0.0, 1.0, low_inclusive=False)
         check_positive("calibration_samples", self.calibration_samples)
@@ -110,7 +137,8 @@ def target_layers(model: nn.Module, skip: tuple[str, ...]) -> tuple[list[str], l
     for module in model.modules():
         for param in module.parameters(recurse=False):
             owners[id(param)] = owners.get(id(param), 0) + 1
-    targets, tied = [], []
+    targets: list[str] = []
+    tied: list[str] = []
     for name, module in model.named_modules():
         if type(module) is not nn.Linear or name in skip:
             continue
@@ -132,13 +160,21 @@ class WeightOnly(Technique):
 
     def apply(self, model: nn.Module, config: WeightOnlyConfig, ctx: Context) -> nn.Module:
         targets, tied = target_layers(model, config.skip)
-        if config.method == "rtn":
-            def rtn(name: str) -> GroupCodes:
-                return rtn_group_codes(model.get_submodule(name).weight.detach(), config.bits,
-                                       config.group_size, symmetric=config.symmetric,
-                                       search=config.searches())
+        accuracy_level = COMPUTE[config.compute]
+        # found before any layer is swapped (they are found by their shared weight)
+        tied_embeddings = _tied_embeddings(model, tied) if config.tied == "int8" else {}
 
-            record = self._swap(model, targets, rtn)
+        def rtn(name: str) -> GroupCodes:
+            return rtn_group_codes(model.get_submodule(name).weight.detach(), config.bits,
+                                   config.group_size, symmetric=config.symmetric,
+                                   search=config.searches())
+
+        def tied_rtn(name: str) -> GroupCodes:  # int8: the codes serve lookups and the output
+            return rtn_group_codes(model.get_submodule(name).weight.detach(), 8,
+                                   config.group_size, symmetric=config.symmetric)
+
+        if config.method == "rtn":
+            record = self._swap(model, targets, rtn, accuracy_level)
         else:
             batches = calibration_batches(ctx, config.calibration_samples, self.name)
             batches = [ctx.adapter.to_device(b, _device(model)) for b in batches]
@@ -151,30 +187,52 @@ class WeightOnly(Technique):
 
             codes = run_layerwise(model, batches, solve, targets=targets,
                                   forward=ctx.adapter.forward)
-            record = self._swap(model, list(codes), codes.pop)
+            record = self._swap(model, list(codes), codes.pop, accuracy_level)
+        if tied_embeddings:
+            heads = sorted(set(tied_embeddings.values()))
+            record["layers"].update(self._swap(model, heads, tied_rtn, accuracy_level)["layers"])
+            _tie(model, tied_embeddings)
+        record["tied"] = tied_embeddings
+        kernel, measured = self._choose_kernel(model, config, ctx)
+        for layer in model.modules():
+            if isinstance(layer, WeightOnlyLinear):
+                layer.kernel = kernel
+        record["kernel"] = kernel
         ctx.set_restore_record(record)
         group = "per row" if config.group_size <= 0 else f"groups of {config.group_size}"
         ctx.note("weight-only", f"{len(record['layers'])} Linear layer(s) to int{config.bits} "
                  f"({config.method.upper()}, {group}, "
                  f"{'symmetric' if config.symmetric else 'asymmetric'}"
-                 f"{', ranges searched' if config.searches() else ''}); "
-                 "dequantized on the fly")
-        if tied:
+                 f"{', ranges searched' if config.searches() else ''})")
+        ctx.note("weight-only kernel", _describe(kernel, config) + measured)
+        if tied and config.tied == "int8":
+            ctx.note("tied embeddings", ", ".join(f"{emb} reads int8 {head}"
+                                                  for emb, head in tied_embeddings.items()))
+        elif tied:
             ctx.note("left in float (weight shared with another module)", ", ".join(tied))
         return model
 
     def restore(self, model: nn.Module, config: WeightOnlyConfig, record: dict[str, Any]
                 ) -> nn.Module:
         """Put empty :class:`WeightOnlyLinear` layers where the saved model has them."""
+        kernel = record.get("kernel", "dequantize")
+        if kernel == "onnxruntime" and nbits_unavailable() is not None:
+            logger.warning("this model ran on ONNX Runtime's MatMulNBits, which is not "
+                           "available here (%s); it dequantizes on the fly instead",
+                           nbits_unavailable())
+            kernel = "dequantize"
         for name, shape in record["layers"].items():
             layer = WeightOnlyLinear(shape["in"], shape["out"], bits=shape["bits"],
-                                     group_size=shape["group_size"], bias=shape["bias"])
+                                     group_size=shape["group_size"], bias=shape["bias"],
+                                     kernel=kernel,
+                                     accuracy_level=shape.get("accuracy_level", 4))
             model.set_submodule(name, layer)
+        _tie(model, record.get("tied", {}))
         return model
 
     @staticmethod
-    def _swap(model: nn.Module, names: Sequence[str], code_for: Callable[[str], GroupCodes]
-              ) -> dict[str, Any]:
+    def _swap(model: nn.Module, names: Sequence[str], code_for: Callable[[str], GroupCodes],
+              accuracy_level: int) -> dict[str, Any]:
         """Replace each Linear by its packed layer, one at a time (``code_for(name)`` gives its
         codes), so the float weight and the unpacked codes of only one layer are alive
         besides the model."""
@@ -182,12 +240,110 @@ class WeightOnly(Technique):
         for name in names:
             code = code_for(name)
             linear = model.get_submodule(name)
-            layer = WeightOnlyLinear.from_codes(code, linear.bias).to(linear.weight.device)
+            layer = WeightOnlyLinear.from_codes(code, linear.bias, accuracy_level=accuracy_level
+                                                ).to(linear.weight.device)
             model.set_submodule(name, layer)
             layers[name] = {"in": layer.in_features, "out": layer.out_features,
                             "bias": layer.bias is not None, "bits": code.bits,
-                            "group_size": code.group_size}
+                            "group_size": code.group_size, "accuracy_level": accuracy_level}
         return {"layers": layers}
+
+    @staticmethod
+    def _choose_kernel(model: nn.Module, config: WeightOnlyConfig, ctx: Context
+                       ) -> tuple[str, str]:
+        """The configured kernel, or for ``auto`` the faster one at batch 1 (CPU models whose
+        layers ``MatMulNBits`` can hold); and what was measured."""
+        layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+        reason = nbits_unavailable()
+        if reason is None and any(p.device.type != "cpu" for p in model.parameters()):
+            reason = "the model is not on the CPU"
+        if reason is None and not all(nbits_block_ok(m.group_size, m.in_features)
+                                      for m in layers):
+            reason = "its groups are not powers of two of at least 16 inputs"
+        if config.kernel == "dequantize" or not layers:
+            return "dequantize", ""
+        if reason is not None:
+            if config.kernel == "onnxruntime":
+                raise EngineError(f"ONNX Runtime's MatMulNBits cannot run this model: {reason}")
+            return "dequantize", f" (MatMulNBits not used: {reason})"
+        if config.kernel == "onnxruntime":
+            return "onnxruntime", ""
+        seconds = per_token_seconds(layers, ctx.timing.threads)
+        chosen = min(seconds, key=lambda k: seconds[k])
+        measured = ("; auto, measured on the model's layers at batch 1 (one token): "
+                    + ", ".join(f"{k} {1e3 * s:.3g} ms" for k, s in seconds.items()))
+        return chosen, measured
+
+
+def per_token_seconds(layers: list[WeightOnlyLinear], threads: int) -> dict[str, float]:
+    """Seconds all ``layers`` take for one input row (batch 1, one token), per kernel: each
+    distinct layer shape timed once per kernel in interleaved rounds, times how often it
+    occurs.
+
+    Example:
+        >>> from sconce_quant.qparams import rtn_group_codes
+        >>> layer = WeightOnlyLinear.from_codes(rtn_group_codes(torch.randn(8, 32), 4, 16,
+        ...                                                     symmetric=False), None)
+        >>> sorted(per_token_seconds([layer, layer], threads=1))
+        ['dequantize', 'onnxruntime']
+    """
+    shapes: dict[tuple[int, ...], list[WeightOnlyLinear]] = {}
+    for layer in layers:
+        key: tuple[int, ...] = (layer.in_features, layer.out_features, layer.bits,
+                                layer.group_size, int(layer.bias is not None))
+        shapes.setdefault(key, []).append(layer)
+    one_round = TimingSettings(threads=threads, rounds=1, round_seconds=0.05,
+                               warmup_seconds=0.02, min_calls=3)
+    best = {(key, kernel): float("inf") for key in shapes for kernel in KERNELS}
+    previous = {id(layer): layer.kernel for layer in layers}
+    try:
+        for _ in range(3):  # interleaved rounds: a burst of load hits every kernel
+            for key, group in shapes.items():
+                layer = group[0]
+                x = torch.randn(1, layer.in_features)
+                for kernel in KERNELS:
+                    layer.kernel = kernel
+                    ms = time_call(lambda layer=layer, x=x: layer(x), torch.device("cpu"),
+                                   one_round)
+                    best[key, kernel] = min(best[key, kernel], ms / 1e3)
+    finally:
+        for layer in layers:
+            layer.kernel = previous[id(layer)]
+    return {kernel: sum(best[key, kernel] * len(group) for key, group in shapes.items())
+            for kernel in KERNELS}
+
+
+def _tied_embeddings(model: nn.Module, heads: list[str]) -> dict[str, str]:
+    """``{embedding name: output layer name}`` for embeddings sharing an output layer's weight.
+
+    Example:
+        >>> emb = nn.Embedding(10, 4); head = nn.Linear(4, 10, bias=False)
+        >>> head.weight = emb.weight
+        >>> _tied_embeddings(nn.ModuleDict({"emb": emb, "head": head}), ["head"])
+        {'emb': 'head'}
+    """
+    modules = dict(model.named_modules())
+    weights = {id(modules[name].weight): name for name in heads}
+    return {name: weights[id(module.weight)] for name, module in modules.items()
+            if isinstance(module, nn.Embedding) and id(module.weight) in weights}
+
+
+def _tie(model: nn.Module, tied: dict[str, str]) -> None:
+    """Replace each embedding in ``tied`` by a lookup into its quantized output layer."""
+    for embedding_name, head_name in tied.items():
+        head = model.get_submodule(head_name)
+        if not isinstance(head, WeightOnlyLinear):
+            raise TechniqueError(f"{head_name} should be a quantized output layer, "
+                                 f"not {type(head).__name__}")
+        padding = getattr(model.get_submodule(embedding_name), "padding_idx", None)
+        model.set_submodule(embedding_name, WeightOnlyEmbedding(head, padding))
+
+
+def _describe(kernel: str, config: WeightOnlyConfig) -> str:
+    if kernel == "onnxruntime":
+        return (f"ONNX Runtime MatMulNBits on the packed int{config.bits} codes "
+                f"({config.compute} compute)")
+    return "dequantized on the fly, float matmul"
 
 
 def _device(model: nn.Module) -> Any:

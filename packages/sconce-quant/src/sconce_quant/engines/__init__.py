@@ -2,7 +2,7 @@
 
 Example:
     >>> sorted(ENGINES)
-    ['fx', 'onnxruntime']
+    ['fx', 'onnxruntime', 'pt2e']
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from sconce_quant.engines.base import (
 from sconce_quant.engines.fx import FxEngine
 from sconce_quant.engines.ort import OrtEngine
 from sconce_quant.engines.ortmodule import OrtModule
+from sconce_quant.engines.pt2e import Pt2eEngine, Pt2eModule
 from sconce_quant.engines.select import Candidate, choose_engine
 
-ENGINES: dict[str, Engine] = {"onnxruntime": OrtEngine(), "fx": FxEngine()}
+ENGINES: dict[str, Engine] = {"onnxruntime": OrtEngine(), "pt2e": Pt2eEngine(),
+                              "fx": FxEngine()}
 """Every static int8 engine, in the order ``auto`` tries them."""
 
 
@@ -44,4 +46,5 @@ def get_engine(name: str) -> Engine:
 
 
 __all__ = ["ENGINES", "Built", "Candidate", "Engine", "EngineError", "FxEngine", "OrtEngine",
-           "OrtModule", "PreparedModel", "StaticSettings", "choose_engine", "get_engine"]
+           "OrtModule", "PreparedModel", "Pt2eEngine", "Pt2eModule", "StaticSettings",
+           "choose_engine", "get_engine"]

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from sconce_quant.calibration import RangeEstimator
 from sconce_quant.engines.base import (
     Built,
     EngineError,
@@ -33,6 +32,7 @@ from sconce_quant.engines.base import (
     input_spec,
     inputs_from_spec,
 )
+from sconce_quant.engines.observer import estimator_observer
 
 logger = logging.getLogger(__name__)
 
@@ -47,51 +47,6 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def _estimator_observer_class() -> type:
-    """The torch.ao observer that wraps :class:`RangeEstimator` (built lazily: torch.ao may
-    be missing)."""
-    from torch.ao.quantization.observer import UniformQuantizationObserverBase
-
-    class SconceObserver(UniformQuantizationObserverBase):
-        """Activation observer: sconce's histogram, and min-max / percentile / MSE ranges."""
-
-        def __init__(self, method: str = "mse", percentile: float = 99.99,
-                     dtype: torch.dtype = torch.quint8,
-                     qscheme: torch.qscheme = torch.per_tensor_affine,
-                     reduce_range: bool = False, quant_min: int | None = None,
-                     quant_max: int | None = None, factory_kwargs: Any = None,
-                     eps: float = torch.finfo(torch.float32).eps, **kwargs: Any) -> None:
-            super().__init__(dtype=dtype, qscheme=qscheme, reduce_range=reduce_range,
-                             quant_min=quant_min, quant_max=quant_max,
-                             factory_kwargs=factory_kwargs, eps=eps, **kwargs)
-            self.method = method
-            self.percentile = percentile
-            self.estimator = RangeEstimator()
-            self.register_buffer("min_val", torch.tensor(float("inf")))
-            self.register_buffer("max_val", torch.tensor(float("-inf")))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.numel():
-                self.estimator.update(x)
-            return x
-
-        def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-            if self.estimator.empty:  # restoring a saved model: the state dict sets the qparams
-                low, high = 0.0, 1.0
-            else:
-                levels = int(self.quant_max) - int(self.quant_min) + 1
-                low, high = self.estimator.range(self.method, levels=levels,
-                                                 percentile=self.percentile)
-            self.min_val = torch.tensor(low)
-            self.max_val = torch.tensor(high)
-            return self._calculate_qparams(self.min_val.reshape(1), self.max_val.reshape(1))
-
-        def extra_repr(self) -> str:
-            return f"method={self.method}"
-
-    return SconceObserver
 
 
 class FxEngine:
@@ -182,9 +137,10 @@ def qconfig_mapping(settings: StaticSettings, skip: Collection[str] = ()) -> Any
         HistogramObserver,
         MinMaxObserver,
         PerChannelMinMaxObserver,
+        UniformQuantizationObserverBase,
     )
 
-    observer = _estimator_observer_class()
+    observer: Any = estimator_observer(UniformQuantizationObserverBase)
     activation = observer.with_args(method=settings.calibration, percentile=settings.percentile,
                                     dtype=torch.quint8, reduce_range=settings.reduce_range)
     if settings.per_channel:

@@ -211,6 +211,9 @@ def _export(model: nn.Module, args: tuple[Any, ...]) -> bytes:
     for name, tensor in zip(input_names, args, strict=True):
         dims = range(tensor.dim()) if not tensor.dtype.is_floating_point else [0]
         axes[name] = {d: f"{name}_dim{d}" for d in dims}
+    # the torch.export-based exporter takes the same dynamic dimensions as dynamic_shapes,
+    # shaped like the wrapper's one variadic argument
+    shapes = (tuple({d: torch.export.Dim.AUTO for d in axes[name]} for name in input_names),)
     for name in output_names:
         axes[name] = {0: "batch"}
     errors = []
@@ -219,12 +222,11 @@ def _export(model: nn.Module, args: tuple[Any, ...]) -> bytes:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                kwargs: dict[str, Any] = {"dynamo": dynamo}
-                if dynamo:
-                    kwargs["dynamic_shapes"] = None
+                kwargs: dict[str, Any] = ({"dynamo": True, "dynamic_shapes": shapes} if dynamo
+                                          else {"dynamo": False, "dynamic_axes": axes})
                 torch.onnx.export(wrapped, args, buffer, input_names=input_names,
-                                  output_names=output_names, dynamic_axes=axes,
-                                  opset_version=OPSET, do_constant_folding=True, **kwargs)
+                                  output_names=output_names, opset_version=OPSET,
+                                  do_constant_folding=True, **kwargs)
             return buffer.getvalue()
         except Exception as exc:  # both exporters raise many kinds of errors
             errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: "

@@ -1,0 +1,155 @@
+"""Low-bit kernels for weight-only layers: the ``MatMulNBits`` packing round-trips exactly,
+the kernel computes what the dequantized weight computes, the technique picks a kernel by
+measurement and restores it, tied embeddings share one quantized matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_weight_only import TinyLM, _lm_ctx
+from torch import nn
+
+import sconce
+from sconce.errors import ConfigError
+from sconce.footprint import model_footprint
+from sconce_quant.lowbit import NBitsKernel, nbits_unavailable
+from sconce_quant.modules import WeightOnlyEmbedding, WeightOnlyLinear
+from sconce_quant.packing import nbits_block_ok, pack_nbits, unpack_nbits
+from sconce_quant.qparams import rtn_group_codes
+from sconce_quant.weight_only import WeightOnly, WeightOnlyConfig
+
+needs_ort = pytest.mark.skipif(nbits_unavailable() is not None,
+                               reason=f"MatMulNBits unavailable: {nbits_unavailable()}")
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("cols, block", [(64, 16), (40, 16), (576, 128), (33, 32)])
+def test_nbits_packing_round_trips_exactly(bits: int, cols: int, block: int) -> None:
+    generator = torch.Generator().manual_seed(cols)
+    groups = -(-cols // block)
+    codes = torch.randint(0, 2**bits, (7, cols), generator=generator, dtype=torch.uint8)
+    scales = torch.rand(7, groups, generator=generator).to(torch.float16)
+    zeros = torch.randint(0, 2**bits, (7, groups), generator=generator, dtype=torch.uint8)
+    nbits = pack_nbits(codes, scales, zeros, bits=bits, block_size=block)
+    assert nbits.packed.shape == (7, groups, block * bits // 8)
+    assert nbits.zero_points.shape == (7, -(-groups * bits // 8))
+    back_codes, back_scales, back_zeros = unpack_nbits(nbits)
+    assert torch.equal(back_codes, codes) and torch.equal(back_zeros, zeros)
+    assert torch.equal(back_scales.to(torch.float16), scales)  # float16 -> float32 is exact
+
+
+def test_nbits_packing_puts_the_even_code_in_the_low_nibble() -> None:
+    codes = torch.tensor([[1, 2] + [0] * 14, [15, 0] + [0] * 14], dtype=torch.uint8)
+    zeros = torch.tensor([[3], [12]], dtype=torch.uint8)
+    nbits = pack_nbits(codes, torch.ones(2, 1), zeros, bits=4, block_size=16)
+    assert nbits.packed[:, 0, 0].tolist() == [0x21, 0x0F]
+    assert nbits.zero_points[:, 0].tolist() == [3, 12]
+
+
+def test_nbits_packing_rejects_what_the_kernel_cannot_hold() -> None:
+    codes = torch.zeros(2, 32, dtype=torch.uint8)
+    with pytest.raises(ConfigError, match="powers of two"):
+        pack_nbits(codes, torch.ones(2, 1), torch.zeros(2, 1), bits=4, block_size=24)
+    with pytest.raises(ConfigError, match="4- or 8-bit"):
+        pack_nbits(codes, torch.ones(2, 1), torch.zeros(2, 1), bits=3, block_size=32)
+    with pytest.raises(ConfigError, match="0..15"):
+        pack_nbits(codes + 16, torch.ones(2, 1), torch.zeros(2, 1), bits=4, block_size=32)
+    assert nbits_block_ok(128, 576) and not nbits_block_ok(0, 576) and nbits_block_ok(0, 512)
+
+
+@needs_ort
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("cols, group", [(64, 32), (576, 128), (72, 16)])
+def test_the_kernel_computes_the_dequantized_matmul(bits: int, cols: int, group: int) -> None:
+    torch.manual_seed(cols + bits)
+    linear = nn.Linear(cols, 48)
+    codes = rtn_group_codes(linear.weight.detach(), bits, group, symmetric=False)
+    reference = nn.functional.linear
+    x = torch.randn(5, 3, cols)
+    expected = reference(x, codes.dequantize(), linear.bias.detach())
+    exact = NBitsKernel.from_codes(codes, linear.bias.detach(), accuracy_level=1)(x)
+    torch.testing.assert_close(exact, expected, rtol=1e-4, atol=1e-4)  # float32 compute
+    fast = NBitsKernel.from_codes(codes, linear.bias.detach(), accuracy_level=4)(x)
+    # int8 compute: activations quantized per block of the input, so only close
+    assert float((fast - expected).norm() / expected.norm()) < 0.02
+
+
+@needs_ort
+def test_weight_only_layers_run_either_kernel_and_share_one_state_dict() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    codes = rtn_group_codes(linear.weight.detach(), 4, 32, symmetric=False)
+    layers = {kernel: WeightOnlyLinear.from_codes(codes, linear.bias.detach(), kernel=kernel,
+                                                  accuracy_level=1)
+              for kernel in ("dequantize", "onnxruntime")}
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(layers["onnxruntime"](x), layers["dequantize"](x),
+                                   rtol=1e-4, atol=1e-4)
+    state = layers["onnxruntime"].state_dict()
+    assert set(state) == {"qweight", "scales", "zeros", "bias"}
+    # new codes loaded into a layer that already ran: its kernel repacks them
+    other = rtn_group_codes(torch.randn(32, 64), 4, 32, symmetric=False)
+    fresh = WeightOnlyLinear.from_codes(other, torch.zeros(32), accuracy_level=1)
+    layers["onnxruntime"].load_state_dict(fresh.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(layers["onnxruntime"](x), fresh(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_ort
+def test_auto_times_both_kernels_and_the_choice_survives_save_and_load(tmp_path: Path) -> None:
+    model, ctx = _lm_ctx()
+    assert ctx.data is not None
+    result = sconce.compress(model, ctx.data,
+                             recipe=[("quant.weight_only", {"method": "rtn", "group_size": 32})],
+                             finetune_epochs=0, out=tmp_path, metrics=["size"], progress=False)
+    note = result.report.stages[-1].notes["weight-only kernel"]
+    assert "auto, measured on the model's layers at batch 1 (one token): dequantize" in note
+    assert "onnxruntime" in note
+    chosen = {m.kernel for m in result.model.modules() if isinstance(m, WeightOnlyLinear)}
+    assert len(chosen) == 1
+    loaded = sconce.load(tmp_path, model=TinyLM())
+    assert {m.kernel for m in loaded.modules() if isinstance(m, WeightOnlyLinear)} == chosen
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), result.model(ids), rtol=0, atol=0)
+
+
+def test_groups_the_kernel_cannot_hold_fall_back_to_dequantizing() -> None:
+    model, ctx = _lm_ctx()
+    quantized = WeightOnly().apply(model, WeightOnlyConfig(method="rtn", group_size=24), ctx)
+    assert ctx.stage.notes["weight-only kernel"].startswith("dequantized on the fly")
+    assert "not powers of two" in ctx.stage.notes["weight-only kernel"]
+    assert all(m.kernel == "dequantize" for m in quantized.modules()
+               if isinstance(m, WeightOnlyLinear))
+
+
+def test_tied_embeddings_share_one_int8_matrix(tmp_path: Path) -> None:
+    model, ctx = _lm_ctx()
+    reference = TinyLM().eval()
+    reference.load_state_dict(model.state_dict())
+    float_bytes = model_footprint(reference).nbytes
+    config = WeightOnlyConfig(method="rtn", group_size=32, tied="int8", kernel="dequantize")
+    quantized = WeightOnly().apply(model, config, ctx)
+    assert isinstance(quantized.head, WeightOnlyLinear) and quantized.head.bits == 8
+    assert isinstance(quantized.embed, WeightOnlyEmbedding)
+    assert quantized.embed.head is quantized.head
+    assert ctx.stage.notes["tied embeddings"] == "embed reads int8 head"
+    ids = torch.randint(0, 64, (4, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(quantized.embed(ids), quantized.head.dequantized_weight()[ids])
+        error = (quantized(ids) - reference(ids)).norm() / reference(ids).norm()
+    assert float(error) < 0.15
+    # the matrix is stored (and counted) once: 64 x 32 int8 codes + 64 x 1 scale/zero pairs
+    state = quantized.state_dict()
+    assert not any(key.startswith("embed.") for key in state)
+    head_bytes = 64 * 32 + 64 * (2 + 1)
+    embedding_float = 64 * 32 * 4
+    assert model_footprint(quantized).nbytes < float_bytes - embedding_float + head_bytes
+    restored = WeightOnly().restore(TinyLM().eval(), config, ctx.stage.restore_record or {})
+    restored.load_state_dict(state)
+    assert restored.embed.head is restored.head
+    with torch.no_grad():
+        torch.testing.assert_close(restored(ids), quantized(ids), rtol=0, atol=0)
