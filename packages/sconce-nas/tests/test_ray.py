@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import QUICK_TIMING, tiny_data
 from sconce_nas import LatencyTable, Limits, run_search
 from sconce_nas.costs import CostModel
 from sconce_nas.evaluation import CandidateEvaluator, EvalBatches, LocalExecutor
+
+from conftest import QUICK_TIMING, tiny_data
 
 ray = pytest.importorskip("ray")
 

@@ -4,13 +4,12 @@ limits fail early with the smallest achievable value."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-import sconce
-from conftest import QUICK_TIMING, tiny_data
 from sconce_nas import InfeasibleConstraint, LatencyTable, Limits, run_search
 from sconce_nas.costs import CostModel
 from sconce_nas.evaluation import CandidateEvaluator, EvalBatches, LocalExecutor
+
+from conftest import QUICK_TIMING, tiny_data
 
 
 def _search(supernet, limits, seed=0, trials=12, objective="macs"):

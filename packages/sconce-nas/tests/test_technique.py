@@ -7,9 +7,10 @@ import json
 import torch
 
 import sconce
-from conftest import QUICK_TIMING
 from sconce_nas import NASConfig
 from sconce_nas.technique import NASSearch
+
+from conftest import QUICK_TIMING
 
 TINY = {"space_options": {"stages": [[8, 2], [16, 2]], "head_channels": 32},
         "supernet_epochs": 2, "supernet_lr": 1e-2, "trials": 8, "population": 4,

@@ -79,3 +79,41 @@ def test_train_supernet_learns_and_is_reused_from_its_folder(space, data, tmp_pa
         assert torch.equal(tensor, again.state_dict()[name]), name
     loaded = load_supernet(tmp_path)
     assert loaded.space.spec() == space.spec()
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from conftest import tiny_data, tiny_space
+from sconce_nas import train_supernet
+
+supernet = train_supernet(tiny_space(), tiny_data(), 1, lr=1e-2, seed=0, device="cpu",
+                          progress=False, random_subnets=2)
+torch.save({{"state": supernet.state_dict(), "world": dist.get_world_size()}},
+           {out!r} + f"/rank{{dist.get_rank()}}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_supernet_trains_under_torchrun_with_ddp_and_ranks_agree(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "ddp_supernet.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(Path(__file__).parent),
+                                                        out=str(tmp_path))))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={port}", str(script)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0["world"] == 2
+    for key, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][key]), key

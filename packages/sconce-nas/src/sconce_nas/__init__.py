@@ -10,7 +10,7 @@ fine-tuned, rebuilt by :func:`sconce.load` from its recorded choice.
 Example:
     >>> import sconce_nas
     >>> space = sconce_nas.ElasticCNN(in_channels=1, image_size=28, num_classes=10)
-    >>> space.largest()["stage1.depth"]
+    >>> space.largest()["stage2.depth"]
     3
     >>> result = sconce_nas.search("fashion-mnist", {"target_latency": "2x"},
     ...                            reference=vgg, workers=2)  # doctest: +SKIP

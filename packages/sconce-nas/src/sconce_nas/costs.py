@@ -151,7 +151,8 @@ def resolve_limits(targets: Mapping[str, Any], reference: nn.Module | None,
     if ratios and reference is None:
         raise SconceError(f"ratio targets ({', '.join(sorted(ratios))}) need a reference "
                           "model to divide; give absolute values or a reference model")
-    measured = measure_reference(reference, example, ratios, timing) if ratios else {}
+    measured = (measure_reference(reference, example, ratios, timing)
+                if ratios and reference is not None else {})
     values = {name: target.limit(measured.get(name, 0.0)) for name, target in parsed.items()
               if target is not None}
     return Limits(**values)

@@ -96,9 +96,9 @@ class RayExecutor:
             self._started = True
         state = ray.put({k: v.detach().cpu() for k, v in evaluator.supernet.state_dict().items()})
         batches = ray.put(evaluator.batches)
-        actor = ray.remote(num_cpus=evaluator.threads)(_Worker)
-        self._actors = [actor.remote(evaluator.supernet.space, state, batches,  # type: ignore[attr-defined]
-                                     evaluator.threads) for _ in range(workers)]
+        actor: Any = ray.remote(num_cpus=evaluator.threads)(_Worker)
+        self._actors: list[Any] = [actor.remote(evaluator.supernet.space, state, batches,
+                                                evaluator.threads) for _ in range(workers)]
         ray.get([a.ready.remote() for a in self._actors])
         self._pool = ActorPool(self._actors)
         logger.info("scoring candidates on %d Ray worker(s) of %d thread(s)", workers,

@@ -58,6 +58,8 @@ class SandwichRule(nn.Module):
         seed: seeds the draws (with the step count and the rank).
     """
 
+    steps: torch.Tensor
+
     def __init__(self, supernet: Supernet, random_subnets: int = 2, seed: int = 0) -> None:
         super().__init__()
         self.supernet = supernet
