@@ -10,6 +10,7 @@ from torch import nn
 
 import sconce
 from sconce_nas import ElasticCNN, SearchSpace, declare_family, known_families
+from sconce_nas.elastic import DEFAULT_STAGES
 from sconce_nas.space import space_from_record
 
 
@@ -30,7 +31,7 @@ def test_members_grow_with_their_options():
     small = sum(p.numel() for p in space.build(space.smallest()).parameters())
     large = sum(p.numel() for p in space.build(space.largest()).parameters())
     assert small < large
-    assert len(space.build(space.largest()).stages[0]) == 3
+    assert len(space.build(space.largest()).stages[0]) == DEFAULT_STAGES[0][1]
     assert len(space.build(space.smallest()).stages[0]) == 1
 
 

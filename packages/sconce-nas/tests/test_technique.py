@@ -8,6 +8,7 @@ import torch
 
 import sconce
 from sconce_nas import NASConfig
+from sconce_nas.elastic import DEFAULT_STAGES
 from sconce_nas.technique import NASSearch
 
 from conftest import QUICK_TIMING
@@ -61,5 +62,6 @@ def test_sconce_nas_command_saves_a_model_sconce_load_rebuilds(tmp_path):
     assert params <= 60_000
     record = json.loads((out / "model.json").read_text())["stages"][0]["record"]
     assert record["family"] == "elastic-cnn" and set(record["choice"]) == {
-        f"stage{i}.{d}" for i in range(1, 5) for d in ("width", "depth", "kernel", "expansion")}
+        f"stage{i}.{d}" for i in range(1, len(DEFAULT_STAGES) + 1)
+        for d in ("width", "depth", "kernel", "expansion")}
     assert (out / "artifacts" / "nas-pareto.png").is_file()

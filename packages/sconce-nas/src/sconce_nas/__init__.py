@@ -35,7 +35,7 @@ from sconce_nas.space import (
 )
 from sconce_nas.supernet import Supernet
 from sconce_nas.technique import NASSearch
-from sconce_nas.training import load_supernet, save_supernet, train_supernet
+from sconce_nas.training import load_supernet, save_supernet, supernet_info, train_supernet
 
 __version__ = "0.1.0"
 
@@ -44,5 +44,5 @@ __all__ = [
     "LatencyTable", "Limits", "NASConfig", "NASResult", "NASSearch", "SearchOutcome",
     "SearchSpace", "Supernet", "__version__", "declare_family", "deploy", "known_families",
     "load_supernet", "recalibrate_batchnorms", "register_family", "run_search", "save_supernet",
-    "search", "train_supernet",
+    "search", "supernet_info", "train_supernet",
 ]

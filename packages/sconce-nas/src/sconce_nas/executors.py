@@ -129,4 +129,4 @@ def make_executor(evaluator: CandidateEvaluator, workers: int = 1,
     """
     if workers <= 1 and address is None:
         return LocalExecutor(evaluator)
-    return RayExecutor(evaluator, max(1, workers), address)  # type: ignore[arg-type]
+    return RayExecutor(evaluator, max(1, workers), address)

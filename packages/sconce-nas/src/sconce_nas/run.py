@@ -40,7 +40,7 @@ from sconce_nas.nsga import Candidate, SearchOutcome, run_search
 from sconce_nas.plot import plot_pareto
 from sconce_nas.space import SearchSpace, space_from_record
 from sconce_nas.supernet import Supernet
-from sconce_nas.training import fingerprint, train_supernet
+from sconce_nas.training import SUPERNET_WEIGHTS, fingerprint, supernet_info, train_supernet
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ class NASResult:
         latency_check: the lookup table against measured latency on random subnets.
         measured_latency_ms: the chosen subnet's measured batch-1 latency (deployed).
         finalists: full-validation accuracy of each finalist, by trial number.
-        supernet_seconds, search_seconds: wall time of training and of the search.
+        supernet_seconds, search_seconds: wall time of the supernet's training (recorded when
+            it was trained, also when a later search reuses it) and of the search.
+        supernet_reused: the supernet was trained by an earlier call and loaded.
         workers: candidate scorers used.
         artifacts: files written (the Pareto PNG, the search JSON).
         config: the search's settings (as in the saved model's record).
@@ -80,6 +82,7 @@ class NASResult:
     measured_latency_ms: float | None = None
     finalists: dict[int, float] = field(default_factory=dict)
     supernet_seconds: float = 0.0
+    supernet_reused: bool = False
     search_seconds: float = 0.0
     workers: int = 1
     artifacts: list[Path] = field(default_factory=list)
@@ -117,7 +120,8 @@ class NASResult:
             "search space": f"{self.record['family']} ({_space_size(self.record)} members)",
             "chosen subnet": " ".join(f"{k}={v}" for k, v in self.chosen.choice.items()),
             "limits": {k: round(v, 6) for k, v in self.limits.to_dict().items()} or "none",
-            "supernet training": f"{self.supernet_seconds:.1f} s",
+            "supernet training": f"{self.supernet_seconds:.1f} s"
+                                 + (" (earlier, reused)" if self.supernet_reused else ""),
             "search": (f"{len(self.search.candidates)} candidates scored in "
                        f"{self.search_seconds:.1f} s on {self.workers} worker(s), "
                        f"{self.search.rejected} proposals over the limits, "
@@ -225,6 +229,20 @@ def choose(search: SearchOutcome, evaluator: CandidateEvaluator,
     return by_number[best], scores, measured.get(best)
 
 
+def supernet_path(folder: Path, space: SearchSpace, data: Data, config: NASConfig, seed: int
+                  ) -> Path:
+    """Where a search in work folder ``folder`` keeps (and finds) its trained supernet: one
+    sub-folder per space, data and training settings.
+
+    Example:
+        >>> supernet_path(Path("work/nas"), space, data, NASConfig(), 0)  # doctest: +SKIP
+        PosixPath('work/nas/supernet-3f2a9c0d1e4b5a6c')
+    """
+    settings = {"epochs": float(config.supernet_epochs), "lr": config.supernet_lr,
+                "random_subnets": config.random_subnets, "seed": seed}
+    return folder / f"supernet-{fingerprint(space, data, settings)}"
+
+
 def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
             ) -> NASResult:
     """Search, choose, fine-tune and deploy a subnet under the run's and config's limits.
@@ -254,17 +272,18 @@ def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
                                                           "calibration", seed)])
     limits.check_feasible(costs(space.smallest()))
 
-    settings = {"epochs": config.supernet_epochs, "lr": config.supernet_lr,
-                "random_subnets": config.random_subnets, "seed": seed}
+    supernet_folder = supernet_path(folder, space, data, config, seed)
+    reused = (supernet_folder / SUPERNET_WEIGHTS).is_file()
     started = time.perf_counter()
     supernet = train_supernet(
         space, data, config.supernet_epochs, lr=config.supernet_lr,
         random_subnets=config.random_subnets, seed=seed, device=ctx.device,
-        progress=ctx.progress, folder=folder / f"supernet-{fingerprint(space, data, settings)}")
-    supernet_seconds = time.perf_counter() - started
+        progress=ctx.progress, folder=supernet_folder)
+    supernet_seconds = (float(supernet_info(supernet_folder).get("train_seconds", 0.0))
+                        if reused else time.perf_counter() - started)
 
     evaluator = CandidateEvaluator(supernet, EvalBatches.from_data(
-        data, config.calibration_batches, config.val_samples), config.threads_per_worker)
+        data, config.calibration_batches, config.val_samples, seed), config.threads_per_worker)
     workers = resolve_workers(config)
     started = time.perf_counter()
     executor = make_executor(evaluator, workers, config.ray_address)
@@ -291,7 +310,8 @@ def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
     outcome = NASResult(model=deployed.to(ctx.device).eval(), chosen=chosen, search=search,
                          limits=limits, record=record, latency_check=check,
                          measured_latency_ms=measured, finalists=finalists,
-                         supernet_seconds=supernet_seconds, search_seconds=search_seconds,
+                         supernet_seconds=supernet_seconds, supernet_reused=reused,
+                         search_seconds=search_seconds,
                          workers=workers, config=config.to_dict())
     outcome.artifacts.append(plot_pareto(search, chosen, limits,
                                          ctx.artifact_path("nas-pareto.png")))
@@ -300,7 +320,8 @@ def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
         "record": record, "limits": limits.to_dict(), "chosen": chosen.to_dict(),
         "finalists": finalists, "search": search.to_dict(),
         "latency_check": check.to_dict() if check is not None else None,
-        "supernet_seconds": supernet_seconds, "search_seconds": search_seconds,
+        "supernet_seconds": supernet_seconds, "supernet_reused": reused,
+        "search_seconds": search_seconds,
         "workers": workers}, default=str)))
     outcome.artifacts.append(details)
     return outcome

@@ -60,7 +60,7 @@ class NASSearch(Technique):
     kind = "search"
     Config = NASConfig
 
-    def apply(self, model: nn.Module, config: NASConfig,  # type: ignore[override]
+    def apply(self, model: nn.Module, config: NASConfig,
               ctx: Context) -> nn.Module:
         """Search, fine-tune and deploy a subnet; ``model`` is the reference for ratios."""
         outcome = run_nas(ctx, config, reference=model)

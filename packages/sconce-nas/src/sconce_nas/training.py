@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,18 @@ def save_supernet(supernet: Supernet, folder: str | Path, info: Mapping[str, Any
     return folder
 
 
+def supernet_info(folder: str | Path) -> dict[str, Any]:
+    """The description :func:`save_supernet` wrote (family, space, training settings,
+    ``history`` and ``train_seconds``: the wall time of the training call that finished it).
+
+    Example:
+        >>> supernet_info("out/supernet")["train_seconds"]  # doctest: +SKIP
+        512.3
+    """
+    info: dict[str, Any] = json.loads((Path(folder) / SUPERNET_DESCRIPTION).read_text("utf-8"))
+    return info
+
+
 def load_supernet(folder: str | Path) -> Supernet:
     """A supernet saved by :func:`save_supernet` (weights loaded with ``weights_only=True``).
 
@@ -141,8 +154,7 @@ def load_supernet(folder: str | Path) -> Supernet:
         >>> supernet = load_supernet("out/supernet")  # doctest: +SKIP
     """
     folder = Path(folder)
-    description = json.loads((folder / SUPERNET_DESCRIPTION).read_text("utf-8"))
-    supernet = Supernet(space_from_record(description))
+    supernet = Supernet(space_from_record(supernet_info(folder)))
     supernet.load_state_dict(torch.load(folder / SUPERNET_WEIGHTS, map_location="cpu",
                                         weights_only=True))
     return supernet.eval()
@@ -189,6 +201,7 @@ def train_supernet(
     rule = SandwichRule(supernet, random_subnets=random_subnets, seed=seed)
     logger.info("training the supernet of %s for %g epoch(s): largest, smallest and %d random "
                 "member(s) per step", space.family, epochs, random_subnets)
+    started = time.perf_counter()
     result = train(rule, data, epochs, lr=lr, criterion=InplaceDistillation(), seed=seed,
                    device=device, progress=progress, checkpoint_dir=folder, resume=True,
                    adapter=ClassifierAdapter(), max_grad_norm=max_grad_norm)
@@ -196,5 +209,6 @@ def train_supernet(
     if folder is not None and distributed.is_main_process():
         save_supernet(supernet, folder, {"epochs": epochs, "lr": lr, "seed": seed,
                                          "random_subnets": random_subnets,
-                                         "history": result.history})
+                                         "history": result.history,
+                                         "train_seconds": time.perf_counter() - started})
     return supernet
