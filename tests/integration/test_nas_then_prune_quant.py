@@ -27,9 +27,10 @@ def test_searched_subnet_is_pruned_quantized_and_reloaded(tmp_path: Path) -> Non
     result = sconce.compress(
         model, "digits",
         recipe=[("nas.search", SEARCH), ("prune.channel", {"sparsity": 0.25}), "quant.int8"],
-        constraints={"target_macs": "1.5x"}, finetune_epochs=1, out=tmp_path, timing=QUICK,
-        progress=False, metrics=["accuracy", "macs", "params", "size"], model_spec="demo-cnn",
-        model_kwargs={"num_classes": 10, "in_channels": 1, "image_size": 8})
+        constraints={"target_macs": "1.5x"}, finetune_epochs=1, timing=QUICK, progress=False,
+        metrics=["accuracy", "macs", "params", "size"])
+    result.save(tmp_path, model_spec="demo-cnn",
+                model_kwargs={"num_classes": 10, "in_channels": 1, "image_size": 8})
     original, searched, pruned, quantized = result.report.stages
     assert searched.values["macs"] <= original.values["macs"] / 1.5
     assert pruned.values["params"] < searched.values["params"]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sconce.api import get_data
 from sconce.context import Context
 from sconce.data import Data
 from sconce.metrics.timing import TimingSettings
@@ -70,7 +71,7 @@ def search(
     Raises:
         sconce_nas.InfeasibleConstraint: a limit below the smallest subnet of the space.
     """
-    resolved = Data.from_value(data)
+    resolved = get_data(data)
     config = NASConfig.from_dict(options)
     seed_everything(seed)
     ctx = Context(

@@ -71,15 +71,15 @@ def nas(data_name: str, reference_spec: str | None, finetune_epochs: float,
     from rich.console import Console
     from rich.table import Table
 
-    from sconce.data import Data
-    from sconce.metrics.measure import measure
-    from sconce.modelspec import build_model, resolve_factory
+    from sconce.api import build_model, get_data, measure
+    from sconce.modelspec import resolve_factory
+    from sconce.plugins import registry
     from sconce_nas.api import search
 
     settings = {k: v for k, v in options.items() if k in _OPTIONS and v is not None}
     extra = {"batch_size": batch_size} if batch_size else {}
-    data = (Data.from_value(resolve_factory(data_name)(**extra)) if ":" in data_name
-            else Data.from_value(data_name, **extra))
+    data = (get_data(resolve_factory(data_name, registry().datasets)(**extra))
+            if ":" in data_name else get_data(data_name, **extra))
     reference = build_model(reference_spec, **_data_kwargs(data)) if reference_spec else None
     result = search(data, reference=reference, finetune_epochs=finetune_epochs, device=device,
                     seed=seed, work_dir=Path(out) / "work", progress=not no_progress,

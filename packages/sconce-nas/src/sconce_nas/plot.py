@@ -7,12 +7,11 @@ Example:
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from sconce.storage import atomic_write_bytes
+from sconce.plotting import new_figure, save_png
 from sconce_nas.costs import Limits
 from sconce_nas.nsga import Candidate, SearchOutcome
 
@@ -35,14 +34,11 @@ def plot_pareto(outcome: SearchOutcome, chosen: Candidate, limits: Limits, path:
                 title: str = "Architecture search") -> Path:
     """Draw every scored candidate, each panel's Pareto front, the limits and the choice.
 
-    Returns the path of the PNG (written atomically).
+    Returns the path of the PNG (written atomically; matplotlib's global state is left
+    alone).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(_PANELS), figsize=(11, 4.2))
+    figure = new_figure(11, 4.2)
+    axes = figure.subplots(1, len(_PANELS))
     for axis, (cost, label, scale) in zip(axes, _PANELS, strict=True):
         xs = [c.costs.get(cost) / scale for c in outcome.candidates]
         axis.scatter(xs, [c.accuracy for c in outcome.candidates], s=10, color="#9aa7b8",
@@ -63,9 +59,4 @@ def plot_pareto(outcome: SearchOutcome, chosen: Candidate, limits: Limits, path:
     figure.suptitle(f"{title}: {len(outcome.candidates)} candidates, "
                     f"{outcome.rejected} proposals over the limits", fontsize=10)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return save_png(figure, Path(path), dpi=110)

@@ -38,7 +38,7 @@ from sconce import distributed
 from sconce.adapter import ClassifierAdapter
 from sconce.data import Data
 from sconce.storage import atomic_torch_save, atomic_write_json
-from sconce.train import train
+from sconce.train import fit
 from sconce_nas.space import SearchSpace, space_from_record
 from sconce_nas.supernet import Supernet
 
@@ -202,7 +202,7 @@ def train_supernet(
     logger.info("training the supernet of %s for %g epoch(s): largest, smallest and %d random "
                 "member(s) per step", space.family, epochs, random_subnets)
     started = time.perf_counter()
-    result = train(rule, data, epochs, lr=lr, criterion=InplaceDistillation(), seed=seed,
+    result = fit(rule, data, epochs, lr=lr, criterion=InplaceDistillation(), seed=seed,
                    device=device, progress=progress, checkpoint_dir=folder, resume=True,
                    adapter=ClassifierAdapter(), max_grad_norm=max_grad_norm)
     supernet.cpu().eval()
