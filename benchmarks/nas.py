@@ -121,8 +121,9 @@ def scaling_run(result: sconce_nas.NASResult, data: sconce.Data, work: Path,
                                                       data, config, 0))
     space = supernet.space
     example = data.example_inputs(1)
-    table = LatencyTable(TimingSettings(threads=args.threads),
-                         path=work / "nas" / "latency-table.json")
+    table = LatencyTable(TimingSettings(threads=args.threads),  # the search's table, reloaded
+                         path=work / "nas" / "latency-table.json",
+                         channels_last=config.channels_last)
     evaluator = CandidateEvaluator(supernet, EvalBatches.from_data(
         data, config.calibration_batches, config.val_samples, seed=0),
         config.threads_per_worker)
