@@ -130,23 +130,32 @@ def scaling_run(result: sconce_nas.NASResult, data: sconce.Data, work: Path,
     runs: dict[int, list[float]] = {1: [], 2: []}
     startup: dict[int, float] = {}
     trials: dict[int, list[dict[str, Any]]] = {}
-    for _ in range(args.scaling_rounds):
-        for workers in (1, 2):
-            started = time.perf_counter()
-            executor = RayExecutor(evaluator, workers)
-            startup[workers] = time.perf_counter() - started
-            try:
-                costs = CostModel(space, example, table)  # fresh: no cost is cached
+    import ray
+
+    # one local Ray for every round (each executor joins it and starts its own actors)
+    ray.init(num_cpus=2 * config.threads_per_worker, include_dashboard=False,
+             log_to_driver=False)
+    try:
+        for _ in range(args.scaling_rounds):
+            for workers in (1, 2):
                 started = time.perf_counter()
-                outcome = sconce_nas.run_search(
-                    space, costs, result.limits, executor, objective=config.objective_cost,
-                    trials=args.scaling_trials, population=config.population, seed=0)
-                runs[workers].append(time.perf_counter() - started)
-            finally:
-                executor.close()
-            trials.setdefault(workers, [c.to_dict() for c in outcome.candidates])
-            print(f"  search alone, {workers} Ray worker(s): {runs[workers][-1]:.1f} s "
-                  f"(Ray start {startup[workers]:.1f} s)", flush=True)
+                executor = RayExecutor(evaluator, workers)
+                startup[workers] = time.perf_counter() - started
+                try:
+                    costs = CostModel(space, example, table)  # fresh: no cost is cached
+                    started = time.perf_counter()
+                    outcome = sconce_nas.run_search(
+                        space, costs, result.limits, executor,
+                        objective=config.objective_cost, trials=args.scaling_trials,
+                        population=config.population, seed=0)
+                    runs[workers].append(time.perf_counter() - started)
+                finally:
+                    executor.close()
+                trials.setdefault(workers, [c.to_dict() for c in outcome.candidates])
+                print(f"  search alone, {workers} Ray worker(s): {runs[workers][-1]:.1f} s "
+                      f"(actors ready in {startup[workers]:.1f} s)", flush=True)
+    finally:
+        ray.shutdown()
     return {"trials": args.scaling_trials, "seconds": {str(k): v for k, v in runs.items()},
             "best_seconds": {str(k): min(v) for k, v in runs.items()},
             "startup_seconds": {str(k): v for k, v in startup.items()},
