@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from channel_pruning import accuracy, dense_vgg, load_data
+from memory import cpu_flags
 from quant_timing import interleaved_latency
 
 import sconce
@@ -64,16 +64,6 @@ from sconce_nas.training import train_supernet
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"accuracy_gain_points": 0.5, "lut_within_10pct": 0.90,
            "supernet_and_search_minutes": 30.0, "ray_speedup_2_vs_1": 1.6}
-
-
-def cpu_flags() -> str:
-    """The SIMD flags that matter for these timings (avx2, avx512_vnni, avx_vnni)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    flags = sorted({f for f in ("avx2", "avx512_vnni", "avx_vnni") if f" {f}" in text})
-    return ", ".join(flags) or "none of avx2/avx512_vnni/avx_vnni"
 
 
 def measure_models(models: dict[str, nn.Module], data: sconce.Data, args: argparse.Namespace
