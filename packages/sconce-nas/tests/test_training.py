@@ -72,7 +72,7 @@ def test_train_supernet_learns_and_is_reused_from_its_folder(space, data, tmp_pa
     assert (tmp_path / "supernet.pt").is_file()
     evaluator = CandidateEvaluator(supernet, EvalBatches.from_data(data, 4, None))
     for choice in (space.smallest(), space.largest()):
-        assert evaluator(choice) > 60.0  # 4 classes: chance is 25%
+        assert evaluator(choice) > 50.0  # 4 classes: chance is 25%
     again = train_supernet(space, data, 2, lr=1e-2, seed=0, device="cpu", progress=False,
                            folder=tmp_path)
     for name, tensor in supernet.state_dict().items():

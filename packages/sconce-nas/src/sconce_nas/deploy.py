@@ -95,7 +95,7 @@ def deploy(model: nn.Module, *, channels_last: bool = False, inplace: bool = Fal
 
     Example:
         >>> from torch import nn
-        >>> m = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+        >>> m = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2))
         >>> deploy(m)[0].bias is not None, m[0].bias is None
         (True, True)
     """
