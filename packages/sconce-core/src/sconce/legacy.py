@@ -217,7 +217,8 @@ class sconce:
         from rich.console import Console
 
         data = self._data()
-        metrics = resolve_metrics(None, have_data=True)
+        metrics = resolve_metrics(None, have_data=True,
+                                  task=self._adapter(original).task)
         rows = []
         for model in (original, compressed):
             ctx = context(data, adapter=self._adapter(model),

@@ -39,6 +39,8 @@ class Metric:
         digits: decimals shown in tables.
         display_scale: tables show ``value / display_scale`` ...
         display_unit: ... in this unit (``M`` for millions); defaults to ``unit``.
+        tasks: the adapter tasks (``ModelAdapter.task``) the metric is a default for; None:
+            every task.
     """
 
     name: ClassVar[str] = ""
@@ -50,6 +52,7 @@ class Metric:
     digits: ClassVar[int] = 3
     display_scale: ClassVar[float] = 1.0
     display_unit: ClassVar[str | None] = None
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
         """Measure ``model``; raise :class:`MetricUnavailable` when it does not apply."""
