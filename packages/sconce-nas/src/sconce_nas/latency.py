@@ -1,0 +1,231 @@
+"""A latency lookup table measured on this machine, and its check against measured latency.
+
+Each subnet is cut into units (:meth:`SearchSpace.latency_units`: for the elastic CNN the
+stem, every block and the head). A unit is identified by its structure and its input shape;
+the table times each unit once, alone, at batch 1 with the run's thread count (warm-up, the
+minimum over rounds of each round's median, as :func:`sconce.metrics.timing.time_call` does)
+and predicts a subnet's latency as the sum of its units' times plus a constant for what lies
+between them (the calls of the containers), fitted on a few calibration subnets. Predictions
+cost a batch-1 forward pass instead of a timing run; :meth:`LatencyTable.check` compares them
+with measured latency on subnets the calibration never saw.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from sconce_nas.space import declare_family
+    >>> space = declare_family("doc-lut", {"w": (4, 8)}, lambda c: nn.Sequential(
+    ...     nn.Conv2d(1, c["w"], 3), nn.ReLU(), nn.Flatten()))
+    >>> table = LatencyTable(TimingSettings(threads=1, rounds=1, round_seconds=0.01,
+    ...                                     warmup_seconds=0.0))
+    >>> table.predict(space, space.build({"w": 4}), torch.randn(1, 1, 8, 8)) > 0
+    True
+    >>> len(table.entries)
+    3
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sconce.metrics.timing import TimingSettings, time_call
+from sconce.storage import atomic_write_json
+from sconce_nas.deploy import deploy
+from sconce_nas.space import Choice, SearchSpace
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "sconce-nas-latency-table"
+CPU = torch.device("cpu")
+UNIT_SHARE = 0.2
+"""A unit's rounds and warm-up last this share of the table's timing settings."""
+MODEL_SHARE = 0.5
+"""A whole subnet's rounds and warm-up (calibration, check) last this share."""
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@dataclass
+class LatencyCheck:
+    """Predicted against measured latency (ms, batch 1) on subnets the table was not fitted on.
+
+    Example:
+        >>> LatencyCheck([1.0, 2.0], [1.05, 2.5]).within(0.10)
+        0.5
+    """
+
+    predicted: list[float] = field(default_factory=list)
+    measured: list[float] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[float]:
+        """Relative errors ``predicted / measured - 1``."""
+        return [p / m - 1.0 for p, m in zip(self.predicted, self.measured, strict=True)]
+
+    def within(self, tolerance: float = 0.10) -> float:
+        """The fraction of subnets predicted within ``tolerance`` (relative)."""
+        errors = self.errors
+        return sum(abs(e) <= tolerance for e in errors) / len(errors) if errors else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON reports."""
+        errors = [abs(e) for e in self.errors]
+        return {"subnets": len(errors), "within_10pct": self.within(0.10),
+                "median_abs_error": statistics.median(errors) if errors else None,
+                "max_abs_error": max(errors) if errors else None,
+                "predicted_ms": self.predicted, "measured_ms": self.measured}
+
+
+class LatencyTable:
+    """Batch-1 latency of each unit measured here; predictions are sums plus a fitted constant.
+
+    Args:
+        timing: threads and rounds of every timing; a unit's rounds last
+            :data:`UNIT_SHARE` of ``timing.round_seconds``, a whole subnet's
+            :data:`MODEL_SHARE` (default: :class:`sconce.TimingSettings`).
+        path: a JSON file that keeps the table between runs; a table measured on another
+            machine, torch version or thread count is not reused.
+        channels_last: time (and deploy) conv weights channels-last.
+
+    Example:
+        >>> LatencyTable(TimingSettings(threads=1)).overhead_ms
+        0.0
+    """
+
+    def __init__(self, timing: TimingSettings | None = None, *, path: str | Path | None = None,
+                 channels_last: bool = False) -> None:
+        self.timing = timing or TimingSettings()
+        self.threads = self.timing.threads
+        self.channels_last = channels_last
+        self.path = Path(path) if path is not None else None
+        self.entries: dict[str, float] = {}
+        self.overhead_ms = 0.0
+        self.calibrated = False
+        self._header = {"format": FORMAT, "torch": torch.__version__, "cpu": _cpu_name(),
+                        "threads": self.threads, "channels_last": channels_last}
+        if self.path is not None and self.path.is_file():
+            self._load(self.path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            saved = json.loads(path.read_text("utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return
+        if saved.get("header") != self._header:
+            logger.info("latency table %s was measured elsewhere; measuring again", path)
+            return
+        self.entries = {str(k): float(v) for k, v in saved.get("entries", {}).items()}
+        self.overhead_ms = float(saved.get("overhead_ms", 0.0))
+        self.calibrated = bool(saved.get("calibrated", False))
+
+    def save(self) -> None:
+        """Write the table to its path (atomically), if it has one."""
+        if self.path is not None:
+            atomic_write_json(self.path, {"header": self._header, "entries": self.entries,
+                                          "overhead_ms": self.overhead_ms,
+                                          "calibrated": self.calibrated})
+
+    # --- units -----------------------------------------------------------------------------
+    def _settings(self, share: float) -> TimingSettings:
+        return TimingSettings(threads=self.threads, rounds=self.timing.rounds,
+                              round_seconds=self.timing.round_seconds * share,
+                              warmup_seconds=self.timing.warmup_seconds * share,
+                              min_calls=self.timing.min_calls)
+
+    def units(self, space: SearchSpace, model: nn.Module, example: torch.Tensor
+              ) -> list[tuple[str, nn.Module, torch.Tensor]]:
+        """``(key, unit, its batch-1 input)`` for each unit of the deployed ``model``."""
+        units = space.latency_units(model)
+        captured: dict[int, torch.Tensor] = {}
+
+        def capture(index: int) -> Any:
+            def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+                captured.setdefault(index, args[0].detach())
+            return hook
+
+        handles = [unit.register_forward_pre_hook(capture(i)) for i, unit in enumerate(units)]
+        try:
+            with torch.inference_mode():
+                model(example)
+        finally:
+            for handle in handles:
+                handle.remove()
+        out = []
+        for index, unit in enumerate(units):
+            if index not in captured:
+                continue  # a unit the forward pass never reached
+            inputs = captured[index]
+            text = f"{unit!r}|{tuple(inputs.shape)}|{inputs.dtype}|cl={self.channels_last}"
+            out.append((hashlib.sha1(text.encode()).hexdigest()[:20], unit, inputs))
+        return out
+
+    def _measure_unit(self, unit: nn.Module, inputs: torch.Tensor) -> float:
+        unit.eval()
+        return time_call(lambda: unit(inputs), CPU, self._settings(UNIT_SHARE))
+
+    def deployed(self, space: SearchSpace, choice: Choice) -> nn.Module:
+        """A freshly built member in its deployed form (what is timed)."""
+        return deploy(space.build(choice), channels_last=self.channels_last, inplace=True)
+
+    def unit_sum(self, space: SearchSpace, model: nn.Module, example: torch.Tensor) -> float:
+        """The sum of the units' times (ms); units not in the table are timed now."""
+        total = 0.0
+        for key, unit, inputs in self.units(space, model, example):
+            if key not in self.entries:
+                self.entries[key] = self._measure_unit(unit, inputs)
+            total += self.entries[key]
+        return total
+
+    def predict(self, space: SearchSpace, model: nn.Module, example: torch.Tensor) -> float:
+        """Predicted batch-1 latency (ms) of the deployed ``model``."""
+        return self.unit_sum(space, model, example) + self.overhead_ms
+
+    def measure(self, model: nn.Module, example: torch.Tensor) -> float:
+        """Measured batch-1 latency (ms) of ``model`` as it is."""
+        model.eval()
+        return time_call(lambda: model(example), CPU, self._settings(MODEL_SHARE))
+
+    # --- calibration and check ---------------------------------------------------------------
+    def calibrate(self, space: SearchSpace, example: torch.Tensor,
+                  choices: Iterable[Choice]) -> float:
+        """Fit the constant between units: the median of measured minus summed latency over
+        ``choices``. Returns it (ms)."""
+        gaps = []
+        for choice in choices:
+            model = self.deployed(space, choice)
+            gaps.append(self.measure(model, example) - self.unit_sum(space, model, example))
+        self.overhead_ms = statistics.median(gaps) if gaps else 0.0
+        self.calibrated = True
+        logger.info("latency table: %d units, %.4f ms between units", len(self.entries),
+                    self.overhead_ms)
+        self.save()
+        return self.overhead_ms
+
+    def check(self, space: SearchSpace, example: torch.Tensor, choices: Sequence[Choice]
+              ) -> LatencyCheck:
+        """Predicted against measured latency on ``choices`` (each timed in turn)."""
+        result = LatencyCheck()
+        for choice in choices:
+            model = self.deployed(space, choice)
+            result.predicted.append(self.predict(space, model, example))
+            result.measured.append(self.measure(model, example))
+        self.save()
+        return result

@@ -1,0 +1,341 @@
+"""One architecture search, end to end, inside a :class:`sconce.Context`.
+
+limits → latency table → feasibility check → supernet (trained once, cached in the work
+folder) → NSGA-II search (here or on Ray) → finalists re-scored on the whole validation
+split and timed → the chosen subnet cut out, BatchNorms recalibrated, fine-tuned (distilled
+from the supernet's largest member by default) and deployed (BatchNorms folded). Both the
+``nas.search`` technique and :func:`sconce_nas.search` run this.
+
+Example:
+    >>> outcome = run_nas(ctx, NASConfig(target_latency="2x"), reference=model)  # doctest: +SKIP
+    >>> outcome.model  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sconce.context import Context
+from sconce.data import Data
+from sconce.serialization import Architecture, StageRecord, save_model
+from sconce.storage import atomic_write_bytes, atomic_write_json
+from sconce_nas.config import NASConfig
+from sconce_nas.costs import CostModel, Limits, resolve_limits
+from sconce_nas.deploy import deploy
+from sconce_nas.evaluation import CandidateEvaluator, EvalBatches
+from sconce_nas.executors import make_executor, ray_available
+from sconce_nas.latency import LatencyCheck, LatencyTable
+from sconce_nas.nsga import Candidate, SearchOutcome, run_search
+from sconce_nas.plot import plot_pareto
+from sconce_nas.space import SearchSpace, space_from_record
+from sconce_nas.supernet import Supernet
+from sconce_nas.training import SUPERNET_WEIGHTS, fingerprint, supernet_info, train_supernet
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_SUBNETS = 6
+"""Subnets (smallest, largest and random ones) whose measured latency fits the table's
+constant; the check never uses them."""
+
+_CONSTRAINT_NAMES = {"target_latency": "latency_ms", "target_macs": "macs",
+                     "target_size_mib": "size_mib"}
+
+
+@dataclass
+class NASResult:
+    """What one search produced.
+
+    Attributes:
+        model: the chosen subnet, fine-tuned and deployed (BatchNorms folded), eval mode.
+        chosen: the chosen candidate (choice, predicted costs, search accuracy).
+        search: every scored candidate and the Pareto front.
+        limits: the absolute limits the search met.
+        record: the JSON record that rebuilds ``model``'s structure (``restore``).
+        latency_check: the lookup table against measured latency on random subnets.
+        measured_latency_ms: the chosen subnet's measured batch-1 latency (deployed).
+        finalists: full-validation accuracy of each finalist, by trial number.
+        supernet_seconds, search_seconds: wall time of the supernet's training (recorded when
+            it was trained, also when a later search reuses it) and of the search.
+        supernet_reused: the supernet was trained by an earlier call and loaded.
+        workers: candidate scorers used.
+        artifacts: files written (the Pareto PNG, the search JSON).
+        config: the search's settings (as in the saved model's record).
+    """
+
+    model: nn.Module
+    chosen: Candidate
+    search: SearchOutcome
+    limits: Limits
+    record: dict[str, Any]
+    latency_check: LatencyCheck | None = None
+    measured_latency_ms: float | None = None
+    finalists: dict[int, float] = field(default_factory=dict)
+    supernet_seconds: float = 0.0
+    supernet_reused: bool = False
+    search_seconds: float = 0.0
+    workers: int = 1
+    artifacts: list[Path] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``model.pt`` + ``model.json`` (loadable by :func:`sconce.load`) and the
+        artifacts (Pareto PNG, search JSON) to ``out``, every file atomically.
+
+        A member of the built-in family is rebuilt by name; for a family of your own, declare
+        it, then ``sconce.load(out, model=<any module>)`` (the record replaces the module).
+
+        Example:
+            >>> result.save("nas-out")  # doctest: +SKIP
+            PosixPath('nas-out')
+        """
+        from sconce_nas.elastic import ElasticCNN
+
+        out = Path(out)
+        spec, kwargs = None, {}
+        if self.record["family"] == ElasticCNN.family:
+            spec = ElasticCNN.family
+            kwargs = {k: self.record["space"][k]
+                      for k in ("in_channels", "image_size", "num_classes")}
+        stage = StageRecord("nas.search", dict(self.config), self.record)
+        save_model(self.model, out, architecture=Architecture(spec, kwargs, [stage]))
+        for artifact in self.artifacts:
+            atomic_write_bytes(out / "artifacts" / artifact.name, artifact.read_bytes())
+        return out
+
+    def notes(self) -> dict[str, Any]:
+        """Short facts for the report."""
+        check = self.latency_check
+        notes: dict[str, Any] = {
+            "search space": f"{self.record['family']} ({_space_size(self.record)} members)",
+            "chosen subnet": " ".join(f"{k}={v}" for k, v in self.chosen.choice.items()),
+            "limits": {k: round(v, 6) for k, v in self.limits.to_dict().items()} or "none",
+            "supernet training": f"{self.supernet_seconds:.1f} s"
+                                 + (" (earlier, reused)" if self.supernet_reused else ""),
+            "search": (f"{len(self.search.candidates)} candidates scored in "
+                       f"{self.search_seconds:.1f} s on {self.workers} worker(s), "
+                       f"{self.search.rejected} proposals over the limits, "
+                       f"{len(self.search.front)} on the Pareto front"),
+            "chosen validation accuracy (supernet weights)":
+                round(self.finalists.get(self.chosen.number, self.chosen.accuracy), 2),
+            "predicted latency": f"{self.chosen.costs.latency_ms:.4f} ms",
+        }
+        if self.measured_latency_ms is not None:
+            notes["measured latency (deployed)"] = f"{self.measured_latency_ms:.4f} ms"
+        if check is not None and check.predicted:
+            notes["latency table check"] = (
+                f"within 10% on {100 * check.within(0.10):.0f}% of {len(check.predicted)} "
+                "random subnets")
+        return notes
+
+
+def _space_size(record: dict[str, Any]) -> int:
+    return space_from_record(record).size
+
+
+def make_space(config: NASConfig, data: Data) -> SearchSpace:
+    """The space ``config`` names, shaped by ``data`` for the built-in family.
+
+    Example:
+        >>> make_space(NASConfig(), data).family  # doctest: +SKIP
+        'elastic-cnn'
+    """
+    from sconce_nas.elastic import ElasticCNN
+
+    if config.space == ElasticCNN.family:
+        return ElasticCNN.for_data(data, **config.space_options)
+    return space_from_record({"family": config.space, "space": config.space_options})
+
+
+def merged_targets(ctx: Context, config: NASConfig) -> dict[str, Any]:
+    """The run's constraints (latency, MACs, size) overridden by the config's targets.
+
+    Example:
+        >>> merged_targets(Context.for_inputs(None), NASConfig(target_macs="2x"))
+        {'macs': '2x'}
+    """
+    targets: dict[str, Any] = {}
+    if ctx.constraints is not None:
+        for name, cost in _CONSTRAINT_NAMES.items():
+            value = getattr(ctx.constraints, name)
+            if value is not None:
+                targets[cost] = value
+    targets.update(config.targets())
+    return targets
+
+
+def _random_choices(space: SearchSpace, count: int, label: str, seed: int
+                    ) -> list[dict[str, Any]]:
+    rng = random.Random(f"{label}:{seed}")
+    return [space.sample(rng) for _ in range(count)]
+
+
+def resolve_workers(config: NASConfig) -> int:
+    """Scorers to use: the config's, or for 0 one per CPU on Ray when installed, else 1.
+
+    Example:
+        >>> resolve_workers(NASConfig(workers=3))
+        3
+    """
+    if config.workers > 0:
+        return config.workers
+    if not ray_available():
+        return 1
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)) // config.threads_per_worker)
+
+
+def choose(search: SearchOutcome, evaluator: CandidateEvaluator,
+           val: Sequence[tuple[torch.Tensor, torch.Tensor]], table: LatencyTable,
+           space: SearchSpace, example: torch.Tensor, limits: Limits, finalists: int
+           ) -> tuple[Candidate, dict[int, float], float | None]:
+    """The finalist most accurate on the whole validation split among the most accurate
+    candidates whose measured latency (under a latency limit) meets the limit.
+
+    Returns the chosen candidate, every finalist's accuracy, and the chosen one's measured
+    latency (None without a latency limit).
+    """
+    scores: dict[int, float] = {}
+    measured: dict[int, float] = {}
+    for candidate in search.ranked():
+        if len(scores) >= finalists:
+            break
+        if limits.latency_ms is not None:
+            ms = table.measure(table.deployed(space, candidate.choice), example)
+            if ms > limits.latency_ms:
+                logger.info("candidate %d measures %.4f ms over the %.4f ms limit (predicted "
+                            "%.4f); skipped", candidate.number, ms, limits.latency_ms,
+                            candidate.costs.latency_ms)
+                continue
+            measured[candidate.number] = ms
+        scores[candidate.number] = evaluator(candidate.choice, val=val)
+    if not scores:  # every candidate measured over the limit: the fastest one
+        fastest = min(search.candidates, key=lambda c: c.costs.latency_ms)
+        logger.warning("every candidate measured over the latency limit; taking the fastest")
+        scores[fastest.number] = evaluator(fastest.choice, val=val)
+    by_number = {c.number: c for c in search.candidates}
+    best = max(scores, key=lambda n: (scores[n], -by_number[n].costs.get(search.objective)))
+    return by_number[best], scores, measured.get(best)
+
+
+def supernet_path(folder: Path, space: SearchSpace, data: Data, config: NASConfig, seed: int
+                  ) -> Path:
+    """Where a search in work folder ``folder`` keeps (and finds) its trained supernet: one
+    sub-folder per space, data and training settings.
+
+    Example:
+        >>> supernet_path(Path("work/nas"), space, data, NASConfig(), 0)  # doctest: +SKIP
+        PosixPath('work/nas/supernet-3f2a9c0d1e4b5a6c')
+    """
+    settings = {"epochs": float(config.supernet_epochs), "lr": config.supernet_lr,
+                "random_subnets": config.random_subnets, "seed": seed}
+    return folder / f"supernet-{fingerprint(space, data, settings)}"
+
+
+def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
+            ) -> NASResult:
+    """Search, choose, fine-tune and deploy a subnet under the run's and config's limits.
+
+    Args:
+        ctx: data, device, seed, work folder, fine-tuning budget and constraints.
+        config: the search's settings.
+        reference: the model ratio targets (``"2x"``) are relative to.
+
+    Raises:
+        InfeasibleConstraint: a limit below the smallest subnet of the space (raised before
+            any training).
+    """
+    data = ctx.require_data()
+    seed = ctx.seed if config.seed is None else config.seed
+    space = make_space(config, data)
+    folder = ctx.work_dir / "nas"
+    example = ctx.example_inputs(1).detach().cpu()
+    table = LatencyTable(ctx.timing, path=folder / "latency-table.json",
+                         channels_last=config.channels_last)
+    ref = copy.deepcopy(reference).cpu().eval() if reference is not None else None
+    limits = resolve_limits(merged_targets(ctx, config), ref, example, ctx.timing)
+    costs = CostModel(space, example, table)
+    if not table.calibrated:
+        table.calibrate(space, example, [space.smallest(), space.largest(),
+                                         *_random_choices(space, CALIBRATION_SUBNETS - 2,
+                                                          "calibration", seed)])
+    limits.check_feasible(costs(space.smallest()))
+
+    supernet_folder = supernet_path(folder, space, data, config, seed)
+    reused = (supernet_folder / SUPERNET_WEIGHTS).is_file()
+    started = time.perf_counter()
+    supernet = train_supernet(
+        space, data, config.supernet_epochs, lr=config.supernet_lr,
+        random_subnets=config.random_subnets, seed=seed, device=ctx.device,
+        progress=ctx.progress, folder=supernet_folder)
+    supernet_seconds = (float(supernet_info(supernet_folder).get("train_seconds", 0.0))
+                        if reused else time.perf_counter() - started)
+
+    evaluator = CandidateEvaluator(supernet, EvalBatches.from_data(
+        data, config.calibration_batches, config.val_samples, seed), config.threads_per_worker)
+    workers = resolve_workers(config)
+    started = time.perf_counter()
+    executor = make_executor(evaluator, workers, config.ray_address)
+    try:
+        search = run_search(space, costs, limits, executor, objective=config.objective_cost,
+                            trials=config.trials, population=config.population, seed=seed)
+    finally:
+        executor.close()
+    search_seconds = time.perf_counter() - started
+    full_val = EvalBatches.from_data(data, 0, None).val
+    chosen, finalists, measured = choose(search, evaluator, full_val, table, space, example,
+                                         limits, config.finalists)
+    logger.info("chosen: %s (validation %.2f%%, predicted %.4f ms)", space.key(chosen.choice),
+                finalists[chosen.number], chosen.costs.latency_ms)
+
+    model = _finetune(ctx, config, evaluator, supernet, chosen)
+    deployed = deploy(model.cpu(), channels_last=config.channels_last, inplace=True)
+    check = None
+    if config.lut_check:
+        check = table.check(space, example, _random_choices(space, config.lut_check, "check",
+                                                            seed))
+    record = {"family": space.family, "space": space.spec(), "choice": chosen.choice,
+              "channels_last": config.channels_last}
+    outcome = NASResult(model=deployed.to(ctx.device).eval(), chosen=chosen, search=search,
+                         limits=limits, record=record, latency_check=check,
+                         measured_latency_ms=measured, finalists=finalists,
+                         supernet_seconds=supernet_seconds, supernet_reused=reused,
+                         search_seconds=search_seconds,
+                         workers=workers, config=config.to_dict())
+    outcome.artifacts.append(plot_pareto(search, chosen, limits,
+                                         ctx.artifact_path("nas-pareto.png")))
+    details = ctx.artifact_path("nas-search.json")
+    atomic_write_json(details, json.loads(json.dumps({
+        "record": record, "limits": limits.to_dict(), "chosen": chosen.to_dict(),
+        "finalists": finalists, "search": search.to_dict(),
+        "latency_check": check.to_dict() if check is not None else None,
+        "supernet_seconds": supernet_seconds, "supernet_reused": reused,
+        "search_seconds": search_seconds,
+        "workers": workers}, default=str)))
+    outcome.artifacts.append(details)
+    return outcome
+
+
+def _finetune(ctx: Context, config: NASConfig, evaluator: CandidateEvaluator,
+              supernet: Supernet, chosen: Candidate) -> nn.Module:
+    model = evaluator.subnet(chosen.choice).to(ctx.device)
+    if ctx.finetune_epochs <= 0 or ctx.data is None or ctx.data.train is None:
+        return model
+    teacher: nn.Module | None = None
+    if config.teacher == "supernet":
+        teacher = evaluator.subnet(supernet.space.largest()).to(ctx.device)
+    elif config.teacher == "original":
+        teacher = ctx.teacher
+    ctx.finetune(model, teacher=teacher)
+    return model
