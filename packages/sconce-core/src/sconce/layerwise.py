@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sconce.errors import ConfigError, DataError
+from sconce.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -393,7 +394,7 @@ class _Driver:
 
     # --- layer by layer -------------------------------------------------------------------
     def run_layers(self, order: Sequence[str]) -> None:
-        for name in order:
+        for name in track(order, description="layer-wise calibration"):
             stop = self._stop_after(name)
 
             def run() -> None:
@@ -416,7 +417,7 @@ class _Driver:
         after = [n for n in order[first_block_layer:] if not any(inside(n, b) for b in blocks)]
         self.run_layers(before)
         stored = self._capture(blocks[0])
-        for block in blocks:
+        for block in track(blocks, description="layer-wise calibration, block by block"):
             module = self.modules[block]
             layers = [n for n in order if inside(n, block)]
             if self.sequential:

@@ -41,7 +41,7 @@ from sconce.data import Data
 from sconce.errors import DataError, ModelError, TechniqueError
 from sconce.masks import KeepZeros
 from sconce.metrics.base import Metric
-from sconce.metrics.measure import measure_with_context
+from sconce.metrics.measure import compare_with_context, is_compared, measure_with_context
 from sconce.metrics.timing import TimingSettings
 from sconce.options import CompressOptions
 from sconce.plugins import plugin_manager, registry
@@ -65,6 +65,10 @@ DEFAULT_RECIPE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("prune.channel", "prune.gmp", "prune.magnitude"),
     ("quant.int8", "quant.dynamic"),
 )
+TOGETHER_BYTES = 1 << 30
+"""The end-of-run timing keeps every stage's model (a copy each) while the original's
+footprint times the number of models stays under this; above it, each stage is timed alone at
+the end of its stage and only the final model is timed together with the original."""
 FINETUNED_KINDS = ("prune", "sparsify", "search")
 """Kinds whose stages the pipeline fine-tunes (unless the technique fine-tuned itself)."""
 
@@ -317,7 +321,8 @@ def compress(
                 "data": resolved_data.name, "device": device.type}
     fingerprints = _fingerprint(working, planned, settings)
 
-    baseline = measure_with_context(working, ctx, metric_objects)
+    together = ctx.footprint(working).nbytes * (len(planned) + 1) <= TOGETHER_BYTES
+    baseline = measure_with_context(working, ctx, metric_objects, compared=False)
     report = Report(
         metrics=[MetricInfo.of(m, baseline.labels.get(m.name)) for m in metric_objects],
         stages=[StageResult("Original", values=baseline.values, notes=dict(baseline.notes))],
@@ -329,6 +334,7 @@ def compress(
     hook.sconce_stage_finished(stage=report.stages[0], model=working, metrics=baseline.values)
     architecture = Architecture()
     artifacts: list[Path] = []
+    kept: list[nn.Module | None] = []  # each stage's model for the end-of-run timing
     current = working
     del working  # the stages below hand this one copy on; nothing else may keep it alive
 
@@ -351,7 +357,13 @@ def compress(
         artifacts += [Path(a) for a in result.artifacts]
         result.artifacts = [f"artifacts/{Path(a).name}" for a in result.artifacts]
         report.stages.append(result)
+        if index < len(planned):
+            kept.append(_keep_for_timing(current, result, ctx, metric_objects, together))
         hook.sconce_stage_finished(stage=result, model=current, metrics=result.values)
+    if planned:
+        kept.append(current)
+    _time_together(model, device, kept, report, ctx, metric_objects)
+    del kept
 
     if limits is not None and not limits.is_empty():
         broken = check_constraints(limits, report.stages[0].values, report.stages[-1].values)
@@ -382,6 +394,48 @@ def _frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
     return teacher
 
 
+def _keep_for_timing(model: nn.Module, result: StageResult, ctx: Context,
+                     metrics: Sequence[Metric], together: bool) -> nn.Module | None:
+    """A copy of a finished stage's model for the end-of-run timing; when the models are too
+    large to keep (or this one cannot be copied) it is timed now, alone, and None returned."""
+    reason = "the models are too large to keep them all"
+    if together:
+        try:
+            return copy.deepcopy(model)
+        except Exception as exc:
+            reason = f"its model cannot be copied ({type(exc).__name__})"
+    measured = measure_with_context(model, ctx, [m for m in metrics if is_compared(m)])
+    result.values.update(measured.values)
+    for name in measured.values:
+        result.notes[f"{measured.labels[name]} timing"] = (
+            f"timed alone at the end of its stage: {reason}")
+    return None
+
+
+def _time_together(original: nn.Module, device: torch.device, models: list[nn.Module | None],
+                   report: Report, ctx: Context, metrics: Sequence[Metric]) -> None:
+    """Time the original and every kept stage model together, interleaved, at the end of
+    the run, so background load lands on every column alike; fill the report."""
+    if not any(is_compared(m) for m in metrics):
+        return
+    reference = _copy_of(original, device).eval()  # the caller's model is never timed in place
+    columns = [i + 1 for i, m in enumerate(models) if m is not None]
+    chosen = [reference, *(m for m in models if m is not None)]
+    logger.info("timing %s together, interleaved", ", ".join(
+        report.stages[i].title for i in [0, *columns]))
+    measured = compare_with_context(chosen, ctx, metrics)
+    for column, values in zip([0, *columns], measured, strict=True):
+        stage = report.stages[column]
+        stage.values.update(values.values)
+        for name, text in values.notes.items():
+            stage.notes[f"{name} not measured"] = text
+        if column > 0:
+            for name, text in values.stability.items():
+                stage.notes[f"{values.labels[name]} vs original"] = text
+    report.run["timing"] = ("interleaved at the end of the run: "
+                            + ", ".join(report.stages[i].title for i in [0, *columns]))
+
+
 def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str,
                metrics: Sequence[Metric]) -> tuple[nn.Module, StageResult, StageRecord]:
     ctx.stage = StageNotes()
@@ -399,7 +453,7 @@ def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str
         keeper = KeepZeros.of(compressed)
         ctx.finetune(compressed, teacher=ctx.teacher, callbacks=[keeper] if keeper else [])
     seconds = time.perf_counter() - started
-    measured = measure_with_context(compressed, ctx, metrics)
+    measured = measure_with_context(compressed, ctx, metrics, compared=False)
     notes = {**ctx.stage.notes, **{f"{k} not measured": v for k, v in measured.notes.items()}}
     if ctx.stage.finetuned:
         notes.setdefault("fine-tuned", f"{ctx.finetune_epochs:g} epoch(s)"

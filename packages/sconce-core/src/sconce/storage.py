@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 
 def atomic_save(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write(handle)`` on a temporary file beside ``path``, then rename it to ``path``.
@@ -71,6 +69,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save(obj)`` to ``path`` atomically."""
+    import torch  # here, so that the light modules writing JSON do not import torch
+
     atomic_save(path, lambda handle: torch.save(obj, handle))
 
 

@@ -14,12 +14,29 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from torch import nn
 
     from sconce.context import Context
+    from sconce.metrics.timing import Timed
+
+
+@runtime_checkable
+class ComparedMetric(Protocol):
+    """A metric whose values mean something only side by side (latency): it measures several
+    models together (interleaved), the first being the reference for the ratios.
+
+    ``sconce.compress`` measures such metrics for the original and every stage together at
+    the end of the run, and :func:`sconce.measure` for the models it is given.
+    """
+
+    name: str
+
+    def measure_together(self, models: Sequence[nn.Module], ctx: Context) -> list[Timed]:
+        """One :class:`~sconce.metrics.timing.Timed` per model, ratios to ``models[0]``."""
 
 
 class MetricUnavailable(Exception):
