@@ -185,3 +185,34 @@ def test_set_verbosity(level) -> None:
     sconce.set_verbosity(level)
     assert logging.getLogger("sconce").level == logging.getLevelName(level.upper())
     sconce.set_verbosity("info")
+
+
+class MarkQuantized(sconce.Technique):
+    """A quantize stage whose model a counting metric cannot read."""
+
+    name, kind, Config = "ux.mark", "quantize", sconce.QuantizeConfig
+
+    def apply(self, model, config, ctx):
+        model.marked = True
+        return model
+
+
+class CountOps(sconce.Metric):
+    name, label, unit = "ops", "Ops", ""
+    kept_by_kinds = ("quantize",)
+
+    def measure(self, model, ctx):
+        if getattr(model, "marked", False):
+            raise sconce.MetricUnavailable("the counter cannot trace this graph")
+        return 7.0
+
+
+def test_a_count_quantization_keeps_is_carried_with_its_reason(tiny, data) -> None:
+    sconce.register_plugin(type("P", (), {"sconce_register_techniques": staticmethod(
+        sconce.hookimpl(lambda register: register(MarkQuantized())))})(), name="ux-mark")
+    result = sconce.compress(tiny, data, recipe=["ux.mark"], finetune_epochs=0,
+                             metrics=[CountOps()], progress=False)
+    quantized = result.report.stages[1]
+    assert quantized.values["ops"] == 7.0
+    assert "carried from Original" in quantized.notes["ops"]
+    assert "cannot trace" in quantized.notes["ops"] and "ops not measured" not in quantized.notes

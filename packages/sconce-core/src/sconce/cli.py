@@ -37,15 +37,10 @@ DEMO_FINETUNE_EPOCHS = 5  # digits is small: 5 epochs are ~100 optimizer steps, 
 EXIT_USER_ERROR = 2
 
 
-UNLIMITED_WIDTH = 100_000
-
-
 def _console(stderr: bool = False) -> Any:
-    """A rich console; off a terminal it is wide enough that nothing is cut or wrapped."""
-    from rich.console import Console
+    from sconce.report import console
 
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else UNLIMITED_WIDTH)
+    return console(stderr)
 
 
 class _OwnInfo(logging.Filter):
@@ -260,9 +255,7 @@ def compress(model_spec: str | None, data_name: str | None, recipe_file: str | N
         result.save(out, model_spec=str(Path(spec).resolve()) if Path(spec).is_dir() else spec,
                     model_kwargs=kwargs)
     console = _console()
-    console.print(result.report.to_rich_table())
-    for line in result.report.notes_lines():
-        console.print(f"  {line}", highlight=False)
+    result.report.print(console)
     console.print(f"saved to {out}/ (model.pt, model.json, report.json, report.md, report.png)",
                   highlight=False)
 

@@ -354,6 +354,7 @@ def compress(
                 _checkpoint(folder, current, result, architecture_so_far, fingerprints[index - 1])
         ctx.release_teacher()
         architecture.stages.append(record)
+        _carry_kept_values(result, report.stages[-1], metric_objects)
         artifacts += [Path(a) for a in result.artifacts]
         result.artifacts = [f"artifacts/{Path(a).name}" for a in result.artifacts]
         report.stages.append(result)
@@ -392,6 +393,24 @@ def _frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
     teacher = _copy_of(model, device).eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def _carry_kept_values(result: StageResult, before: StageResult, metrics: Sequence[Metric]
+                       ) -> None:
+    """A metric the stage's kind does not change (``kept_by_kinds``: MACs under
+    quantization) and that could not measure this stage's model takes the value from the
+    stage before, with a note saying so and why."""
+    for metric in metrics:
+        previous = before.values.get(metric.name)
+        if (result.values.get(metric.name) is not None or previous is None
+                or result.kind not in getattr(metric, "kept_by_kinds", ())):
+            continue
+        result.values[metric.name] = previous
+        reason = result.notes.pop(f"{metric.name} not measured", "")
+        result.notes[metric.name] = (
+            f"carried from {before.title} ({result.kind} keeps the count, changing only the "
+            f"precision of each operation)" + (f"; not counted on this model: {reason}" if reason
+                                               else ""))
 
 
 def _keep_for_timing(model: nn.Module, result: StageResult, ctx: Context,

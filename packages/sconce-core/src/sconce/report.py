@@ -15,12 +15,30 @@ Example:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sconce.plotting import COLOURS, new_figure, save_png
+
+UNLIMITED_WIDTH = 100_000
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich console; off a terminal (a pipe, a file, CI) it is wide enough that nothing is
+    cut or wrapped.
+
+    Example:
+        >>> console().width >= 80
+        True
+    """
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else UNLIMITED_WIDTH)
+
 
 KIND_TITLES = {"prune": "Pruned", "quantize": "Quantized", "sparsify": "Sparsified",
                "search": "Searched", "convert": "Converted"}
@@ -149,6 +167,14 @@ class Report:
         for info in self.metrics:
             table.add_row(info.heading, *(self.cell(info, i) for i in range(len(self.stages))))
         return table
+
+    def print(self, out: Any = None) -> None:
+        """Print the table and every note, whole, to ``out`` (a rich console; default
+        :func:`console`): what ``sconce compress`` and the original API show."""
+        out = out if out is not None else console()
+        out.print(self.to_rich_table())
+        for line in self.notes_lines():
+            out.print(f"  {line}", highlight=False)
 
     def notes_lines(self) -> list[str]:
         """Human-readable notes, whole: per-stage facts and unmeasurable metrics."""

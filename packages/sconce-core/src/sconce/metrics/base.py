@@ -56,6 +56,10 @@ class Metric:
         digits: decimals shown in tables.
         display_scale: tables show ``value / display_scale`` ...
         display_unit: ... in this unit (``M`` for millions); defaults to ``unit``.
+        kept_by_kinds: technique kinds that do not change this metric's value (quantization
+            changes the precision of each multiply-accumulate, not their number): when the
+            metric cannot measure such a stage's model, the pipeline carries the value from
+            the stage before, with a note saying so and why.
     """
 
     name: ClassVar[str] = ""
@@ -67,6 +71,7 @@ class Metric:
     digits: ClassVar[int] = 3
     display_scale: ClassVar[float] = 1.0
     display_unit: ClassVar[str | None] = None
+    kept_by_kinds: ClassVar[tuple[str, ...]] = ()
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
         """Measure ``model``; raise :class:`MetricUnavailable` when it does not apply."""

@@ -112,6 +112,7 @@ class MACs(Metric):
     name, label, unit = "macs", "MACs", "MACs"
     digits = 2
     display_scale, display_unit = 1e6, "M"
+    kept_by_kinds = ("quantize",)
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
         from torchprofile import profile_macs
