@@ -12,8 +12,9 @@ says how stable each ratio was and how much of its threads' CPU time the process
 (a value well under 100% means another process was competing for the cores).
 
 Fixed thread count throughout, with one exception that prevents 100x errors: on a busy
-machine (load average above the CPU count, or ``threads`` threads measured more than twice as
-slow as one on the first call) multi-threaded PyTorch stalls at every parallel region waiting
+machine (other processes' threads ready to run would leave ``threads`` threads no free
+cores, or ``threads`` threads measured more than twice as slow as one on the first call)
+multi-threaded PyTorch stalls at every parallel region waiting
 for a descheduled worker thread (a tiny CNN measured 0.5 ms in one round and 350 ms in the
 next), so the calls are timed with one thread instead and the result says so. CUDA is
 synchronised around each call and never touched when the model runs on the CPU.
@@ -199,9 +200,10 @@ def _busy_threads(call: Callable[[], object], synchronize: Callable[[], object],
                   settings: TimingSettings) -> tuple[int, str]:
     """``(threads to time with, why not settings.threads)``: one thread on a busy machine."""
     cpus = default_threads()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > cpus + 1:
-        return 1, f"the machine was busy (load average {load:.1f} on {cpus} CPUs)"
+    others = _runnable_others()
+    if others is not None and others + settings.threads > cpus + 1:
+        return 1, (f"the machine was busy ({others:g} other thread(s) running on {cpus} "
+                   "CPUs)")
     probe = TimingSettings(threads=1, rounds=1, round_seconds=settings.warmup_seconds / 3,
                            min_calls=settings.min_calls)
     with torch.inference_mode():
@@ -234,6 +236,32 @@ def _warm_up(call: Callable[[], object], synchronize: Callable[[], object],
         if abs(current - previous) <= 0.1 * max(current, previous):
             return
         previous = current
+
+
+def _runnable_others(samples: int = 5) -> float | None:
+    """Threads of other processes running or ready to run now (state R in ``/proc``; the
+    median of a few samples: unlike the load average it does not lag), or None off Linux."""
+    if not os.path.isdir("/proc/self/task"):
+        return None
+    counts = []
+    for _ in range(samples):
+        counts.append(_running_threads_elsewhere())
+        time.sleep(0.01)
+    return float(statistics.median(counts))
+
+
+def _running_threads_elsewhere() -> int:
+    mine, count = str(os.getpid()), 0
+    for process in os.scandir("/proc"):
+        if not process.name.isdigit() or process.name == mine:
+            continue
+        try:
+            for task in os.scandir(f"/proc/{process.name}/task"):
+                with open(f"{task.path}/stat", encoding="ascii", errors="replace") as handle:
+                    count += handle.read().rpartition(")")[2].split()[0] == "R"
+        except OSError:  # the process ended meanwhile
+            continue
+    return count
 
 
 def _round(call: Callable[[], object], synchronize: Callable[[], object],
