@@ -66,9 +66,10 @@ DEFAULT_RECIPE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("quant.int8", "quant.dynamic"),
 )
 TOGETHER_BYTES = 1 << 30
-"""The end-of-run timing keeps every stage's model (a copy each) while the original's
-footprint times the number of models stays under this; above it, each stage is timed alone at
-the end of its stage and only the final model is timed together with the original."""
+"""The end-of-run timing reloads every stage's model from its checkpoint and holds them all
+while the original's footprint times the number of models stays under this; above it, each
+intermediate stage is timed alone at the end of its stage and only the final model is timed
+together with the original."""
 FINETUNED_KINDS = ("prune", "sparsify", "search")
 """Kinds whose stages the pipeline fine-tunes (unless the technique fine-tuned itself)."""
 
@@ -334,7 +335,7 @@ def compress(
     hook.sconce_stage_finished(stage=report.stages[0], model=working, metrics=baseline.values)
     architecture = Architecture()
     artifacts: list[Path] = []
-    kept: list[nn.Module | None] = []  # each stage's model for the end-of-run timing
+    kept: list[Path | None] = []  # each stage's checkpoint, for the end-of-run timing
     current = working
     del working  # the stages below hand this one copy on; nothing else may keep it alive
 
@@ -359,12 +360,11 @@ def compress(
         result.artifacts = [f"artifacts/{Path(a).name}" for a in result.artifacts]
         report.stages.append(result)
         if index < len(planned):
-            kept.append(_keep_for_timing(current, result, ctx, metric_objects, together))
+            kept.append(_keep_for_timing(folder, current, result, ctx, metric_objects,
+                                         together))
         hook.sconce_stage_finished(stage=result, model=current, metrics=result.values)
-    if planned:
-        kept.append(current)
-    _time_together(model, device, kept, report, ctx, metric_objects)
-    del kept
+    _time_together(model, device, kept, current if planned else None, report, ctx,
+                   metric_objects)
 
     if limits is not None and not limits.is_empty():
         broken = check_constraints(limits, report.stages[0].values, report.stages[-1].values)
@@ -413,16 +413,15 @@ def _carry_kept_values(result: StageResult, before: StageResult, metrics: Sequen
                                                else ""))
 
 
-def _keep_for_timing(model: nn.Module, result: StageResult, ctx: Context,
-                     metrics: Sequence[Metric], together: bool) -> nn.Module | None:
-    """A copy of a finished stage's model for the end-of-run timing; when the models are too
-    large to keep (or this one cannot be copied) it is timed now, alone, and None returned."""
-    reason = "the models are too large to keep them all"
-    if together:
-        try:
-            return copy.deepcopy(model)
-        except Exception as exc:
-            reason = f"its model cannot be copied ({type(exc).__name__})"
+def _keep_for_timing(folder: Path, model: nn.Module, result: StageResult, ctx: Context,
+                     metrics: Sequence[Metric], together: bool) -> Path | None:
+    """The checkpoint the end-of-run timing reloads a finished stage's model from; when the
+    models are too large to hold together (or this process writes no checkpoint) the model is
+    timed now, alone, and None returned."""
+    if together and (folder / "stage.json").is_file():
+        return folder
+    reason = ("the models are too large to hold together" if not together
+              else "this process writes no checkpoint to reload it from")
     measured = measure_with_context(model, ctx, [m for m in metrics if is_compared(m)])
     result.values.update(measured.values)
     for name in measured.values:
@@ -431,19 +430,32 @@ def _keep_for_timing(model: nn.Module, result: StageResult, ctx: Context,
     return None
 
 
-def _time_together(original: nn.Module, device: torch.device, models: list[nn.Module | None],
-                   report: Report, ctx: Context, metrics: Sequence[Metric]) -> None:
-    """Time the original and every kept stage model together, interleaved, at the end of
-    the run, so background load lands on every column alike; fill the report."""
+def _time_together(original: nn.Module, device: torch.device, checkpoints: list[Path | None],
+                   final: nn.Module | None, report: Report, ctx: Context,
+                   metrics: Sequence[Metric]) -> None:
+    """Time the original, every checkpointed stage's model (reloaded) and the final model
+    together, interleaved, at the end of the run, so that background load lands on every
+    column alike; fill the report."""
     if not any(is_compared(m) for m in metrics):
         return
     reference = _copy_of(original, device).eval()  # the caller's model is never timed in place
-    columns = [i + 1 for i, m in enumerate(models) if m is not None]
-    chosen = [reference, *(m for m in models if m is not None)]
+    columns, chosen = [0], [reference]
+    for column, folder in enumerate(checkpoints, start=1):
+        if folder is None:
+            continue
+        try:
+            chosen.append(_restore_stage(folder, lambda: _copy_of(original, device), device)[0])
+            columns.append(column)
+        except Exception as exc:  # the stage keeps no latency rather than a wrong one
+            report.stages[column].notes["latency not measured"] = (
+                f"its checkpoint could not be reloaded for timing ({type(exc).__name__}: {exc})")
+    if final is not None:
+        columns.append(len(report.stages) - 1)
+        chosen.append(final)
     logger.info("timing %s together, interleaved", ", ".join(
-        report.stages[i].title for i in [0, *columns]))
+        report.stages[i].title for i in columns))
     measured = compare_with_context(chosen, ctx, metrics)
-    for column, values in zip([0, *columns], measured, strict=True):
+    for column, values in zip(columns, measured, strict=True):
         stage = report.stages[column]
         stage.values.update(values.values)
         for name, text in values.notes.items():
@@ -452,7 +464,7 @@ def _time_together(original: nn.Module, device: torch.device, models: list[nn.Mo
             for name, text in values.stability.items():
                 stage.notes[f"{values.labels[name]} vs original"] = text
     report.run["timing"] = ("interleaved at the end of the run: "
-                            + ", ".join(report.stages[i].title for i in [0, *columns]))
+                            + ", ".join(report.stages[i].title for i in columns))
 
 
 def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str,
