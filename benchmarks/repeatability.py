@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import cpu_flags
 
 from sconce.storage import atomic_write_json
 
@@ -43,16 +44,6 @@ result = sconce.compress(model, "fashion-mnist",
                          finetune_epochs={finetune}, seed={seed})
 result.save(sys.argv[1])
 """
-
-
-def cpu_flags() -> str:
-    """The SIMD flags that decide int8 speed here (avx512_vnni, avx_vnni, avx2)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    found = sorted(set(re.findall(r"\b(avx512_vnni|avx_vnni|avx2)\b", text)))
-    return " ".join(found) or "none of avx2/avx_vnni/avx512_vnni"
 
 
 def run_once(example: str, folder: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:

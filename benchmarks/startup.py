@@ -21,21 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_flags
+
 from sconce.storage import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMANDS = (["--help"], ["techniques"], ["models"])
 TARGET_SECONDS = 1.5
-
-
-def cpu_flags() -> str:
-    """The SIMD flags of this CPU (avx512_vnni, avx_vnni, avx2)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    found = sorted(set(re.findall(r"\b(avx512_vnni|avx_vnni|avx2)\b", text)))
-    return " ".join(found) or "none of avx2/avx_vnni/avx512_vnni"
 
 
 def run(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
