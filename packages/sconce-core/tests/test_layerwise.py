@@ -171,3 +171,81 @@ def test_the_model_mode_is_restored() -> None:
     model.train()
     run_layerwise(model, [torch.randn(4, 2)], lambda layer: None)
     assert model.training
+
+
+class Attention(nn.Module):
+    """q, k and v read the same tensor; o reads their combination."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
+        self.o = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(x)
+        return x + self.o(torch.sigmoid(self.q(h)) * self.k(h) + self.v(h))
+
+
+class AttentionStack(nn.Module):
+    def __init__(self, depth: int = 2) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Attention() for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("blocks", ["auto", None])
+def test_layers_reading_one_input_share_one_capture_and_one_hessian(blocks: str | None) -> None:
+    torch.manual_seed(0)
+    batches = [torch.randn(3, 5, 4) for _ in range(2)]
+    runs: dict[bool, int] = {}
+    seen: dict[bool, dict[str, LayerInputs]] = {}
+    for share in (True, False):
+        torch.manual_seed(1)
+        model = AttentionStack()
+        count = [0]
+        model.layers[1].q.register_forward_pre_hook(lambda m, a: count.__setitem__(0, count[0] + 1))
+        seen[share] = {}
+
+        def solve(layer: LayerInputs, share: bool = share) -> None:
+            seen[share][layer.name] = layer
+            layer.set_weight_matrix(layer.weight_matrix().round())
+
+        run_layerwise(model, batches, solve, blocks=blocks, share_inputs=share)
+        runs[share] = count[0]
+    shared, apart = seen[True], seen[False]
+    assert list(shared) == list(apart)
+    for name in shared:  # the statistics are exactly those measured layer by layer
+        torch.testing.assert_close(shared[name].hessian, apart[name].hessian, rtol=0, atol=0)
+    assert shared["layers.0.q"].hessian is shared["layers.0.v"].hessian
+    assert shared["layers.0.o"].hessian is not shared["layers.0.q"].hessian
+    assert runs[True] < runs[False]  # k and v are measured without running the model again
+
+
+def test_nan_or_inf_calibration_inputs_name_the_layer() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(float("inf"))
+    with pytest.raises(DataError, match=r"layer '2' hold NaN or Inf"):
+        run_layerwise(model, [torch.randn(4, 3)], lambda layer: None)
+    grouped = AttentionStack(depth=2)
+    batch = torch.randn(2, 3, 4)
+    batch[0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match=r"'layers.0.q' / 'layers.0.k' / 'layers.0.v'"):
+        run_layerwise(grouped, [batch], lambda layer: None)
+
+
+def test_diagonal_statistics_are_the_hessian_diagonal() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    batches = [torch.randn(6, 5), torch.randn(3, 5)]
+    full = run_layerwise(model, batches, lambda layer: layer.hessian.clone())
+    diagonal = run_layerwise(model, batches, lambda layer: layer.hessian.clone(),
+                             statistics="diagonal")
+    for name in full:
+        torch.testing.assert_close(diagonal[name], torch.diag(torch.diagonal(full[name])))
+    with pytest.raises(ConfigError, match="statistics must be one of"):
+        run_layerwise(model, batches, lambda layer: None, statistics="full")

@@ -178,7 +178,8 @@ def test_builtins_load_and_loading_is_idempotent() -> None:
     first = sconce.load_plugins()
     assert sconce.load_plugins() is first
     names = {info.name for info in plugin_infos()}
-    assert {"sconce.builtin.metrics", "sconce.builtin.datasets", "sconce.builtin.models"} <= names
+    assert {"sconce.builtin.metrics", "sconce.builtin.datasets", "sconce.builtin.models",
+            "sconce.builtin.lowbit"} <= names
     assert {"digits", "fashion-mnist"} <= set(registry().datasets)
     assert {"demo", "demo-cnn", "vgg", "resnet18", "mobilenetv2", "vit"} <= set(registry().models)
 
@@ -212,7 +213,8 @@ def test_a_duplicate_name_is_logged_and_the_first_kept(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="sconce.plugins"):
         techniques = registry().techniques
     assert "test.halve" in techniques
-    assert "registered twice" in caplog.text
+    assert registry().origin[("techniques", "test.halve")] == "first"
+    assert "plugin 'second': its technique 'test.halve' is refused" in caplog.text
 
 
 def test_unregister_plugin_removes_its_things() -> None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sconce.data import split_batch
+from sconce.errors import DataError
 
 
 class ModelAdapter:
@@ -30,7 +31,13 @@ class ModelAdapter:
 
     Methods take and return tensors; ``inputs`` may also be a tuple of tensors for models
     with several inputs.
+
+    Attributes:
+        task: what the model does (``classification``, ``causal-lm``, ``embedding``, ...);
+            metrics that declare ``tasks`` are measured by default only for those.
     """
+
+    task: str = "classification"
 
     def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor | None]:
         """Split a loader's batch into ``(inputs, targets)``."""
@@ -62,7 +69,13 @@ class ModelAdapter:
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         """The training loss of a batch."""
-        return F.cross_entropy(self.logits(outputs), targets)
+        logits = self.logits(outputs)
+        try:
+            return F.cross_entropy(logits, targets)
+        except IndexError as exc:  # a label outside 0..classes-1 (how CPU torch reports it)
+            raise DataError(f"a label is not a class index of this model's "
+                            f"{logits.shape[-1]} outputs ({exc}); relabel the data, or give a "
+                            "model with an output per class") from None
 
     def predict(self, outputs: Any) -> torch.Tensor:
         """Predicted class indices (batch,)."""

@@ -143,16 +143,22 @@ def context(data: Data | None = None, *, adapter: ModelAdapter, **fields: Any) -
     return Context(data=data, adapter=adapter, module_footprint=_module_footprint, **fields)
 
 
-def resolve_metrics(names: Sequence[str | Metric] | None, *, have_data: bool) -> list[Metric]:
-    """Metric objects for ``names`` (registered names or objects); None means the defaults.
+def resolve_metrics(names: Sequence[str | Metric] | None, *, have_data: bool,
+                    task: str = "classification") -> list[Metric]:
+    """Metric objects for ``names`` (registered names or objects); None means the defaults
+    that apply: those needing data only ``have_data``, those with ``tasks`` only for ``task``
+    (the adapter's :attr:`~sconce.adapter.ModelAdapter.task`).
 
     Example:
         >>> [m.name for m in resolve_metrics(["params"], have_data=False)]
         ['params']
+        >>> "perplexity" in [m.name for m in resolve_metrics(None, have_data=True)]
+        False
     """
     table = registry().metrics
     if names is None:
-        chosen = [m for m in table.values() if getattr(m, "default", True)]
+        chosen = [m for m in table.values() if getattr(m, "default", True)
+                  and task in (getattr(m, "tasks", None) or (task,))]
         return [m for m in chosen if have_data or not getattr(m, "needs_data", False)]
     return [n if not isinstance(n, str) else registry().lookup("metrics", n) for n in names]
 
@@ -207,7 +213,7 @@ def measure(
     ctx = context(resolved, adapter=get_adapter(models[0], adapter),
                   device=resolve_device(device), inputs=example_inputs,
                   timing=timing or TimingSettings(), progress=False)
-    chosen = resolve_metrics(metrics, have_data=resolved is not None)
+    chosen = resolve_metrics(metrics, have_data=resolved is not None, task=ctx.adapter.task)
     results = [measure_with_context(m, ctx, chosen, compared=False).values for m in models]
     compared = compare_with_context(models, ctx, chosen)
     for values, timed in zip(results, compared, strict=True):
@@ -235,17 +241,25 @@ def train(model: nn.Module, data: Data | Mapping[str, Any] | str | DataLoader[An
 
 
 def load(folder: str | Path, model: nn.Module | None = None, *,
-         map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a model saved by sconce, in eval mode, without unpickling code.
+         map_location: str | torch.device = "cpu", trust_code: bool = False) -> nn.Module:
+    """Load a model saved by sconce, in eval mode, without unpickling or running code.
+
+    The folder is data: the architecture comes from a registered model name (or ``model``)
+    and the techniques' restore records. A folder whose ``model.json`` names code
+    (``pkg.module:factory``, ``file.py:Name``) is refused unless ``trust_code=True``, like
+    ``trust_remote_code`` in transformers (see ``SECURITY.md``).
 
     Args:
         folder: the folder ``result.save()`` or ``sconce compress`` wrote.
         model: a fresh instance of the original architecture (copied, never modified);
             without it the spec the folder records, else its exported program, is used.
         map_location: device for the weights.
+        trust_code: import and call the code the folder's spec names; only for folders
+            whose source you trust like your own code.
 
     Raises:
-        ModelError: the folder is not a sconce model, or the architecture cannot be rebuilt.
+        ModelError: the folder is not a sconce model, the architecture cannot be rebuilt,
+            or it names code and ``trust_code`` is False.
 
     Example:
         >>> model = load("out/")  # doctest: +SKIP
@@ -254,4 +268,4 @@ def load(folder: str | Path, model: nn.Module | None = None, *,
     """
     reg = registry()
     return load_saved(folder, model, techniques=reg.techniques, models=reg.models,
-                      map_location=map_location)
+                      map_location=map_location, trust_code=trust_code)

@@ -35,6 +35,7 @@ DEMO_MODEL = "demo"
 DEMO_DATA = "digits"
 DEMO_FINETUNE_EPOCHS = 5  # digits is small: 5 epochs are ~100 optimizer steps, seconds
 EXIT_USER_ERROR = 2
+EXIT_STAGE_FAILED = 1
 
 
 def _console(stderr: bool = False) -> Any:
@@ -179,14 +180,20 @@ def _model_kwargs(data: Any) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def _build(spec: str, data: Any) -> tuple[Any, dict[str, Any]]:
-    """The model a ``--model`` spec names (a saved folder is loaded) and its build arguments."""
+def _build(spec: str, data: Any, trust_code: bool) -> tuple[Any, dict[str, Any]]:
+    """The model a ``--model`` spec names (a saved folder is loaded: as data, unless
+    ``--trust-code``) and its build arguments."""
     from sconce.api import build_model, load
 
     kwargs = _model_kwargs(data)
     if Path(spec).is_dir() and (Path(spec) / "model.json").is_file():
-        return load(spec), kwargs
+        return load(spec, trust_code=trust_code), kwargs
     return build_model(spec, **kwargs), kwargs
+
+
+_TRUST_CODE_HELP = ("Let a saved folder given as --model run the code its model.json names "
+                    "(pkg.module:factory, file.py:Name, model.pt2); only for folders you trust. "
+                    "See SECURITY.md.")
 
 
 @cli.command()
@@ -205,25 +212,48 @@ def _build(spec: str, data: Any) -> tuple[Any, dict[str, Any]]:
 @click.option("--out", default="sconce-out", show_default=True, type=click.Path(file_okay=False),
               help="Output folder.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--resume", is_flag=True, help="Reuse the finished stages in <out>/work.")
-@click.option("--finetune-epochs", default=None, type=float,
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seeds everything before the data and the model are built.")
+@click.option("--resume", is_flag=True,
+              help="Reuse the finished stages in <out>/work (refused if the model, data or "
+                   "settings differ).")
+@click.option("--trust-code", is_flag=True, help=_TRUST_CODE_HELP)
+@click.option("--wait", "wait_for_out", is_flag=True,
+              help="If another run is writing into --out, wait for it instead of refusing.")
+@click.option("--finetune-epochs", default=None, type=click.FloatRange(min=0),
               help="Fine-tuning budget per pruning stage (0 turns it off). "
                    f"Default 1 ({DEMO_FINETUNE_EPOCHS} for the demo).")
-@click.option("--train-epochs", default=0, show_default=True, type=float,
+@click.option("--train-epochs", default=0, show_default=True, type=click.FloatRange(min=0),
               help="Train the model this long before compressing (for untrained models).")
-@click.option("--batch-size", default=None, type=int, help="Batch size of a named dataset.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Batch size of a named dataset.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def compress(model_spec: str | None, data_name: str | None, recipe_file: str | None,
              techniques: tuple[str, ...], max_accuracy_drop: float | None,
              target_latency: str | None, target_size: str | None, out: str, device: str,
-             seed: int, resume: bool, finetune_epochs: float | None, train_epochs: float,
-             batch_size: int | None, no_progress: bool) -> None:
+             seed: int, resume: bool, trust_code: bool, wait_for_out: bool,
+             finetune_epochs: float | None, train_epochs: float, batch_size: int | None,
+             no_progress: bool) -> None:
     """Compress a model and print the comparison table (no arguments: the demo)."""
+    from sconce.storage import folder_lock
+
+    # the output folder is checked writable and locked before any compute, for the whole run
+    with folder_lock(out, wait=wait_for_out):
+        _compress(model_spec, data_name, recipe_file, techniques, max_accuracy_drop,
+                  target_latency, target_size, out, device, seed, resume, trust_code,
+                  finetune_epochs, train_epochs, batch_size, no_progress)
+
+
+def _compress(model_spec: str | None, data_name: str | None, recipe_file: str | None,
+              techniques: tuple[str, ...], max_accuracy_drop: float | None,
+              target_latency: str | None, target_size: str | None, out: str, device: str,
+              seed: int, resume: bool, trust_code: bool, finetune_epochs: float | None,
+              train_epochs: float, batch_size: int | None, no_progress: bool) -> None:
     from sconce import distributed
     from sconce.api import train
     from sconce.pipeline import compress as run_compress
     from sconce.recipe import Constraints, Recipe
+    from sconce.runtime import seed_everything
 
     if recipe_file and techniques:
         raise SconceError("give --recipe or --technique, not both")
@@ -237,9 +267,18 @@ def compress(model_spec: str | None, data_name: str | None, recipe_file: str | N
     if limits:
         constraints = Constraints.from_value({**(constraints.to_dict() if constraints else {}),
                                               **limits})
+    seed_everything(seed)  # before the data is split and the model initialised
     data = _load_data(data_name or DEMO_DATA, batch_size)
-    model, kwargs = _build(model_spec or DEMO_MODEL, data)
+    model, kwargs = _build(model_spec or DEMO_MODEL, data, trust_code)
     if train_epochs > 0:
+        import torch
+
+        from sconce.api import get_adapter
+        from sconce.pipeline import check_model_runs
+        from sconce.runtime import model_device
+
+        # labels and shapes are checked before training, as compress checks them
+        check_model_runs(model, data, get_adapter(model), model_device(model, torch.device("cpu")))
         logger.info("training the model for %g epoch(s) before compressing", train_epochs)
         train(model, data, train_epochs, device=device, seed=seed, progress=not no_progress)
     if finetune_epochs is not None:
@@ -258,6 +297,10 @@ def compress(model_spec: str | None, data_name: str | None, recipe_file: str | N
     result.report.print(console)
     console.print(f"saved to {out}/ (model.pt, model.json, report.json, report.md, report.png)",
                   highlight=False)
+    if result.failed is not None:
+        click.echo(f"sconce: error: {result.failed}; the stages before it are saved in {out}/",
+                   err=True)
+        raise click.exceptions.Exit(EXIT_STAGE_FAILED)
 
 
 @cli.command()
@@ -327,10 +370,11 @@ def datasets() -> None:
 @click.option("--data", "data_name", default=DEMO_DATA, show_default=True, metavar="NAME")
 @click.option("--metric", "metric_names", multiple=True, help="Only these metrics (repeatable).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--batch-size", default=None, type=int)
+@click.option("--batch-size", default=None, type=click.IntRange(min=1))
+@click.option("--trust-code", is_flag=True, help=_TRUST_CODE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def measure(model_spec: str, data_name: str, metric_names: tuple[str, ...], device: str,
-            batch_size: int | None, as_json: bool) -> None:
+            batch_size: int | None, trust_code: bool, as_json: bool) -> None:
     """The metrics of one model, as a table or JSON."""
     from sconce.api import context, get_adapter, resolve_metrics
     from sconce.metrics.measure import measure_with_context
@@ -339,12 +383,13 @@ def measure(model_spec: str, data_name: str, metric_names: tuple[str, ...], devi
     from sconce.runtime import resolve_device
 
     data = _load_data(data_name, batch_size)
-    model, _ = _build(model_spec, data)
+    model, _ = _build(model_spec, data, trust_code)
     adapter = get_adapter(model)
     resolved = resolve_device(device)
     check_model_runs(model, data, adapter, resolved)
     ctx = context(data, adapter=adapter, device=resolved, progress=False)
-    metrics = resolve_metrics(list(metric_names) or None, have_data=True)
+    metrics = resolve_metrics(list(metric_names) or None, have_data=True,
+                              task=adapter.task)
     measured = measure_with_context(model, ctx, metrics)
     if as_json:
         click.echo(json.dumps({"values": measured.values, "notes": measured.notes}, indent=2))
@@ -368,19 +413,24 @@ def build_cli() -> click.Group:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; a :class:`SconceError` becomes one line and exit status 2."""
     try:
-        cli.main(args=argv, prog_name="sconce", standalone_mode=False)
+        # without standalone mode, click returns an Exit's code instead of raising it
+        code = cli.main(args=argv, prog_name="sconce", standalone_mode=False)
     except SconceError as exc:
         click.echo(f"sconce: error: {exc}", err=True)
         return EXIT_USER_ERROR
     except click.exceptions.Abort:
         click.echo("sconce: aborted", err=True)
         return 130
+    except click.UsageError as exc:  # one line, like sconce's own errors
+        command = exc.ctx.command_path if exc.ctx is not None else "sconce"
+        click.echo(f"sconce: error: {exc.format_message()} (see {command} --help)", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

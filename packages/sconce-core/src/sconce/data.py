@@ -207,6 +207,17 @@ class Data:
                 joined = type(joined)(t.repeat(repeats, *[1] * (t.dim() - 1)) for t in joined)
         return _take(joined, batch_size)
 
+    def targets_of(self, split: str) -> torch.Tensor | None:
+        """Every label of ``split`` when its dataset exposes them (``targets``, or a
+        TensorDataset's last tensor) without iterating it, else None.
+
+        Example:
+            >>> data.targets_of("test")[:3]  # doctest: +SKIP
+            tensor([0, 1, 2])
+        """
+        loader: DataLoader[Any] | None = getattr(self, split, None)
+        return None if loader is None else _dataset_targets(loader.dataset)
+
     def batches(self, split: str, max_samples: int | None = None) -> Iterator[Any]:
         """Iterate the batches of ``split``, stopping once ``max_samples`` were yielded.
 

@@ -220,7 +220,8 @@ class sconce:
         """Measure both models on this object's data (latency timed for both together,
         interleaved) and print the comparison table with its notes."""
         data = self._data()
-        metrics = resolve_metrics(None, have_data=True)
+        metrics = resolve_metrics(None, have_data=True,
+                                  task=self._adapter(original).task)
         ctx = context(data, adapter=self._adapter(original), device=resolve_device(self.device),
                       progress=False)
         rows = [measure_with_context(model, ctx, metrics, compared=False)

@@ -1,7 +1,13 @@
 """``sconce.compress``: copy → baseline → for each stage: apply → fine-tune → measure → report.
 
 Each finished stage is checkpointed in the work folder (written atomically), so a run given
-``resume=True`` restarts after the last finished stage. The caller's model is never modified.
+``resume=True`` restarts after the last finished stage. The work folder's ``run.json`` records
+what the run is (a hash of the input model's weights, the data's identity, every option that
+changes results); resuming from a folder another run wrote is refused with a line naming what
+differs. The output folder is checked writable and locked for the whole run, so two runs never
+write into one folder. A stage whose technique fails (raises anything but a
+:class:`~sconce.errors.SconceError`, which is the user's to fix and propagates) is marked
+failed in the report; the earlier stages are kept (and saved). The caller's model is never modified.
 
 Memory: the pipeline holds one working copy of the model besides the caller's. Each stage's
 technique receives that copy (its own: nothing else references it) and the previous stages
@@ -18,8 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
 import json
 import logging
 import shutil
@@ -34,11 +42,11 @@ import torch
 from torch import nn
 
 from sconce import distributed
-from sconce.adapter import ModelAdapter
+from sconce.adapter import ClassifierAdapter, ModelAdapter
 from sconce.api import context, get_adapter, get_data, resolve_metrics
 from sconce.context import Context, StageNotes
-from sconce.data import Data
-from sconce.errors import DataError, ModelError, TechniqueError
+from sconce.data import Data, split_batch
+from sconce.errors import ConfigError, DataError, ModelError, SconceError, TechniqueError
 from sconce.masks import KeepZeros
 from sconce.metrics.base import Metric
 from sconce.metrics.measure import compare_with_context, is_compared, measure_with_context
@@ -48,11 +56,13 @@ from sconce.plugins import plugin_manager, registry
 from sconce.recipe import Constraints, Recipe, Stage, read_recipe
 from sconce.report import MetricInfo, Report, StageResult, stage_title
 from sconce.runtime import resolve_device, seed_everything
-from sconce.serialization import Architecture, StageRecord, rebuild, save_model
+from sconce.serialization import Architecture, StageRecord, read_weights, rebuild, save_model
 from sconce.storage import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    ensure_writable_dir,
+    folder_lock,
     replace_dir,
     staging_dir,
 )
@@ -87,15 +97,39 @@ class PlannedStage:
         return {"technique": self.technique.name, "config": self.config.to_dict()}
 
 
+@dataclass(frozen=True)
+class StageFailure:
+    """A stage whose technique raised something else than a :class:`SconceError` (a user's
+    mistake, which propagates as one line): which stage, and the error.
+
+    Attributes:
+        index: the stage's position in the recipe (1-based).
+        label: the stage as the recipe names it.
+        error: ``"TypeName: first line of the message"``.
+
+    Example:
+        >>> str(StageFailure(2, "quant.int8", "ValueError: boom"))
+        'stage 2 (quant.int8) failed: ValueError: boom'
+    """
+
+    index: int
+    label: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"stage {self.index} ({self.label}) failed: {self.error}"
+
+
 @dataclass
 class CompressionResult:
     """What :func:`compress` returns: the compressed model and the report.
 
     Attributes:
-        model: the compressed model (eval mode).
-        report: measured metrics per stage.
+        model: the compressed model (eval mode); after a failed stage, the last good one.
+        report: measured metrics per stage (a failed stage is a column noting its error).
         architecture: how :func:`sconce.load` rebuilds the model.
         work_dir: the folder with per-stage checkpoints.
+        failed: the stage that failed, or None when every stage finished.
     """
 
     model: nn.Module
@@ -104,6 +138,7 @@ class CompressionResult:
     work_dir: Path
     example_inputs: Any = None
     artifacts: list[Path] = field(default_factory=list)
+    failed: StageFailure | None = None
 
     def save(self, out: str | Path, *, model_spec: str | None = None,
              model_kwargs: Mapping[str, Any] | None = None) -> Path:
@@ -207,6 +242,46 @@ def check_model_runs(model: nn.Module, data: Data, adapter: ModelAdapter, device
             f"the model outputs {logits.shape[1]} classes but the data has {data.num_classes}; "
             "give a model with a matching output layer"
         )
+    if isinstance(adapter, ClassifierAdapter) and isinstance(logits, torch.Tensor) \
+            and logits.dim() == 2:
+        check_labels(data, int(logits.shape[1]))
+
+
+def check_labels(data: Data, num_classes: int) -> None:
+    """Check that the labels are class indices in ``[0, num_classes)``: all of them when the
+    dataset exposes its targets, else the first batch of each split.
+
+    Raises:
+        DataError: float, negative or out-of-range labels, in one line naming the split.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> bad = Data(test=DataLoader(TensorDataset(torch.zeros(2, 3), torch.tensor([0, 5]))))
+        >>> check_labels(bad, 3)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sconce.errors.DataError: the test labels must be class indices 0..2, found 5; relabel ...
+    """
+    for split in ("train", "val", "test", "calibration"):
+        loader = getattr(data, split)
+        if loader is None:
+            continue
+        targets = data.targets_of(split)
+        if targets is None:
+            first = next(iter(loader), None)
+            targets = split_batch(first)[1] if first is not None else None
+        if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.numel() == 0:
+            continue  # no labels, or soft / per-position targets: not class indices
+        fix = "relabel the data, or give a model with an output per class"
+        if targets.dtype.is_floating_point or targets.dtype.is_complex or \
+                targets.dtype == torch.bool:
+            raise DataError(f"the {split} labels are {targets.dtype} values; classification "
+                            "needs integer class indices (e.g. labels.long())")
+        low, high = int(targets.min()), int(targets.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise DataError(f"the {split} labels must be class indices 0..{num_classes - 1}, "
+                            f"found {bad}; {fix}")
 
 
 def check_constraints(constraints: Constraints, base: Mapping[str, float | None],
@@ -239,12 +314,112 @@ def check_constraints(constraints: Constraints, base: Mapping[str, float | None]
     return broken
 
 
-def _fingerprint(model: nn.Module, planned: Sequence[PlannedStage], settings: dict[str, Any]
-                 ) -> list[str]:
-    """One hash per stage prefix: a resumed run reuses stage k only if everything before
-    and including it is the same."""
-    shapes = sorted((k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items())
-    head = json.dumps({"model": shapes, "settings": settings}, sort_keys=True, default=str)
+RUN_FILE = "run.json"
+DATA_SAMPLES = 8
+"""Samples of each split hashed for the data's identity (spread over the split)."""
+
+
+def weights_hash(model: nn.Module) -> str:
+    """A SHA-256 of the model's state (names, dtypes, shapes and values).
+
+    Example:
+        >>> weights_hash(nn.Linear(2, 2)) == weights_hash(nn.Linear(2, 2))
+        False
+    """
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(_tensor_bytes(value))
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()[:16]
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> Any:
+    """The tensor's bytes as a buffer (no copy for a contiguous CPU tensor)."""
+    tensor = tensor.detach().cpu()
+    try:
+        return tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+    except (RuntimeError, TypeError):  # quantized or sparse layouts: their serialised form
+        buffer = io.BytesIO()
+        torch.save(tensor, buffer)
+        return buffer.getvalue()
+
+
+def data_identity(data: Data) -> dict[str, Any]:
+    """What identifies the data cheaply: its name, classes, input shape, each split's size
+    and batch size, and a hash of a few samples spread over each split.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> loader = DataLoader(TensorDataset(torch.zeros(4, 2), torch.zeros(4).long()))
+        >>> data_identity(Data(test=loader))["test"]["size"]
+        4
+    """
+    identity: dict[str, Any] = {"name": data.name, "classes": data.num_classes,
+                                "input_shape": list(data.input_shape or ())}
+    for split in ("train", "val", "test", "calibration"):
+        loader = getattr(data, split)
+        if loader is None:
+            continue
+        dataset = loader.dataset
+        entry: dict[str, Any] = {"batch_size": loader.batch_size}
+        try:
+            size = len(dataset)
+        except TypeError:  # an iterable dataset: no length, no indexing
+            size = None
+        entry["size"] = size
+        if size:
+            digest = hashlib.sha256()
+            try:
+                for index in sorted({i * size // DATA_SAMPLES for i in range(DATA_SAMPLES)}):
+                    _hash_sample(digest, dataset[index])
+                entry["sample_hash"] = digest.hexdigest()[:16]
+            except Exception as exc:  # a dataset that cannot be indexed: sizes only
+                logger.debug("the %s split cannot be sampled for its identity: %s", split, exc)
+        identity[split] = entry
+    return identity
+
+
+def _hash_sample(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        digest.update(_tensor_bytes(value))
+    elif isinstance(value, Mapping):
+        for key in sorted(value, key=str):
+            digest.update(str(key).encode())
+            _hash_sample(digest, value[key])
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _hash_sample(digest, item)
+    else:
+        digest.update(repr(value).encode())
+
+
+def _check_resumable(work_dir: Path, identity: Mapping[str, Any]) -> None:
+    """Refuse to resume from a work folder another run wrote, naming what differs."""
+    marker = work_dir / RUN_FILE
+    if not marker.is_file():
+        return
+    try:
+        previous = json.loads(marker.read_text("utf-8")).get("identity", {})
+    except (json.JSONDecodeError, AttributeError):
+        previous = {}
+    current = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    differs = sorted(key for key in set(previous) | set(current)
+                     if previous.get(key) != current.get(key))
+    if differs:
+        raise ConfigError(
+            f"cannot resume from {str(work_dir)!r}: it holds another run "
+            f"({', '.join(differs)} differ); drop --resume to start over, or choose "
+            "another output folder")
+
+
+def _fingerprint(identity: Mapping[str, Any], planned: Sequence[PlannedStage]) -> list[str]:
+    """One hash per stage prefix: a resumed run reuses stage k only if the run's identity
+    and every stage up to and including k are the same."""
+    head = json.dumps(identity, sort_keys=True, default=str)
     hashes, running = [], hashlib.sha256(head.encode())
     for stage in planned:
         running.update(json.dumps(stage.key, sort_keys=True, default=str).encode())
@@ -289,6 +464,17 @@ def compress(
         raise ModelError(f"model must be a torch nn.Module, got {type(model).__name__}")
     resolved, file_constraints, file_options = read_recipe(recipe)
     opts = CompressOptions.from_dict({**file_options, **options})
+    # the folders are checked writable and locked before any compute, for the whole run
+    locked = opts.out if opts.out is not None else opts.work_dir
+    with (folder_lock(locked) if locked is not None and distributed.is_main_process()
+          else contextlib.nullcontext()):
+        return _compress(model, data, resolved, constraints, file_constraints, opts)
+
+
+def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: Recipe,
+              constraints: Constraints | Mapping[str, Any] | None,
+              file_constraints: Constraints | None, opts: CompressOptions
+              ) -> CompressionResult:
     resolved_data = get_data(data)
     limits = Constraints.from_value(constraints) if constraints is not None else file_constraints
     nothing_installed = False
@@ -309,18 +495,31 @@ def compress(
     out = Path(opts.out) if opts.out is not None else None
     work_dir = Path(opts.work_dir if opts.work_dir is not None else (
         out / "work" if out is not None else tempfile.mkdtemp(prefix="sconce-")))
+    if distributed.is_main_process():
+        ensure_writable_dir(work_dir, "work folder")
     ctx = context(
         resolved_data, adapter=adapter, device=device, seed=opts.seed, work_dir=work_dir,
         finetune_epochs=opts.finetune_epochs, finetune_lr=opts.finetune_lr,
         constraints=limits, timing=opts.timing or TimingSettings(), progress=opts.progress,
         teacher_loader=(lambda: _frozen_copy(model, device)) if opts.distill else None,
     )
-    metric_objects = resolve_metrics(opts.metrics, have_data=True)
+    metric_objects = resolve_metrics(opts.metrics, have_data=True, task=adapter.task)
     hook = plugin_manager().hook
-    settings = {"seed": opts.seed, "finetune_epochs": opts.finetune_epochs,
-                "finetune_lr": opts.finetune_lr, "distill": opts.distill,
-                "data": resolved_data.name, "device": device.type}
-    fingerprints = _fingerprint(working, planned, settings)
+    identity = {
+        "model weights": weights_hash(working), "data": data_identity(resolved_data),
+        "seed": opts.seed, "finetune_epochs": opts.finetune_epochs,
+        "finetune_lr": opts.finetune_lr, "distill": opts.distill, "device": device.type,
+        "adapter": type(adapter).__qualname__,
+        "metrics": [m if isinstance(m, str) else m.name for m in opts.metrics or []],
+        "timing": repr(ctx.timing), "constraints": limits.to_dict() if limits else None,
+        "torch": torch.__version__,
+    }
+    if opts.resume:
+        _check_resumable(work_dir, identity)
+    if distributed.is_main_process():
+        atomic_write_json(work_dir / RUN_FILE, {"identity": json.loads(
+            json.dumps(identity, sort_keys=True, default=str))})
+    fingerprints = _fingerprint(identity, planned)
 
     together = ctx.footprint(working).nbytes * (len(planned) + 1) <= TOGETHER_BYTES
     baseline = measure_with_context(working, ctx, metric_objects, compared=False)
@@ -338,21 +537,47 @@ def compress(
     kept: list[Path | None] = []  # each stage's checkpoint, for the end-of-run timing
     current = working
     del working  # the stages below hand this one copy on; nothing else may keep it alive
+    failed: StageFailure | None = None
+    previous: Path | None = None  # the last finished stage's checkpoint
 
     for index, stage in enumerate(planned, start=1):
         folder = _stage_dir(work_dir, index, stage.technique.name)
         title = stage_title(stage.technique.kind, [s.title for s in report.stages])
-        if opts.resume and _finished(folder, fingerprints[index - 1]):
-            del current  # the stage's checkpoint replaces it
-            current, result, record = _restore_stage(folder, lambda: _copy_of(model, device),
-                                                     device)
-            result.title = title
-            logger.info("resumed: stage %d (%s) reused from %s", index, stage.label, folder)
-        else:
-            current, result, record = _run_stage(current, stage, ctx, title, metric_objects)
+        reused = opts.resume and _finished(folder, fingerprints[index - 1])
+        if reused:
+            try:
+                restored = _restore_stage(folder, lambda: _copy_of(model, device), device)
+            except SconceError as exc:
+                logger.warning("stage %d's checkpoint cannot be reused (%s); running it again",
+                               index, exc)
+                reused = False
+            else:
+                del current  # the stage's checkpoint replaces it
+                current, result, record = restored
+                result.title = title
+                logger.info("resumed: stage %d (%s) reused from %s", index, stage.label, folder)
+        if not reused:
+            try:
+                current, result, record = _run_stage(current, stage, ctx, title, metric_objects)
+            except SconceError:  # a user's mistake: one line (the earlier stages are in work/)
+                raise
+            except Exception as exc:  # a fault in the technique: the report names the stage
+                ctx.release_teacher()
+                failed = StageFailure(index, stage.label, _one_line(exc))
+                logger.error("%s; keeping the stages before it", failed)
+                logger.debug("the failed stage's traceback", exc_info=True)
+                report.stages.append(StageResult(
+                    title, technique=stage.technique.name, kind=stage.technique.kind,
+                    config=stage.config.to_dict(), notes={"failed": failed.error}))
+                report.run["failed"] = str(failed)
+                del current  # the technique may have changed it part-way
+                current = (_restore_stage(previous, lambda: _copy_of(model, device), device)[0]
+                           if previous is not None else _copy_of(model, device))
+                break
             architecture_so_far = Architecture(stages=[*architecture.stages, record])
             if distributed.is_main_process():
                 _checkpoint(folder, current, result, architecture_so_far, fingerprints[index - 1])
+        previous = folder
         ctx.release_teacher()
         architecture.stages.append(record)
         _carry_kept_values(result, report.stages[-1], metric_objects)
@@ -366,17 +591,22 @@ def compress(
     _time_together(model, device, kept, current if planned else None, report, ctx,
                    metric_objects)
 
-    if limits is not None and not limits.is_empty():
+    if limits is not None and not limits.is_empty() and failed is None:
         broken = check_constraints(limits, report.stages[0].values, report.stages[-1].values)
         report.run["constraints"] = limits.to_dict()
         report.stages[-1].notes["constraints"] = "; ".join(broken) if broken else "all met"
     current.eval()
     compressed = CompressionResult(model=current, report=report, architecture=architecture,
                                    work_dir=work_dir, example_inputs=ctx.example_inputs(1),
-                                   artifacts=artifacts)
+                                   artifacts=artifacts, failed=failed)
     if out is not None and distributed.is_main_process():
         compressed.save(out)
     return compressed
+
+
+def _one_line(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _copy_of(model: nn.Module, device: torch.device) -> nn.Module:
@@ -479,7 +709,8 @@ def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str
         raise TechniqueError(f"technique {technique.name!r} returned "
                              f"{type(compressed).__name__} instead of an nn.Module")
     check_restorable(technique, before, structure_of(compressed))
-    if technique.kind in FINETUNED_KINDS and not ctx.stage.finetuned \
+    wants_finetune = bool(getattr(technique, "finetune_after", technique.kind in FINETUNED_KINDS))
+    if wants_finetune and not ctx.stage.finetuned \
             and ctx.finetune_epochs > 0 and ctx.data is not None and ctx.data.train is not None:
         keeper = KeepZeros.of(compressed)
         ctx.finetune(compressed, teacher=ctx.teacher, callbacks=[keeper] if keeper else [])
@@ -524,10 +755,16 @@ def _finished(folder: Path, fingerprint: str) -> bool:
 
 def _restore_stage(folder: Path, original: Callable[[], nn.Module], device: torch.device
                    ) -> tuple[nn.Module, StageResult, StageRecord]:
-    saved = json.loads((folder / "stage.json").read_text("utf-8"))
-    description = json.loads((folder / "model.json").read_text("utf-8"))
+    try:
+        saved = json.loads((folder / "stage.json").read_text("utf-8"))
+        description = json.loads((folder / "model.json").read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{str(folder)!r} is damaged ({exc})") from None
     stages = Architecture.from_dict(description).stages
     model = rebuild(original(), stages, registry().techniques)
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(read_weights(folder / "model.pt"))
+    except RuntimeError as exc:
+        raise ModelError(f"{str(folder)!r} does not fit this model ({exc})") from None
     result = StageResult.from_dict(saved["result"])
     return model.to(device).eval(), result, stages[-1]

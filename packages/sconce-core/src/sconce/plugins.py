@@ -4,6 +4,12 @@ Plugins are found through the ``sconce`` entry-point group. Loading is lazy (not
 imported until something asks for a plugin-provided thing) and idempotent. The core's own
 built-in plugin modules are registered exactly as external ones are.
 
+Names: the first registration of a name keeps it. Plugins register in load order: the core's
+built-ins, then the project's own distributions (:data:`FIRST_PARTY`), then other entry points
+sorted by name, then plugins registered at run time. A later plugin that registers a taken
+name has that one item refused, with a warning naming it; everything else it registers, and
+everything of the plugin that owns the name, stays.
+
 Environment:
     ``SCONCE_DISABLE_PLUGIN_AUTOLOAD=1`` loads no entry-point plugin (built-ins still load).
     ``SCONCE_PLUGINS=prune,quant`` loads only the entry points with those names.
@@ -41,7 +47,15 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "sconce.builtin.metrics",
     "sconce.builtin.datasets",
     "sconce.builtin.models",
+    "sconce.builtin.lowbit",
+    "sconce.builtin.textmodels",
 )
+
+FIRST_PARTY: tuple[str, ...] = (
+    "sconce-prune", "sconce-quant", "sconce-sparse", "sconce-nas", "sconce-snn",
+)
+"""The project's own plugin distributions: they load (and so keep their names) before
+third-party ones."""
 
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
@@ -87,19 +101,34 @@ class Registry:
     layer_rules: dict[type, Any] = field(default_factory=dict)
     origin: dict[tuple[str, Any], str] = field(default_factory=dict)
 
-    def add(self, kind: str, name: Any, item: Any, plugin: str) -> None:
-        """Add ``item`` under ``name``; a duplicate name is a :class:`PluginError`."""
+    def add(self, kind: str, name: Any, item: Any, plugin: str) -> bool:
+        """Add ``item`` under ``name``, unless an earlier plugin took the name: then the
+        newcomer's item is refused with a warning naming it, and False is returned.
+
+        Raises:
+            PluginError: the item has no name.
+
+        Example:
+            >>> reg = Registry()
+            >>> reg.add("datasets", "mine", dict, "a"), reg.add("datasets", "mine", list, "b")
+            (True, False)
+            >>> reg.datasets["mine"] is dict
+            True
+        """
         table: dict[Any, Any] = getattr(self, kind)
         if kind != "layer_rules" and (not isinstance(name, str) or not name):
             raise PluginError(f"plugin {plugin!r} registered a {kind[:-1]} without a name")
         if name in table:
             first = self.origin[(kind, name)]
-            raise PluginError(
-                f"{kind[:-1]} {name!r} is registered twice (by {first!r} and {plugin!r}); "
-                "uninstall one of the two plugins"
-            )
+            shown = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
+            what = kind[:-1].replace("_", " ")
+            logger.warning("sconce plugin %r: its %s %r is refused, plugin %r registered that "
+                           "name first (the rest of both plugins is kept)",
+                           plugin, what, shown, first)
+            return False
         table[name] = item
         self.origin[(kind, name)] = plugin
+        return True
 
     def layer_rule(self, module: object) -> Any:
         """The :class:`sconce.ChannelwiseLayer` described for ``module``'s class or its
@@ -140,11 +169,21 @@ def _selected_entry_points() -> Iterator[metadata.EntryPoint]:
     wanted_env = os.environ.get("SCONCE_PLUGINS", "").strip()
     wanted = {w.strip() for w in wanted_env.split(",") if w.strip()} if wanted_env else None
     seen: set[str] = set()
-    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_load_rank):
         if entry_point.name in seen or (wanted is not None and entry_point.name not in wanted):
             continue
         seen.add(entry_point.name)
         yield entry_point
+
+
+def _load_rank(entry_point: metadata.EntryPoint) -> tuple[int, str]:
+    """The project's own distributions first (in :data:`FIRST_PARTY` order), then the
+    others by entry-point name, so which plugin keeps a name never depends on install order."""
+    dist = entry_point.dist
+    dist_name = (dist.metadata["Name"] or "") if dist is not None else ""
+    if dist_name in FIRST_PARTY:
+        return FIRST_PARTY.index(dist_name), entry_point.name
+    return len(FIRST_PARTY), entry_point.name
 
 
 def _register(manager: pluggy.PluginManager, plugin: ModuleType, info: PluginInfo) -> None:
@@ -295,9 +334,13 @@ def registry() -> Registry:
             return _registry
         manager = load_plugins()
         reg = Registry()
+        order = {info.name: index for index, info in enumerate(_infos)}
         for kind, hook_name in _REGISTRATION_HOOKS.items():
             caller = getattr(manager.hook, hook_name)
-            for impl in reversed(caller.get_hookimpls()):
+            # load order (never pluggy's call order, which tryfirst/trylast could change)
+            impls = sorted(caller.get_hookimpls(),
+                           key=lambda impl: order.get(impl.plugin_name, len(order)))
+            for impl in impls:
                 _run_registration(reg, kind, impl)
         _registry = reg
         return reg

@@ -6,8 +6,14 @@ changed structure, the technique's restore record). :func:`load_saved` rebuilds 
 architecture from a fresh instance the caller passes (or from the spec), replays each
 technique's ``restore``, then loads the weights. When neither an instance nor a spec is
 known, the folder's ``model.pt2`` (the model exported at save time, see
-:mod:`sconce.exported`) is loaded instead: a module with a dynamic batch dimension whose
-``.eval()`` / ``.train()`` / ``.to()`` work.
+:mod:`sconce.exported`) is loaded instead, with ``trust_code=True`` only (``torch.export.load``
+unpickles): a module with a dynamic batch dimension whose ``.eval()`` / ``.train()`` /
+``.to()`` work.
+
+A saved folder is data, never code: the spec in ``model.json`` may name a registered model
+(or another folder sconce saved); one that names code (``pkg.module:callable``,
+``file.py:Name``) is refused unless the caller passes ``trust_code=True``, and the keyword
+arguments it records must be plain JSON values. See ``SECURITY.md`` at the repository root.
 
 This module knows no registry: the caller passes the installed techniques and the registered
 model factories (:func:`sconce.load` does).
@@ -93,8 +99,38 @@ class Architecture:
         """
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             raise ModelError("model.json is not a sconce model description")
-        return cls(spec=data.get("spec"), kwargs=dict(data.get("kwargs", {})),
-                   stages=[StageRecord(**s) for s in data.get("stages", [])])
+        spec, kwargs, stages = data.get("spec"), data.get("kwargs", {}), data.get("stages", [])
+        if spec is not None and not isinstance(spec, str):
+            raise ModelError(f"model.json's spec must be a string, got {spec!r}")
+        if not isinstance(kwargs, Mapping) or not all(
+                isinstance(k, str) and _plain(v) for k, v in kwargs.items()):
+            raise ModelError("model.json's kwargs must map names to plain JSON values")
+        if not isinstance(stages, list) or not all(
+                isinstance(s, Mapping) and isinstance(s.get("technique"), str) for s in stages):
+            raise ModelError("model.json's stages must be a list of {technique, config, record}")
+        try:
+            records = [StageRecord(**s) for s in stages]
+        except TypeError as exc:
+            raise ModelError(f"model.json has a damaged stage record ({exc})") from None
+        return cls(spec=spec, kwargs=dict(kwargs), stages=records)
+
+
+def _plain(value: Any) -> bool:
+    """A JSON scalar, or a list of them: all a model.json may pass to a model factory."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def names_code(spec: str) -> bool:
+    """Whether a model spec names code to import (``pkg.module:attr`` or ``file.py:Name``)
+    rather than a registered model.
+
+    Example:
+        >>> names_code("os:system"), names_code("x.py:Net"), names_code("vgg")
+        (True, True, False)
+    """
+    return ":" in spec or spec.endswith(".py")
 
 
 def save_model(model: nn.Module, folder: str | Path, *, architecture: Architecture,
@@ -186,7 +222,8 @@ def read_architecture(folder: str | Path) -> Architecture:
 
 def load_saved(folder: str | Path, model: nn.Module | None = None, *,
                techniques: Mapping[str, Any], models: Mapping[str, Callable[..., nn.Module]],
-               map_location: str | torch.device = "cpu") -> nn.Module:
+               map_location: str | torch.device = "cpu", trust_code: bool = False,
+               _seen: frozenset[Path] = frozenset()) -> nn.Module:
     """Load a model saved by sconce, in eval mode (see the module docstring for the order).
 
     Args:
@@ -195,19 +232,37 @@ def load_saved(folder: str | Path, model: nn.Module | None = None, *,
         techniques: installed techniques by name (for their ``restore``).
         models: registered model factories (for a spec that names one).
         map_location: device for the weights.
+        trust_code: allow a spec that names code (``pkg.module:factory``, ``file.py:Name``)
+            to be imported and called; only for folders you trust as you trust your own code.
 
     Raises:
-        ModelError: the folder is not a sconce model, or the architecture cannot be rebuilt.
+        ModelError: the folder is not a sconce model, the architecture cannot be rebuilt,
+            or it names code and ``trust_code`` is False.
     """
     folder = Path(folder)
     architecture = read_architecture(folder)
+    spec = architecture.spec
     if model is not None:
         base = copy.deepcopy(model)
-    elif architecture.spec is not None and (Path(architecture.spec) / "model.json").is_file():
-        base = load_saved(architecture.spec, techniques=techniques, models=models)
-    elif architecture.spec is not None:
-        base = build_model(architecture.spec, models, **architecture.kwargs)
+    elif spec is not None and spec not in models and (Path(spec) / "model.json").is_file():
+        nested = Path(spec).resolve()
+        if nested in _seen or nested == folder.resolve():
+            raise ModelError(f"{str(folder)!r}: model.json refers to itself in a loop")
+        base = load_saved(nested, techniques=techniques, models=models, trust_code=trust_code,
+                          _seen=_seen | {folder.resolve()})
+    elif spec is not None:
+        if spec not in models and names_code(spec) and not trust_code:
+            raise ModelError(
+                f"{str(folder)!r}: model.json names code ({spec!r}), which sconce never runs "
+                "from a saved folder; pass trust_code=True (--trust-code) only if you trust "
+                "its source, or give model=<a fresh instance> (see SECURITY.md)")
+        base = build_model(spec, models, **architecture.kwargs)
     elif (folder / PROGRAM_NAME).is_file():
+        if not trust_code:
+            raise ModelError(
+                f"{str(folder)!r} holds its model as {PROGRAM_NAME}, which torch.export.load "
+                "unpickles (it can run code); pass trust_code=True (--trust-code) only if you "
+                "made or trust this folder, or give model=<a fresh instance> (see SECURITY.md)")
         return load_program(folder / PROGRAM_NAME).to(map_location)
     else:
         raise ModelError(
@@ -215,10 +270,34 @@ def load_saved(folder: str | Path, model: nn.Module | None = None, *,
             "call sconce.load(folder, model=<a fresh instance of the original model>)"
         )
     rebuilt = rebuild(base, architecture.stages, techniques)
-    state = torch.load(folder / "model.pt", map_location=map_location, weights_only=True)
+    state = read_weights(folder / "model.pt", map_location)
     try:
         rebuilt.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelError(f"the saved weights do not fit the rebuilt architecture: "
                          f"{str(exc).splitlines()[0]}") from None
     return rebuilt.eval()
+
+
+def read_weights(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The state dict in ``path``, loaded with ``weights_only=True``.
+
+    Raises:
+        ModelError: the file is missing, damaged, or holds something else than weights.
+
+    Example:
+        >>> read_weights(Path("missing/model.pt"))
+        Traceback (most recent call last):
+        ...
+        sconce.errors.ModelError: 'missing/model.pt' is missing; the saved folder is incomplete
+    """
+    if not path.is_file():
+        raise ModelError(f"{str(path)!r} is missing; the saved folder is incomplete")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad archive
+        raise ModelError(f"{str(path)!r} is damaged or not a weights file (torch.load "
+                         f"refused it: {type(exc).__name__}); save the model again") from None
+    if not isinstance(state, Mapping):
+        raise ModelError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return dict(state)

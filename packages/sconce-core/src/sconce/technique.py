@@ -9,7 +9,9 @@ A technique is any object with the attributes of :class:`TechniqueProtocol`;
     One of :data:`KINDS`. ``prune``, ``sparsify`` and ``search`` stages are fine-tuned by the
     pipeline after ``apply`` (with the run's budget, distilling from the original model)
     unless the technique fine-tuned through ``ctx.finetune`` itself; ``quantize`` and
-    ``convert`` stages are not.
+    ``convert`` stages are not. An optional boolean attribute ``finetune_after`` overrides
+    this (``sparse.engine`` sets it False: its stage changes how weights run, not what they
+    are, and there is nothing to train).
 ``Config``
     A :class:`sconce.Config` dataclass: every field has a default, ``validate`` raises a
     one-line :class:`~sconce.errors.ConfigError`, and it round-trips through ``to_dict`` /

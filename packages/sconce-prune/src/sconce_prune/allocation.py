@@ -28,7 +28,7 @@ from sconce.errors import DataError
 from sconce.evaluation import EvalResult
 from sconce.plotting import save_png
 from sconce.sensitivity import Allocation, choose_ratios, plot_sensitivity, scan_sensitivity
-from sconce_prune.masks import global_counts, magnitude_mask, round_counts
+from sconce_prune.masks import Block, global_counts, prune_mask, round_counts
 from sconce_prune.targets import Target
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MagnitudeEvaluator", "Plan", "note_result", "plan_allocation"]
+__all__ = ["MagnitudeEvaluator", "Plan", "note_block", "note_result", "plan_allocation"]
 
 
 @dataclass
@@ -72,8 +72,9 @@ class Plan:
 class MagnitudeEvaluator:
     """A :data:`sconce.sensitivity.Evaluator` for unstructured magnitude pruning.
 
-    Prunes the named targets in place, evaluates on the validation split (the first
-    ``samples`` samples, the same every call), and puts the weights back.
+    Prunes the named targets in place (whole blocks when ``block`` is given), evaluates on
+    the validation split (the first ``samples`` samples, the same every call), and puts the
+    weights back.
 
     Example:
         >>> evaluator = MagnitudeEvaluator(model, targets, ctx, 1000)  # doctest: +SKIP
@@ -82,8 +83,9 @@ class MagnitudeEvaluator:
     """
 
     def __init__(self, model: nn.Module, targets: Sequence[Target], ctx: Context,
-                 samples: int) -> None:
+                 samples: int, block: Block | None = None) -> None:
         self.model = model
+        self.block = block
         self.targets = {t.name: t for t in targets}
         self.ctx = ctx
         self.samples = samples
@@ -95,7 +97,8 @@ class MagnitudeEvaluator:
             for name, ratio in ratios.items():
                 weight = self.targets[name].weight
                 saved[name] = weight.detach().clone()
-                weight.masked_fill_(~magnitude_mask(weight, round(ratio * weight.numel())), 0.0)
+                keep = prune_mask(weight, round(ratio * weight.numel()), self.block)
+                weight.masked_fill_(~keep, 0.0)
         try:
             self.calls += 1
             return self.ctx.evaluate(self.model, split="val", max_samples=self.samples)
@@ -126,7 +129,8 @@ def plan_allocation(model: nn.Module, targets: Sequence[Target], config: Magnitu
                         "'uniform' or 'global'")
     if data.val is None:
         logger.warning("no validation split: the sensitivity analysis uses the test split")
-    evaluator = MagnitudeEvaluator(model, targets, ctx, config.sensitivity_samples)
+    evaluator = MagnitudeEvaluator(model, targets, ctx, config.sensitivity_samples,
+                                   config.block)
     sensitivity = scan_sensitivity([t.name for t in targets], evaluator,
                                    config.sensitivity_ratios)
     sizes = {t.name: t.numel for t in targets}
@@ -181,3 +185,21 @@ def note_result(ctx: Context, targets: Sequence[Target], skipped: Sequence[Targe
              f"{sparsity:.2%} zero")
     ctx.note("skipped layers", ", ".join(t.name for t in skipped) or "none")
     return sparsity
+
+
+def note_block(ctx: Context, block: Block | None, misfits: Sequence[Target]) -> None:
+    """Record the block pattern and the layers it does not tile (left unpruned).
+
+    Example:
+        >>> from sconce import Context
+        >>> ctx = Context.for_inputs(torch.zeros(1, 2))
+        >>> note_block(ctx, (1, 8), [])
+        >>> ctx.stage.notes["pattern"]
+        'blocks of 1x8 on (out, in * kh * kw)'
+    """
+    if block is None:
+        return
+    ctx.note("pattern", f"blocks of {block[0]}x{block[1]} on (out, in * kh * kw)")
+    if misfits:
+        ctx.note("not block-pruned (the block does not divide the weight)",
+                 ", ".join(f"{t.name} {tuple(t.weight.shape)}" for t in misfits))

@@ -34,6 +34,15 @@ def _check_skip(skip: tuple[str, ...] | None) -> None:
         raise ConfigError(f"skip_layers must be a list of layer names, got {skip!r}")
 
 
+def _check_block(block: tuple[int, int] | None) -> None:
+    if block is None:
+        return
+    if isinstance(block, (str, bytes)) or not isinstance(block, tuple | list) or len(block) != 2 \
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in block):
+        raise ConfigError(f"block must be two positive integers [rows, cols], like [1, 8] or "
+                          f"[4, 4]; got {block!r}")
+
+
 def _check_optional_epochs(name: str, value: float | None) -> None:
     if value is not None:
         check_positive(name, value, allow_zero=True)
@@ -54,6 +63,11 @@ class MagnitudeConfig(PruneConfig):
         max_sparsity: upper end of that search.
         sensitivity_ratios: per-layer ratios probed by the sensitivity analysis.
         sensitivity_samples: validation samples each probe evaluates.
+        block: prune whole ``[rows, cols]`` tiles (e.g. ``[1, 8]``, ``[4, 4]``) of each
+            weight's 2-D view ``(out, in * kh * kw)`` instead of single values, the layout
+            block-sparse kernels run; the tiles with the smallest L1 norm go. Layers the
+            block does not divide are left unpruned and listed in the report. None: single
+            values.
     """
 
     allocation: str = "uniform"
@@ -62,11 +76,13 @@ class MagnitudeConfig(PruneConfig):
     max_sparsity: float = 0.95
     sensitivity_ratios: tuple[float, ...] = DEFAULT_RATIOS
     sensitivity_samples: int = 1000
+    block: tuple[int, int] | None = None
 
     def validate(self) -> None:
         super().validate()
         check_choice("allocation", self.allocation, ALLOCATIONS)
         _check_skip(self.skip_layers)
+        _check_block(self.block)
         if self.max_accuracy_drop is not None:
             check_positive("max_accuracy_drop", self.max_accuracy_drop, allow_zero=True)
             if self.allocation != "auto":

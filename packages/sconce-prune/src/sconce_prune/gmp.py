@@ -23,9 +23,9 @@ from torch import nn
 
 from sconce.technique import Technique
 from sconce.train import TrainCallback, TrainState
-from sconce_prune.allocation import Plan, note_result, plan_allocation
+from sconce_prune.allocation import Plan, note_block, note_result, plan_allocation
 from sconce_prune.config import GMPConfig
-from sconce_prune.masks import MaskSet
+from sconce_prune.masks import MaskSet, split_by_block
 from sconce_prune.schedule import CubicSchedule
 from sconce_prune.targets import find_targets, select_targets
 
@@ -99,9 +99,10 @@ class GradualMagnitudePruning(Technique):
 
     def apply(self, model: nn.Module, config: GMPConfig, ctx: Context) -> nn.Module:
         targets, skipped = select_targets(find_targets(model), config.skip_layers)
+        targets, misfits = split_by_block(targets, config.block)
         plan = plan_allocation(model, targets, config, ctx, "prune-gmp")
         epochs = ctx.finetune_epochs if config.finetune_epochs is None else config.finetune_epochs
-        masks = MaskSet(targets)
+        masks = MaskSet(targets, config.block)
         can_train = ctx.data is not None and ctx.data.train is not None
         if epochs > 0 and can_train and plan.sparsity > 0:
             self._gradual(model, config, ctx, plan, masks, epochs)
@@ -109,7 +110,8 @@ class GradualMagnitudePruning(Technique):
             masks.set_counts(plan.counts(targets, plan.sparsity))
             ctx.note("schedule", "no fine-tuning budget or training data: pruned in one shot")
         masks.fold()
-        sparsity = note_result(ctx, targets, skipped)
+        note_block(ctx, config.block, misfits)
+        sparsity = note_result(ctx, targets, [*skipped, *misfits])
         logger.info("prune.gmp: %s, %.2f%% of the pruned layers' weights zero", plan.method,
                     100 * sparsity)
         return model

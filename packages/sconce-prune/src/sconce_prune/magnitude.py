@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from sconce.technique import Technique
-from sconce_prune.allocation import note_result, plan_allocation
+from sconce_prune.allocation import note_block, note_result, plan_allocation
 from sconce_prune.config import MagnitudeConfig
-from sconce_prune.masks import MaskSet
+from sconce_prune.masks import MaskSet, split_by_block
 from sconce_prune.targets import find_targets, select_targets
 
 if TYPE_CHECKING:
@@ -49,11 +49,13 @@ class MagnitudePruning(Technique):
 
     def apply(self, model: nn.Module, config: MagnitudeConfig, ctx: Context) -> nn.Module:
         targets, skipped = select_targets(find_targets(model), config.skip_layers)
+        targets, misfits = split_by_block(targets, config.block)
         plan = plan_allocation(model, targets, config, ctx, "prune-magnitude")
-        masks = MaskSet(targets)
+        masks = MaskSet(targets, config.block)
         masks.set_counts(plan.counts(targets, plan.sparsity))
         masks.fold()
-        sparsity = note_result(ctx, targets, skipped)
+        note_block(ctx, config.block, misfits)
+        sparsity = note_result(ctx, targets, [*skipped, *misfits])
         logger.info("prune.magnitude: %s, %.2f%% of the pruned layers' weights zero",
                     plan.method, 100 * sparsity)
         return model

@@ -1,4 +1,4 @@
-"""Pruning masks: magnitude (exact counts, per layer or global), N:M; held during
+"""Pruning masks: magnitude (exact counts, per layer or global), blocks, N:M; held during
 fine-tuning by the core's :class:`sconce.masks.KeepZeros` (:meth:`MaskSet.keeper`).
 
 Masks are plain boolean tensors held by a :class:`MaskSet`, never registered on the model:
@@ -29,7 +29,11 @@ from sconce_prune.targets import Target
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MaskSet", "global_counts", "magnitude_mask", "nm_mask", "round_counts"]
+__all__ = ["Block", "MaskSet", "block_fits", "block_mask", "global_counts", "magnitude_mask",
+           "nm_mask", "prune_mask", "round_counts", "split_by_block"]
+
+Block = tuple[int, int]
+"""``(rows, cols)`` of the tiles a block mask zeroes, on a weight's 2-D view ``(shape[0], -1)``."""
 
 
 def magnitude_mask(weight: torch.Tensor, pruned: int) -> torch.Tensor:
@@ -47,6 +51,82 @@ def magnitude_mask(weight: torch.Tensor, pruned: int) -> torch.Tensor:
                           sorted=False).indices
         keep[drop] = False
     return keep.reshape(weight.shape)
+
+
+def block_fits(weight: torch.Tensor, block: Block) -> bool:
+    """Whether ``block`` tiles the weight's 2-D view ``(shape[0], -1)`` exactly.
+
+    Example:
+        >>> block_fits(torch.zeros(8, 3, 3, 3), (4, 9)), block_fits(torch.zeros(10, 16), (4, 4))
+        (True, False)
+    """
+    rows = weight.shape[0]
+    return rows % block[0] == 0 and (weight.numel() // max(rows, 1)) % block[1] == 0
+
+
+def block_mask(weight: torch.Tensor, pruned: int, block: Block) -> torch.Tensor:
+    """Keep-mask that drops the ``round(pruned / (r * c))`` tiles of smallest L1 norm.
+
+    Tiles are ``r x c`` on the weight's 2-D view ``(shape[0], -1)`` (a convolution's
+    ``(out, in * kh * kw)``), so every tile is either kept or zeroed whole: the layout block
+    sparse kernels (BSR) run.
+
+    Raises:
+        TechniqueError: when the block does not tile the weight.
+
+    Example:
+        >>> weight = torch.tensor([[1.0, 1.0, 5.0, 5.0], [1.0, 1.0, 5.0, 5.0]])
+        >>> block_mask(weight, 4, (2, 2))
+        tensor([[False, False,  True,  True],
+                [False, False,  True,  True]])
+    """
+    if not block_fits(weight, block):
+        raise TechniqueError(f"block {block[0]}x{block[1]} does not tile a weight of shape "
+                             f"{tuple(weight.shape)} (seen as {weight.shape[0]} x "
+                             f"{weight.numel() // max(weight.shape[0], 1)})")
+    r, c = block
+    view = weight.detach().abs().reshape(weight.shape[0], -1)
+    rows, cols = view.shape
+    scores = view.reshape(rows // r, r, cols // c, c).sum(dim=(1, 3))
+    keep = magnitude_mask(scores, round(pruned / (r * c)))
+    return keep[:, None, :, None].expand(rows // r, r, cols // c, c).reshape(weight.shape)
+
+
+def prune_mask(weight: torch.Tensor, pruned: int, block: Block | None = None) -> torch.Tensor:
+    """:func:`block_mask` when a block is given, else :func:`magnitude_mask`.
+
+    Example:
+        >>> prune_mask(torch.tensor([[3.0, 1.0]]), 1)
+        tensor([[ True, False]])
+    """
+    if block is None or block == (1, 1):
+        return magnitude_mask(weight, pruned)
+    return block_mask(weight, pruned, block)
+
+
+def split_by_block(targets: Sequence[Target], block: Block | None
+                   ) -> tuple[list[Target], list[Target]]:
+    """Split ``targets`` into those ``block`` tiles and the rest (all fit without a block).
+
+    Raises:
+        TechniqueError: when no target fits.
+
+    Example:
+        >>> from torch import nn
+        >>> from sconce_prune.targets import find_targets
+        >>> model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
+        >>> [[t.name for t in part] for part in split_by_block(find_targets(model), (4, 4))]
+        [['0'], ['1']]
+    """
+    if block is None:
+        return list(targets), []
+    fitting = [t for t in targets if block_fits(t.weight, block)]
+    if not fitting:
+        shapes = ", ".join(f"{t.name or type(t.module).__name__}: {tuple(t.weight.shape)}"
+                           for t in targets)
+        raise TechniqueError(f"block {block[0]}x{block[1]} tiles none of the layers to prune "
+                             f"({shapes}); choose a block that divides their weights")
+    return fitting, [t for t in targets if t not in fitting]
 
 
 def nm_mask(weight: torch.Tensor, n: int, m: int, input_dim: int = 1) -> torch.Tensor:
@@ -132,8 +212,9 @@ class MaskSet:
         0.75
     """
 
-    def __init__(self, targets: Sequence[Target]) -> None:
+    def __init__(self, targets: Sequence[Target], block: Block | None = None) -> None:
         self.targets = list(targets)
+        self.block = block
         self.masks: dict[str, torch.Tensor] = {}
 
     @property
@@ -143,10 +224,12 @@ class MaskSet:
 
     def set_counts(self, counts: Mapping[str, int]) -> None:
         """Recompute magnitude masks that prune exactly ``counts[name]`` values per target
-        (targets not named are left unmasked), then apply them."""
+        (whole blocks when the set has a block: the count rounded to blocks; targets not
+        named are left unmasked), then apply them."""
         for target in self.targets:
             if target.name in counts:
-                self.masks[target.name] = magnitude_mask(target.weight, counts[target.name])
+                self.masks[target.name] = prune_mask(target.weight, counts[target.name],
+                                                     self.block)
         self.apply()
 
     def set_masks(self, masks: Mapping[str, torch.Tensor]) -> None:

@@ -10,6 +10,7 @@ from sconce_prune.channel import ChannelPruning
 from sconce_prune.gmp import GradualMagnitudePruning
 from sconce_prune.magnitude import MagnitudePruning
 from sconce_prune.nm import NMPruning
+from sconce_prune.oneshot import OBC, SparseGPT, Wanda
 
 
 @hookimpl
@@ -19,3 +20,6 @@ def sconce_register_techniques(register: Callable[[Any], None]) -> None:
     register(MagnitudePruning())
     register(NMPruning())
     register(ChannelPruning())
+    register(SparseGPT())
+    register(OBC())
+    register(Wanda())

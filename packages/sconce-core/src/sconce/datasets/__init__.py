@@ -10,5 +10,7 @@ from __future__ import annotations
 
 from sconce.datasets.digits import digits
 from sconce.datasets.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, fashion_mnist, read_idx
+from sconce.datasets.text import causal_lm_text, english_text, sentence_text
 
-__all__ = ["DEFAULT_FASHION_MNIST_DIR", "digits", "fashion_mnist", "read_idx"]
+__all__ = ["DEFAULT_FASHION_MNIST_DIR", "causal_lm_text", "digits", "english_text",
+           "fashion_mnist", "read_idx", "sentence_text"]

@@ -60,6 +60,8 @@ class Metric:
             changes the precision of each multiply-accumulate, not their number): when the
             metric cannot measure such a stage's model, the pipeline carries the value from
             the stage before, with a note saying so and why.
+        tasks: the adapter tasks (``ModelAdapter.task``) the metric is a default for; None:
+            every task.
     """
 
     name: ClassVar[str] = ""
@@ -72,6 +74,7 @@ class Metric:
     display_scale: ClassVar[float] = 1.0
     display_unit: ClassVar[str | None] = None
     kept_by_kinds: ClassVar[tuple[str, ...]] = ()
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
         """Measure ``model``; raise :class:`MetricUnavailable` when it does not apply."""

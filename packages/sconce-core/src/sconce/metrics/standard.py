@@ -37,6 +37,7 @@ class Accuracy(Metric):
     name, label, unit = "accuracy", "Accuracy", "%"
     higher_is_better = True
     needs_data = True
+    tasks = ("classification", "causal-lm")  # next-token accuracy for a causal LM
     digits = 2
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
