@@ -66,9 +66,10 @@ def test_uninstalled_prune_mode_names_the_plugin(monkeypatch) -> None:
         sconces.recipe()
 
 
-def test_the_quickstart_flow(loaders, capsys, monkeypatch) -> None:
+def test_the_quickstart_flow(loaders, capsys, monkeypatch, tmp_path) -> None:
     from sconce.plugins import reset_plugins
 
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SCONCE_DISABLE_PLUGIN_AUTOLOAD", "1")
     reset_plugins()
     sconce_package.register_plugin(types.SimpleNamespace(
@@ -82,7 +83,10 @@ def test_the_quickstart_flow(loaders, capsys, monkeypatch) -> None:
     assert isinstance(result, sconce_package.CompressionResult)
     assert [s.technique for s in result.report.stages] == [None, "prune.gmp"]
     assert sconces.evaluate() > 80.0  # trained by compress() before pruning
-    assert "Comparison Table" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Comparison Table" in printed
+    assert "Pruned: Latency b=1 vs original" in printed  # the notes, as sconce.compress has them
+    assert (tmp_path / "tiny-gmp" / "report.md").is_file()  # saved under experiment_name
 
 
 def test_measurement_helpers(loaders) -> None:

@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader
 from sconce.adapter import ClassifierAdapter, ModelAdapter
 from sconce.context import Context
 from sconce.data import Data
-from sconce.errors import DataError
+from sconce.errors import DataError, ModelError
 from sconce.footprint import Footprint
 from sconce.footprint import model_footprint as count_footprint
 from sconce.metrics.base import Metric
-from sconce.metrics.measure import measure_with_context
+from sconce.metrics.measure import compare_with_context, measure_with_context
 from sconce.metrics.timing import TimingSettings
 from sconce.modelspec import build_model as build_from_spec
 from sconce.plugins import plugin_infos, plugin_manager, registry
@@ -164,7 +164,7 @@ def resolve_metrics(names: Sequence[str | Metric] | None, *, have_data: bool,
 
 
 def measure(
-    model: nn.Module,
+    model: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module],
     data: Data | Mapping[str, Any] | str | None = None,
     example_inputs: Any = None,
     metrics: Sequence[str | Metric] | None = None,
@@ -172,16 +172,23 @@ def measure(
     device: str | torch.device = "cpu",
     adapter: ModelAdapter | None = None,
     timing: TimingSettings | None = None,
-) -> dict[str, float | None]:
-    """Measure ``model`` and return ``{metric name: value}`` (None where not measurable).
+) -> Any:
+    """Measure a model, or compare several: ``{metric name: value}`` (None where not
+    measurable) for one model; a list (or a dict by name) of them for several.
+
+    Several models are compared the way ``compress`` compares its stages: latency is timed
+    for all of them together, interleaved round by round, so load on the machine lands on
+    every one alike (:func:`sconce.metrics.timing.time_interleaved`); the other metrics are
+    measured one model at a time.
 
     Args:
-        model: measured as is (in eval mode; its mode is restored).
+        model: one model, a sequence of models, or ``{name: model}``; measured as is (in
+            eval mode; modes are restored).
         data: labelled data for accuracy; without it only model-only metrics run.
         example_inputs: one input batch, when there is no data.
         metrics: names or Metric objects; default: every default metric that applies.
         device: where to run ("cpu" by default, so numbers are comparable).
-        adapter: how to run the model.
+        adapter: how to run the model(s).
         timing: latency settings (threads, rounds, throughput batch).
 
     Example:
@@ -189,14 +196,31 @@ def measure(
         ...                  metrics=["params", "size", "macs"])
         >>> values["params"], values["size"] * 2**20, values["macs"]
         (1010.0, 4040.0, 1000.0)
+        >>> both = measure({"big": nn.Linear(100, 10), "small": nn.Linear(100, 2)},
+        ...                example_inputs=torch.randn(1, 100), metrics=["params"])
+        >>> both["small"]["params"]
+        202.0
     """
     resolved = get_data(data) if data is not None else None
     if resolved is None and example_inputs is None:
         raise DataError("measure() needs data= or example_inputs=")
-    ctx = context(resolved, adapter=get_adapter(model, adapter), device=resolve_device(device),
-                  inputs=example_inputs, timing=timing or TimingSettings(), progress=False)
+    named = dict(model) if isinstance(model, Mapping) else None
+    given: list[object] = list(named.values()) if named is not None else (
+        [model] if isinstance(model, nn.Module) else list(model))
+    models = [m for m in given if isinstance(m, nn.Module)]
+    if not models or len(models) != len(given):
+        raise ModelError("measure() needs an nn.Module, or a list or dict of them")
+    ctx = context(resolved, adapter=get_adapter(models[0], adapter),
+                  device=resolve_device(device), inputs=example_inputs,
+                  timing=timing or TimingSettings(), progress=False)
     chosen = resolve_metrics(metrics, have_data=resolved is not None, task=ctx.adapter.task)
-    return measure_with_context(model, ctx, chosen).values
+    results = [measure_with_context(m, ctx, chosen, compared=False).values for m in models]
+    compared = compare_with_context(models, ctx, chosen)
+    for values, timed in zip(results, compared, strict=True):
+        values.update(timed.values)
+    if named is not None:
+        return dict(zip(named, results, strict=True))
+    return results[0] if isinstance(model, nn.Module) else results
 
 
 def train(model: nn.Module, data: Data | Mapping[str, Any] | str | DataLoader[Any],

@@ -4,6 +4,13 @@
 scikit-learn digits, through the default recipe). Plugins add verbs through
 ``sconce_register_commands``. A user's mistake prints one line and exits with status 2.
 
+Start-up is lazy: this module imports click and nothing heavy; torch and the plugins load
+when a command needs them. The listing commands (``techniques``, ``models``, ``datasets``,
+``plugins``) answer from the installation's manifest (:mod:`sconce.manifest`) when it is
+current, and ``--help`` loads plugins only when the manifest says they add commands.
+Output that is not a terminal (a pipe, a file, CI) is never cut: tables and notes are
+printed whole.
+
 Example:
     $ sconce compress
     $ sconce compress --model vgg --data fashion-mnist --train-epochs 2 --technique prune.gmp
@@ -32,9 +39,9 @@ EXIT_STAGE_FAILED = 1
 
 
 def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
+    from sconce.report import console
 
-    return Console(stderr=stderr)
+    return console(stderr)
 
 
 class _OwnInfo(logging.Filter):
@@ -50,6 +57,11 @@ class _OwnInfo(logging.Filter):
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
+    from sconce.progress import set_progress
+    from sconce.verbosity import disable_default_handler
+
+    disable_default_handler()  # the command line's own handler below shows plugins' lines too
+    set_progress(not quiet)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("sconce: %(message)s"))
@@ -59,7 +71,86 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(level)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """The ``sconce`` group: the core's commands at once, plugins' commands on demand."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        if set(_listing()["commands"]) - names:
+            _add_plugin_commands(self)
+        return sorted(super().list_commands(ctx))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            _add_plugin_commands(self)
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+
+_plugin_commands_added: list[bool] = []
+
+
+def _add_plugin_commands(group: click.Group) -> None:
+    """Let every plugin add its commands (once); a plugin that fails is logged and skipped."""
+    if _plugin_commands_added:
+        return
+    _plugin_commands_added.append(True)
+    from sconce.plugins import plugin_manager
+
+    caller = plugin_manager().hook.sconce_register_commands
+    for impl in caller.get_hookimpls():
+        try:
+            impl.function(cli=group)
+        except Exception as exc:  # a broken plugin must not break the CLI
+            logger.warning("plugin %r failed to add commands: %s: %s", impl.plugin_name,
+                           type(exc).__name__, exc)
+
+
+def _listing() -> dict[str, Any]:
+    """What the installation provides (techniques, models, datasets, plugins, commands):
+    from the manifest when current, else from the loaded plugins (then saved as manifest)."""
+    from sconce.manifest import read_manifest, write_manifest
+
+    # Plugins already loaded in this process (by Python code, a test) may include ones
+    # registered at run time, which no manifest knows: list those live, and save nothing.
+    loaded = "sconce.plugins" in sys.modules
+    saved = None if loaded else read_manifest()
+    if saved is not None:
+        return saved
+    from dataclasses import asdict
+
+    from sconce.api import list_techniques
+    from sconce.plugins import plugin_infos, registry
+
+    reg = registry()
+    builtin = set(cli.commands)
+    _add_plugin_commands(cli)
+    content = {
+        "techniques": [{"name": info.name, "kind": info.kind, "package": info.package,
+                        "description": info.description,
+                        "config": [{"name": n, "type": t, "default": _jsonable(d),
+                                    "repr": repr(d)} for n, t, d in info.fields]}
+                       for info in list_techniques("*")],
+        "models": {name: str(reg.origin[("models", name)]) for name in sorted(reg.models)},
+        "datasets": {name: str(reg.origin[("datasets", name)]) for name in sorted(reg.datasets)},
+        "plugins": [asdict(info) for info in plugin_infos()],
+        "commands": sorted(set(cli.commands) - builtin),
+    }
+    if not loaded:
+        write_manifest(content)
+    return content
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="sconce-core", prog_name="sconce")
@@ -203,9 +294,7 @@ def _compress(model_spec: str | None, data_name: str | None, recipe_file: str | 
         result.save(out, model_spec=str(Path(spec).resolve()) if Path(spec).is_dir() else spec,
                     model_kwargs=kwargs)
     console = _console()
-    console.print(result.report.to_rich_table())
-    for line in result.report.notes_lines():
-        console.print(f"  {line}", highlight=False)
+    result.report.print(console)
     console.print(f"saved to {out}/ (model.pt, model.json, report.json, report.md, report.png)",
                   highlight=False)
     if result.failed is not None:
@@ -219,14 +308,14 @@ def _compress(model_spec: str | None, data_name: str | None, recipe_file: str | 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def techniques(pattern: str, as_json: bool) -> None:
     """Every installed technique, its package and its config fields."""
-    from sconce.api import list_techniques
+    from fnmatch import fnmatchcase
 
-    rows: list[dict[str, Any]] = [{"name": info.name, "kind": info.kind, "package": info.package,
-             "description": info.description,
-             "config": [{"name": n, "type": t, "default": d} for n, t, d in info.fields]}
-            for info in list_techniques(pattern)]
+    rows: list[dict[str, Any]] = [row for row in _listing()["techniques"]
+                                  if fnmatchcase(row["name"], pattern)]
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        shown = [{**row, "config": [{k: v for k, v in f.items() if k != "repr"}
+                                    for f in row["config"]]} for row in rows]
+        click.echo(json.dumps(shown, indent=2, default=str))
         return
     if not rows:
         click.echo("no technique installed; pip install sconce-prune sconce-quant")
@@ -235,9 +324,9 @@ def techniques(pattern: str, as_json: bool) -> None:
 
     table = Table(title="Installed techniques")
     for column in ("name", "kind", "package", "config", "description"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
-        config = ", ".join(f"{f['name']}={f['default']!r}" for f in row["config"])
+        config = ", ".join(f"{f['name']}={f['repr']}" for f in row["config"])
         table.add_row(row["name"], row["kind"], row["package"], config, row["description"])
     _console().print(table)
 
@@ -246,44 +335,34 @@ def techniques(pattern: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(as_json: bool) -> None:
     """Every loaded plugin: its distribution, version and hooks."""
-    from dataclasses import asdict
-
-    from sconce.plugins import plugin_infos
-
-    infos = plugin_infos()
+    infos: list[dict[str, Any]] = _listing()["plugins"]
     if as_json:
-        click.echo(json.dumps([asdict(i) for i in infos], indent=2))
+        click.echo(json.dumps(infos, indent=2))
         return
     from rich.table import Table
 
     table = Table(title="Plugins")
     for column in ("name", "distribution", "version", "hooks", "status"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for info in infos:
-        status = f"failed: {info.error}" if info.error else "loaded"
-        table.add_row(info.name, info.distribution, info.version,
-                      ", ".join(h.removeprefix("sconce_") for h in info.hooks), status)
+        status = f"failed: {info['error']}" if info["error"] else "loaded"
+        table.add_row(info["name"], info["distribution"], info["version"],
+                      ", ".join(h.removeprefix("sconce_") for h in info["hooks"]), status)
     _console().print(table)
 
 
 @cli.command()
 def models() -> None:
     """Every registered model name."""
-    from sconce.plugins import registry
-
-    reg = registry()
-    for name in sorted(reg.models):
-        click.echo(f"{name}\t({reg.origin[('models', name)]})")
+    for name, origin in _listing()["models"].items():
+        click.echo(f"{name}\t({origin})")
 
 
 @cli.command()
 def datasets() -> None:
     """Every registered dataset name."""
-    from sconce.plugins import registry
-
-    reg = registry()
-    for name in sorted(reg.datasets):
-        click.echo(f"{name}\t({reg.origin[('datasets', name)]})")
+    for name, origin in _listing()["datasets"].items():
+        click.echo(f"{name}\t({origin})")
 
 
 @cli.command()
@@ -322,20 +401,12 @@ def measure(model_spec: str, data_name: str, metric_names: tuple[str, ...], devi
 
 
 def build_cli() -> click.Group:
-    """The ``sconce`` group with every plugin's commands added.
+    """The ``sconce`` group with every plugin's commands added (loads the plugins).
 
     A plugin whose ``sconce_register_commands`` fails is logged and skipped.
     """
-    from sconce.plugins import plugin_manager
-
-    caller = plugin_manager().hook.sconce_register_commands
-    for impl in caller.get_hookimpls():
-        try:
-            impl.function(cli=cli)
-        except Exception as exc:  # a broken plugin must not break the CLI
-            logging.getLogger(__name__).warning(
-                "plugin %r failed to add commands: %s: %s", impl.plugin_name,
-                type(exc).__name__, exc)
+    _plugin_commands_added.clear()  # plugins registered since the last call add theirs
+    _add_plugin_commands(cli)
     return cli
 
 
@@ -343,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; a :class:`SconceError` becomes one line and exit status 2."""
     try:
         # without standalone mode, click returns an Exit's code instead of raising it
-        code = build_cli().main(args=argv, prog_name="sconce", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="sconce", standalone_mode=False)
     except SconceError as exc:
         click.echo(f"sconce: error: {exc}", err=True)
         return EXIT_USER_ERROR

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -52,10 +52,12 @@ from sconce.errors import DataError
 from sconce.evaluation import EvalResult, evaluate
 from sconce.footprint import Footprint, ModuleFootprint, model_footprint
 from sconce.metrics.timing import TimingSettings
+from sconce.progress import track
 from sconce.recipe import Constraints
 from sconce.train import TrainCallback, fit
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -208,11 +210,24 @@ class Context:
         if epochs <= 0:
             return model
         options.setdefault("lr", self.finetune_lr)
+        options.setdefault("progress_label", "fine-tuning")
         fit(model, self.require_data(), epochs, teacher=teacher, callbacks=callbacks,
             device=self.device, seed=self.seed, progress=self.progress,
             adapter=self.adapter, **options)
         self.stage.finetuned = True
         return model
+
+    def track(self, items: Iterable[T], *, total: int | None = None, description: str = ""
+              ) -> Iterator[T]:
+        """Yield ``items`` showing the progress of a long step (a calibration, a scan, a
+        search): a bar on a terminal, periodic log lines otherwise, nothing when the run's
+        ``progress`` is off (:func:`sconce.progress.track`).
+
+        Example:
+            >>> [x for x in Context(progress=False).track(range(3), description="scan")]
+            [0, 1, 2]
+        """
+        return track(items, total=total, description=description, enabled=self.progress)
 
     def footprint(self, model: nn.Module) -> Footprint:
         """The true storage of ``model``: plugins answer for the modules they pack.

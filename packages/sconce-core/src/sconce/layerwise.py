@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sconce.errors import ConfigError, DataError, TechniqueError
+from sconce.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -531,7 +532,7 @@ class _Driver:
 
     # --- layer by layer -------------------------------------------------------------------
     def run_layers(self, units: Sequence[list[str]]) -> None:
-        for unit in units:
+        for unit in track(units, description="layer-wise calibration"):
             (acc,) = self._measure([unit], self._run_model)
             self._solve(unit, acc)
 
@@ -543,7 +544,7 @@ class _Driver:
         first = next((i for i, u in enumerate(units) if home(u) is not None), len(units))
         self.run_layers([u for u in units[:first] if home(u) is None])
         stored = self._capture(blocks[0])
-        for block in blocks:
+        for block in track(blocks, description="layer-wise calibration, block by block"):
             module = self.modules[block]
             inside = [u for u in units if home(u) == block]
 

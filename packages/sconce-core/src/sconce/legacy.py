@@ -22,7 +22,7 @@ from sconce.api import train as train_model
 from sconce.data import Data
 from sconce.errors import ConfigError, ModelError, UnknownNameError
 from sconce.evaluation import evaluate as evaluate_model
-from sconce.metrics.measure import measure_with_context
+from sconce.metrics.measure import compare_with_context, measure_with_context
 from sconce.metrics.standard import MIB
 from sconce.pipeline import CompressionResult
 from sconce.pipeline import compress as run_compress
@@ -62,13 +62,15 @@ class sconce:
         dataloader: ``{"train": loader, "test": loader}`` (or a dataset name).
         epochs: training epochs run by :meth:`compress` before compressing (0 skips).
         device: torch device or "auto".
-        experiment_name: output folder name under ``out_dir``.
+        experiment_name: the folder under ``out_dir`` that :meth:`compress` saves to (the
+            model, ``report.json`` / ``.md`` / ``.png``, the stages' checkpoints).
         prune_mode: "GMP", "CWP", "OBC", "sparsegpt", "wanda", "magnitude" or "" for none.
         num_finetune_epochs: fine-tuning budget after pruning (alias ``fine_tune_epochs``).
         quantize: add an int8 stage after pruning when a quantization plugin is installed.
         snn, num_steps: spiking networks (needs ``sconce-snn``) and their time steps.
         seed: for reproducibility.
-        out_dir: where :meth:`compress` saves the results (None: not saved).
+        out_dir: where the ``experiment_name`` folder goes (default: the current folder;
+            None: not saved).
     """
 
     def __init__(self) -> None:
@@ -86,7 +88,7 @@ class sconce:
         self.snn: bool = False
         self.num_steps: int | None = None
         self.seed: int = 0
-        self.out_dir: str | None = None
+        self.out_dir: str | None = "."
         self.progress: bool = True
 
     # the original README used both spellings
@@ -167,10 +169,10 @@ class sconce:
                               resolve_device(self.device)).accuracy
 
     def compress(self) -> CompressionResult:
-        """Train (``epochs``), prune (``prune_mode``), fine-tune, quantize, and print the
-        comparison table. Returns the same result object as :func:`sconce.compress`."""
-        from rich.console import Console
-
+        """Train (``epochs``), prune (``prune_mode``), fine-tune, quantize, print the
+        comparison table and its notes (as ``sconce compress`` does) and save everything to
+        ``out_dir/experiment_name``. Returns the same result object as
+        :func:`sconce.compress`."""
         model = self._model()
         if self.epochs and self.epochs > 0:
             self.train()
@@ -179,7 +181,9 @@ class sconce:
                               finetune_epochs=self.num_finetune_epochs, device=self.device,
                               seed=self.seed, out=out, adapter=self._adapter(model),
                               progress=self.progress)
-        Console().print(result.report.to_rich_table())
+        result.report.print()
+        if out is not None:
+            logger.info("saved to %s/ (model, report.json, report.md, report.png)", out)
         return result
 
     def measure_latency(self, model: nn.Module | None = None, example_inputs: Any = None) -> float:
@@ -213,20 +217,23 @@ class sconce:
         return footprint.nonzero if count_nonzero_only else footprint.params
 
     def compare_models(self, original: nn.Module, compressed: nn.Module) -> Report:
-        """Measure both models on this object's data and print the comparison table."""
-        from rich.console import Console
-
+        """Measure both models on this object's data (latency timed for both together,
+        interleaved) and print the comparison table with its notes."""
         data = self._data()
         metrics = resolve_metrics(None, have_data=True,
                                   task=self._adapter(original).task)
-        rows = []
-        for model in (original, compressed):
-            ctx = context(data, adapter=self._adapter(model),
-                          device=resolve_device(self.device), progress=False)
-            rows.append(measure_with_context(model, ctx, metrics))
+        ctx = context(data, adapter=self._adapter(original), device=resolve_device(self.device),
+                      progress=False)
+        rows = [measure_with_context(model, ctx, metrics, compared=False)
+                for model in (original, compressed)]
+        for row, timed in zip(rows, compare_with_context([original, compressed], ctx, metrics),
+                              strict=True):
+            row.values.update(timed.values)
+            row.notes.update({f"{timed.labels[k]} vs original": v
+                              for k, v in timed.stability.items()})
         report = Report(metrics=[MetricInfo.of(m, rows[0].labels.get(m.name)) for m in metrics],
                         stages=[StageResult("Original", values=rows[0].values),
                                 StageResult("Compressed", technique="(given)",
-                                            values=rows[1].values)])
-        Console().print(report.to_rich_table())
+                                            values=rows[1].values, notes=rows[1].notes)])
+        report.print()
         return report

@@ -49,7 +49,7 @@ from sconce.data import Data, split_batch
 from sconce.errors import ConfigError, DataError, ModelError, SconceError, TechniqueError
 from sconce.masks import KeepZeros
 from sconce.metrics.base import Metric
-from sconce.metrics.measure import measure_with_context
+from sconce.metrics.measure import compare_with_context, is_compared, measure_with_context
 from sconce.metrics.timing import TimingSettings
 from sconce.options import CompressOptions
 from sconce.plugins import plugin_manager, registry
@@ -75,6 +75,11 @@ DEFAULT_RECIPE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("prune.channel", "prune.gmp", "prune.magnitude"),
     ("quant.int8", "quant.dynamic"),
 )
+TOGETHER_BYTES = 1 << 30
+"""The end-of-run timing reloads every stage's model from its checkpoint and holds them all
+while the original's footprint times the number of models stays under this; above it, each
+intermediate stage is timed alone at the end of its stage and only the final model is timed
+together with the original."""
 FINETUNED_KINDS = ("prune", "sparsify", "search")
 """Kinds whose stages the pipeline fine-tunes (unless the technique fine-tuned itself)."""
 
@@ -516,7 +521,8 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
             json.dumps(identity, sort_keys=True, default=str))})
     fingerprints = _fingerprint(identity, planned)
 
-    baseline = measure_with_context(working, ctx, metric_objects)
+    together = ctx.footprint(working).nbytes * (len(planned) + 1) <= TOGETHER_BYTES
+    baseline = measure_with_context(working, ctx, metric_objects, compared=False)
     report = Report(
         metrics=[MetricInfo.of(m, baseline.labels.get(m.name)) for m in metric_objects],
         stages=[StageResult("Original", values=baseline.values, notes=dict(baseline.notes))],
@@ -528,6 +534,7 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
     hook.sconce_stage_finished(stage=report.stages[0], model=working, metrics=baseline.values)
     architecture = Architecture()
     artifacts: list[Path] = []
+    kept: list[Path | None] = []  # each stage's checkpoint, for the end-of-run timing
     current = working
     del working  # the stages below hand this one copy on; nothing else may keep it alive
     failed: StageFailure | None = None
@@ -573,10 +580,16 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
         previous = folder
         ctx.release_teacher()
         architecture.stages.append(record)
+        _carry_kept_values(result, report.stages[-1], metric_objects)
         artifacts += [Path(a) for a in result.artifacts]
         result.artifacts = [f"artifacts/{Path(a).name}" for a in result.artifacts]
         report.stages.append(result)
+        if index < len(planned):
+            kept.append(_keep_for_timing(folder, current, result, ctx, metric_objects,
+                                         together))
         hook.sconce_stage_finished(stage=result, model=current, metrics=result.values)
+    _time_together(model, device, kept, current if planned else None, report, ctx,
+                   metric_objects)
 
     if limits is not None and not limits.is_empty() and failed is None:
         broken = check_constraints(limits, report.stages[0].values, report.stages[-1].values)
@@ -612,6 +625,78 @@ def _frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
     return teacher
 
 
+def _carry_kept_values(result: StageResult, before: StageResult, metrics: Sequence[Metric]
+                       ) -> None:
+    """A metric the stage's kind does not change (``kept_by_kinds``: MACs under
+    quantization) and that could not measure this stage's model takes the value from the
+    stage before, with a note saying so and why."""
+    for metric in metrics:
+        previous = before.values.get(metric.name)
+        if (result.values.get(metric.name) is not None or previous is None
+                or result.kind not in getattr(metric, "kept_by_kinds", ())):
+            continue
+        result.values[metric.name] = previous
+        reason = result.notes.pop(f"{metric.name} not measured", "")
+        result.notes[metric.name] = (
+            f"carried from {before.title} ({result.kind} keeps the count, changing only the "
+            f"precision of each operation)" + (f"; not counted on this model: {reason}" if reason
+                                               else ""))
+
+
+def _keep_for_timing(folder: Path, model: nn.Module, result: StageResult, ctx: Context,
+                     metrics: Sequence[Metric], together: bool) -> Path | None:
+    """The checkpoint the end-of-run timing reloads a finished stage's model from; when the
+    models are too large to hold together (or this process writes no checkpoint) the model is
+    timed now, alone, and None returned."""
+    if together and (folder / "stage.json").is_file():
+        return folder
+    reason = ("the models are too large to hold together" if not together
+              else "this process writes no checkpoint to reload it from")
+    measured = measure_with_context(model, ctx, [m for m in metrics if is_compared(m)])
+    result.values.update(measured.values)
+    for name in measured.values:
+        result.notes[f"{measured.labels[name]} timing"] = (
+            f"timed alone at the end of its stage: {reason}")
+    return None
+
+
+def _time_together(original: nn.Module, device: torch.device, checkpoints: list[Path | None],
+                   final: nn.Module | None, report: Report, ctx: Context,
+                   metrics: Sequence[Metric]) -> None:
+    """Time the original, every checkpointed stage's model (reloaded) and the final model
+    together, interleaved, at the end of the run, so that background load lands on every
+    column alike; fill the report."""
+    if not any(is_compared(m) for m in metrics):
+        return
+    reference = _copy_of(original, device).eval()  # the caller's model is never timed in place
+    columns, chosen = [0], [reference]
+    for column, folder in enumerate(checkpoints, start=1):
+        if folder is None:
+            continue
+        try:
+            chosen.append(_restore_stage(folder, lambda: _copy_of(original, device), device)[0])
+            columns.append(column)
+        except Exception as exc:  # the stage keeps no latency rather than a wrong one
+            report.stages[column].notes["latency not measured"] = (
+                f"its checkpoint could not be reloaded for timing ({type(exc).__name__}: {exc})")
+    if final is not None:
+        columns.append(len(report.stages) - 1)
+        chosen.append(final)
+    logger.info("timing %s together, interleaved", ", ".join(
+        report.stages[i].title for i in columns))
+    measured = compare_with_context(chosen, ctx, metrics)
+    for column, values in zip(columns, measured, strict=True):
+        stage = report.stages[column]
+        stage.values.update(values.values)
+        for name, text in values.notes.items():
+            stage.notes[f"{name} not measured"] = text
+        if column > 0:
+            for name, text in values.stability.items():
+                stage.notes[f"{values.labels[name]} vs original"] = text
+    report.run["timing"] = ("interleaved at the end of the run: "
+                            + ", ".join(report.stages[i].title for i in columns))
+
+
 def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str,
                metrics: Sequence[Metric]) -> tuple[nn.Module, StageResult, StageRecord]:
     ctx.stage = StageNotes()
@@ -630,7 +715,7 @@ def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str
         keeper = KeepZeros.of(compressed)
         ctx.finetune(compressed, teacher=ctx.teacher, callbacks=[keeper] if keeper else [])
     seconds = time.perf_counter() - started
-    measured = measure_with_context(compressed, ctx, metrics)
+    measured = measure_with_context(compressed, ctx, metrics, compared=False)
     notes = {**ctx.stage.notes, **{f"{k} not measured": v for k, v in measured.notes.items()}}
     if ctx.stage.finetuned:
         notes.setdefault("fine-tuned", f"{ctx.finetune_epochs:g} epoch(s)"

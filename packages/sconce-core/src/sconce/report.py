@@ -15,12 +15,30 @@ Example:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sconce.plotting import COLOURS, new_figure, save_png
+
+UNLIMITED_WIDTH = 100_000
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich console; off a terminal (a pipe, a file, CI) it is wide enough that nothing is
+    cut or wrapped.
+
+    Example:
+        >>> console().width >= 80
+        True
+    """
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else UNLIMITED_WIDTH)
+
 
 KIND_TITLES = {"prune": "Pruned", "quantize": "Quantized", "sparsify": "Sparsified",
                "search": "Searched", "convert": "Converted"}
@@ -141,21 +159,29 @@ class Report:
         from rich.table import Table
 
         table = Table(title="Comparison Table", show_lines=False)
-        table.add_column("", justify="left", style="bold")
+        table.add_column("", justify="left", style="bold", overflow="fold")
         for stage in self.stages:
             heading = (stage.title if stage.technique is None
                        else f"{stage.title}\n{stage.technique}")
-            table.add_column(heading, justify="right")
+            table.add_column(heading, justify="right", overflow="fold")
         for info in self.metrics:
             table.add_row(info.heading, *(self.cell(info, i) for i in range(len(self.stages))))
         return table
 
+    def print(self, out: Any = None) -> None:
+        """Print the table and every note, whole, to ``out`` (a rich console; default
+        :func:`console`): what ``sconce compress`` and the original API show."""
+        out = out if out is not None else console()
+        out.print(self.to_rich_table())
+        for line in self.notes_lines():
+            out.print(f"  {line}", highlight=False)
+
     def notes_lines(self) -> list[str]:
-        """Human-readable notes: per-stage facts and unmeasurable metrics."""
+        """Human-readable notes, whole: per-stage facts and unmeasurable metrics."""
         lines = []
         for stage in self.stages:
             for key, value in stage.notes.items():
-                lines.append(f"{stage.title}: {key}: {_short(value)}")
+                lines.append(f"{stage.title}: {key}: {value}")
         return lines
 
     def to_markdown(self) -> str:
@@ -168,7 +194,7 @@ class Report:
             lines.append("| " + " | ".join(row) + " |")
         notes = self.notes_lines()
         if self.run:
-            lines += ["", "Run: " + ", ".join(f"{k}={_short(v)}" for k, v in self.run.items())]
+            lines += ["", "Run: " + ", ".join(f"{k}={v}" for k, v in self.run.items())]
         if notes:
             lines += ["", "Notes:", *[f"- {line}" for line in notes]]
         artifacts = [a for s in self.stages for a in s.artifacts]
@@ -221,8 +247,3 @@ class Report:
         for axis in list(axes.flat)[len(shown):]:
             axis.set_visible(False)
         return save_png(figure, path)
-
-
-def _short(value: Any, limit: int = 160) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

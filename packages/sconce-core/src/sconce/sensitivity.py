@@ -60,6 +60,7 @@ from sconce.budget import bisect
 from sconce.errors import ConfigError, TechniqueError
 from sconce.evaluation import EvalResult
 from sconce.plotting import COLOURS, new_figure
+from sconce.progress import track
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -216,7 +217,7 @@ def scan_sensitivity(
         raise ConfigError("no layers to analyse; every layer is skipped")
     base = evaluate({})
     sensitivity = Sensitivity(base.accuracy, base.loss)
-    for layer in layers:
+    for layer in track(layers, description="sensitivity scan"):
         results = [evaluate({layer: ratio}) for ratio in grid]
         sensitivity.curves[layer] = Curve(layer, grid, tuple(r.accuracy for r in results),
                                           tuple(r.loss for r in results))

@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from sconce.errors import ConfigError
 
 LOCK_NAME = ".sconce.lock"
@@ -97,6 +95,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save(obj)`` to ``path`` atomically."""
+    import torch  # here, so that the light modules writing JSON do not import torch
+
     atomic_save(path, lambda handle: torch.save(obj, handle))
 
 

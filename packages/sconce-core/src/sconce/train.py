@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from sconce.adapter import ClassifierAdapter, ModelAdapter
 from sconce.config import check_positive
 from sconce.data import Data
 from sconce.errors import ConfigError, DataError
-from sconce.progress import progress_bar
+from sconce.progress import track
 from sconce.runtime import resolve_device, seed_everything
 from sconce.storage import atomic_torch_save
 
@@ -141,6 +142,7 @@ def fit(
     device: str | torch.device = "auto",
     seed: int | None = 0,
     progress: bool = True,
+    progress_label: str = "training",
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     adapter: ModelAdapter | None = None,
@@ -160,7 +162,9 @@ def fit(
         callbacks: :class:`TrainCallback` objects (mask keepers, schedules, loggers).
         device: ``"auto"`` is CUDA when present.
         seed: seeds Python, NumPy and torch before training (None leaves them alone).
-        progress: show a progress bar (rank 0 only).
+        progress: show progress (rank 0 only): a bar on a terminal, log lines otherwise
+            (:func:`sconce.progress.track`), and one log line per epoch.
+        progress_label: what the progress lines call this loop ("training", "fine-tuning").
         checkpoint_dir: save model/optimizer state there after every epoch (atomically).
         resume: continue from the checkpoint in ``checkpoint_dir`` when there is one.
         adapter: how to run the model (default: a classifier; :func:`sconce.train` asks
@@ -226,8 +230,10 @@ def fit(
         model.train()
         loss_sum, seen = 0.0, 0
         steps_this_epoch = min(batches_per_epoch, total_steps - state.step)
-        bar = progress_bar(_limit(loader, steps_this_epoch), total=steps_this_epoch,
-                           description=f"epoch {epoch + 1}/{epoch_count}", enabled=show)
+        epoch_started = time.perf_counter()
+        bar = track(_limit(loader, steps_this_epoch), total=steps_this_epoch,
+                    description=f"{progress_label} epoch {epoch + 1}/{epoch_count}",
+                    enabled=show)
         for batch in bar:
             inputs, targets = adapter.split_batch(batch)
             if targets is None:
@@ -258,6 +264,10 @@ def fit(
         if not own_schedule and scheduler is not None:
             scheduler.step()
         state.history.append({"epoch": float(epoch + 1), "loss": loss_sum / max(1, seen)})
+        if show:
+            logger.info("%s epoch %d/%d: loss %.4f, %d steps in %.1f s", progress_label,
+                        epoch + 1, epoch_count, loss_sum / max(1, seen), steps_this_epoch,
+                        time.perf_counter() - epoch_started)
         for callback in callbacks:
             callback.on_epoch_end(state)
         if checkpoint is not None and distributed.is_main_process():

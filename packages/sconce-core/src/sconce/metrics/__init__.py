@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from sconce.metrics.base import Metric, MetricUnavailable
-from sconce.metrics.timing import TimingSettings, time_call
+from sconce.metrics.timing import Timed, TimingSettings, time_call, time_interleaved
 
-__all__ = ["Metric", "MetricUnavailable", "TimingSettings", "time_call"]
+__all__ = ["Metric", "MetricUnavailable", "Timed", "TimingSettings", "time_call",
+           "time_interleaved"]

@@ -14,12 +14,29 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from torch import nn
 
     from sconce.context import Context
+    from sconce.metrics.timing import Timed
+
+
+@runtime_checkable
+class ComparedMetric(Protocol):
+    """A metric whose values mean something only side by side (latency): it measures several
+    models together (interleaved), the first being the reference for the ratios.
+
+    ``sconce.compress`` measures such metrics for the original and every stage together at
+    the end of the run, and :func:`sconce.measure` for the models it is given.
+    """
+
+    name: str
+
+    def measure_together(self, models: Sequence[nn.Module], ctx: Context) -> list[Timed]:
+        """One :class:`~sconce.metrics.timing.Timed` per model, ratios to ``models[0]``."""
 
 
 class MetricUnavailable(Exception):
@@ -39,6 +56,10 @@ class Metric:
         digits: decimals shown in tables.
         display_scale: tables show ``value / display_scale`` ...
         display_unit: ... in this unit (``M`` for millions); defaults to ``unit``.
+        kept_by_kinds: technique kinds that do not change this metric's value (quantization
+            changes the precision of each multiply-accumulate, not their number): when the
+            metric cannot measure such a stage's model, the pipeline carries the value from
+            the stage before, with a note saying so and why.
         tasks: the adapter tasks (``ModelAdapter.task``) the metric is a default for; None:
             every task.
     """
@@ -52,6 +73,7 @@ class Metric:
     digits: ClassVar[int] = 3
     display_scale: ClassVar[float] = 1.0
     display_unit: ClassVar[str | None] = None
+    kept_by_kinds: ClassVar[tuple[str, ...]] = ()
     tasks: ClassVar[tuple[str, ...] | None] = None
 
     def measure(self, model: nn.Module, ctx: Context) -> float:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from sconce.metrics.base import Metric, MetricUnavailable
-from sconce.metrics.timing import time_call
+from sconce.metrics.timing import Timed, time_interleaved
 from sconce.runtime import model_device
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ class Accuracy(Metric):
 
 
 class Latency(Metric):
-    """Milliseconds per sample at batch 1 (min over rounds of the round median)."""
+    """Milliseconds per sample at batch 1, timed with the models it is compared with
+    (:func:`sconce.metrics.timing.time_interleaved`)."""
 
     name, label, unit = "latency", "Latency b=1", "ms/sample"
     batch_size: int | None = 1
@@ -58,16 +60,32 @@ class Latency(Metric):
         return self.batch_size or ctx.timing.batch_size
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
+        return self.measure_together([model], ctx)[0].ms
+
+    def measure_together(self, models: Sequence[nn.Module], ctx: Context) -> list[Timed]:
+        """Time ``models`` interleaved; ``ms`` per sample, ratios to ``models[0]``."""
         batch = self._batch(ctx)
-        device = model_device(model, ctx.device)
-        inputs = ctx.adapter.to_device(ctx.example_inputs(batch), device)
-        was_training = model.training
-        model.eval()
+        device = model_device(models[0], ctx.device)
+        calls: list[Callable[[], object]] = []
+        modes = [model.training for model in models]
+        for model in models:
+            inputs = ctx.adapter.to_device(ctx.example_inputs(batch),
+                                           model_device(model, ctx.device))
+            model.eval()
+            calls.append(_forward(ctx, model, inputs))
         try:
-            ms = time_call(lambda: ctx.adapter.forward(model, inputs), device, ctx.timing)
+            timed = time_interleaved(calls, device, ctx.timing)
         finally:
-            model.train(was_training)
-        return ms / batch
+            for model, mode in zip(models, modes, strict=True):
+                model.train(mode)
+        for result in timed:
+            result.ms /= batch
+            result.rounds = [ms / batch for ms in result.rounds]
+        return timed
+
+
+def _forward(ctx: Context, model: nn.Module, inputs: Any) -> Callable[[], object]:
+    return lambda: ctx.adapter.forward(model, inputs)
 
 
 class BatchLatency(Latency):
@@ -95,6 +113,7 @@ class MACs(Metric):
     name, label, unit = "macs", "MACs", "MACs"
     digits = 2
     display_scale, display_unit = 1e6, "M"
+    kept_by_kinds = ("quantize",)
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
         from torchprofile import profile_macs
