@@ -64,7 +64,7 @@ def channel_ratios(
         chosen = {name: float(r) for name, r in ratios.items() if r > 0}
         if chosen:
             prune_channels(candidate, example_inputs, sparsity=0.0, ratios=chosen,
-                           verify_result=False, **options)
+                           verify=False, **options)
         return evaluate(candidate)
 
     sensitivity = scan_sensitivity(list(sizes), score, PROBE_RATIOS)

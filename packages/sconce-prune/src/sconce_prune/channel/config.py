@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from sconce.config import PruneConfig, check_choice, check_positive, check_range
 from sconce.errors import ConfigError
+from sconce_prune.channel.importance import CRITERIA
 
-IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
 AGGREGATIONS = ("sum", "mean", "max")
 RANKINGS = ("uniform", "global")
 ATTENTION_MODES = ("heads", "dims")
@@ -95,7 +95,7 @@ class ChannelPruneConfig(PruneConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_choice("importance", self.importance, IMPORTANCES)
+        check_choice("importance", self.importance, CRITERIA)
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
         check_choice("ranking", self.ranking, RANKINGS)
         check_choice("attention", self.attention, ATTENTION_MODES)

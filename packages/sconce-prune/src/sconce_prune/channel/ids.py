@@ -102,6 +102,13 @@ class VariableSpace:
         """Whether ``var``'s coupled set may not be removed."""
         return self.find(var) in self._frozen
 
+    def frozen_mask(self, roots: np.ndarray) -> np.ndarray:
+        """Boolean array: whether each of ``roots`` (root variables) is frozen."""
+        if not self._frozen:
+            return np.zeros(len(roots), dtype=bool)
+        frozen_roots = np.fromiter((self.find(v) for v in self._frozen), dtype=np.int64)
+        return np.isin(np.asarray(roots, dtype=np.int64), frozen_roots)
+
     def frozen_reasons(self) -> list[str]:
         """The reason of every frozen coupled set."""
         return [r for root, r in self._frozen.items() if self.find(root) == root]

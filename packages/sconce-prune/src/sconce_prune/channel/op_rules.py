@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import operator
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from sconce_prune.channel.graph import GraphBuilder
+from sconce_prune.channel.builder import FunctionRule, GraphBuilder, plain_value
 from sconce_prune.channel.ids import ChannelMap, ParamRef, TensorInfo
-from sconce_prune.channel.tracing import node_module, node_shape
+from sconce_prune.channel.tracing import node_module
 
 logger = logging.getLogger(__name__)
 
@@ -75,49 +74,6 @@ EXPANDS: set[Any] = {"expand", "expand_as", torch.broadcast_to}
 REPEATS: set[Any] = {"repeat", torch.tile, "tile"}
 
 
-def function_rule(builder: GraphBuilder, node: fx.Node) -> Any:
-    """Dispatch a ``call_function`` / ``call_method`` node to its rule."""
-    out_shape = node_shape(node)
-    args = [builder.arg(a) for a in node.args]
-    kwargs = {k: builder.arg(v) for k, v in node.kwargs.items()}
-    target = node.target
-    if target is operator.getitem and not isinstance(args[0], TensorInfo):
-        return _select_from_list(args[0], node.args[1])
-    if out_shape is None:  # sizes, dtypes, Python numbers: no channels flow
-        return None
-    rule = _rule_for(target, args)
-    if rule is None:
-        return _unknown_or_plain(builder, node, args, kwargs, out_shape)
-    return rule(builder, node, args, kwargs, out_shape)
-
-
-def _rule_for(target: Any, args: list[Any]) -> Callable[..., Any] | None:
-    try:
-        if target is operator.getitem:
-            return _getitem
-        if target in REDUCTIONS and len(args) > 1 and isinstance(args[1], TensorInfo):
-            return _elementwise  # torch.max(a, b)
-        for table, rule in _TABLE:
-            if target in table:
-                return rule
-        if target is F.scaled_dot_product_attention:
-            return _sdpa
-    except TypeError:  # an unhashable target
-        return None
-    return None
-
-
-def _unknown_or_plain(builder: GraphBuilder, node: fx.Node, args: list[Any],
-                      kwargs: dict[str, Any], out_shape: Any) -> Any:
-    return builder.unknown(node, [*args, *kwargs.values()])
-
-
-def _select_from_list(values: Any, index: Any) -> Any:
-    if isinstance(values, (list, tuple)) and isinstance(index, (int, slice)):
-        return values[index]
-    return None
-
-
 def _tensors(args: list[Any], kwargs: dict[str, Any]) -> list[TensorInfo]:
     found = [a for a in args if isinstance(a, TensorInfo)]
     found += [v for v in kwargs.values() if isinstance(v, TensorInfo)]
@@ -155,7 +111,7 @@ def _passthrough(builder: GraphBuilder, node: fx.Node, args: list[Any],
                  kwargs: dict[str, Any], out_shape: Any) -> Any:
     operands = _tensors(args, kwargs)
     if not operands:
-        return _plain(out_shape)
+        return plain_value(out_shape)
     x = operands[0]
     if isinstance(out_shape, list):
         return [_passthrough(builder, node, args, kwargs, s) for s in out_shape]
@@ -163,14 +119,6 @@ def _passthrough(builder: GraphBuilder, node: fx.Node, args: list[Any],
                                        for m in x.maps for a in m.axes):
         return builder.unknown(node, operands, "it changes the size of a channel axis")
     return TensorInfo(out_shape, list(x.maps), x.param)
-
-
-def _plain(shape: Any) -> Any:
-    if isinstance(shape, tuple):
-        return TensorInfo(shape)
-    if isinstance(shape, list):
-        return [_plain(s) for s in shape]
-    return None
 
 
 # --- reshapes -------------------------------------------------------------------------------------
@@ -255,7 +203,7 @@ def _reshape(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict
              out_shape: Any) -> Any:
     x = args[0]
     if not isinstance(x, TensorInfo):
-        return _plain(out_shape)
+        return plain_value(out_shape)
     sizes = None
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     if name in ("view", "reshape"):
@@ -275,7 +223,7 @@ def _permute(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict
              out_shape: Any) -> Any:
     x = args[0]
     if not isinstance(x, TensorInfo):
-        return _plain(out_shape)
+        return plain_value(out_shape)
     nd = x.ndim
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     if name == "permute":
@@ -418,7 +366,7 @@ def _getitem(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict
     if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in items):
         if x.maps:
             return builder.unknown(node, [x], "advanced indexing")
-        return _plain(out_shape)
+        return plain_value(out_shape)
     real = sum(1 for i in items if i is not None and i is not Ellipsis)
     mapping: dict[int, int | None] = {}
     selected: dict[int, int] = {}
@@ -531,7 +479,7 @@ def _reduce(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[
             out_shape: Any) -> Any:
     x = args[0]
     if not isinstance(x, TensorInfo):
-        return _plain(out_shape)
+        return plain_value(out_shape)
     dim = _dim_arg(args, kwargs, 1, None)
     keepdim = bool(kwargs.get("keepdim", args[2] if len(args) > 2 else False))
     dims = list(range(x.ndim)) if dim is None else \
@@ -545,9 +493,28 @@ def _reduce(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[
     return TensorInfo(out_shape, maps)
 
 
-_TABLE: list[tuple[set[Any], Callable[..., Any]]] = [
+def _reduce_or_binary(builder: GraphBuilder, node: fx.Node, args: list[Any],
+                      kwargs: dict[str, Any], out_shape: Any) -> Any:
+    if len(args) > 1 and isinstance(args[1], TensorInfo):  # torch.max(a, b)
+        return _elementwise(builder, node, args, kwargs, out_shape)
+    return _reduce(builder, node, args, kwargs, out_shape)
+
+
+FUNCTION_RULES: list[tuple[set[Any], FunctionRule]] = [
     (ELEMENTWISE, _elementwise), (UNARY, _passthrough), (RESHAPES, _reshape),
-    (PERMUTES, _permute), (REDUCTIONS, _reduce), (MATMULS, _matmul), (CONCATS, _cat),
-    ({torch.stack}, _stack), (SPLITS, _split), (UNBINDS, _unbind), (EXPANDS, _expand),
-    (REPEATS, _repeat),
+    (PERMUTES, _permute), (REDUCTIONS, _reduce_or_binary), (MATMULS, _matmul),
+    (CONCATS, _cat), ({torch.stack}, _stack), (SPLITS, _split), (UNBINDS, _unbind),
+    (EXPANDS, _expand), (REPEATS, _repeat), ({operator.getitem}, _getitem),
+    ({F.scaled_dot_product_attention}, _sdpa),
 ]
+"""The built-in function rules: each set of functions / method names and its rule."""
+
+
+def function_table() -> dict[Any, FunctionRule]:
+    """:data:`FUNCTION_RULES` as one lookup table, target -> rule.
+
+    Example:
+        >>> function_table()[torch.cat].__name__
+        '_cat'
+    """
+    return {target: rule for targets, rule in FUNCTION_RULES for target in targets}

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from sconce.errors import TechniqueError
-from sconce_prune.channel.graph import DependencyGraph, ShapeConstant
-from sconce_prune.channel.groups import slot_roots
+from sconce_prune.channel.structure import DependencyGraph, ShapeConstant
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
         removed: root variables to remove.
         updates: attribute changes for code constants (from :func:`attribute_updates`).
     """
-    roots_per_slot = slot_roots(graph)
+    roots_per_slot = graph.slot_roots()
     gone = removal_mask(graph, removed)
     selections: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
     for slot, roots in zip(graph.slots, roots_per_slot, strict=True):

@@ -25,8 +25,9 @@ from sconce.metrics.timing import TimingSettings, time_call
 from sconce.technique import Technique
 from sconce_prune.channel.config import ChannelPruneConfig
 from sconce_prune.channel.folding import fold_batchnorms, recalibrate_batchnorms
+from sconce_prune.channel.importance import GRADIENT_CRITERIA
 from sconce_prune.channel.macs import count_macs
-from sconce_prune.channel.pruner import PruneReport, prune_channels, search_ratio
+from sconce_prune.channel.pruner import ChannelPruner, PruneReport, prune_channels, search_ratio
 from sconce_prune.channel.record import changes, replay, snapshot, to_channels_last
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _input_batches(ctx: Context, count: int) -> Iterator[Any]:
 
 
 def pruning_options(config: ChannelPruneConfig) -> dict[str, Any]:
-    """The keyword arguments of :func:`prune_channels` that a config sets.
+    """The keyword arguments of :class:`ChannelPruner` that a config sets.
 
     Example:
         >>> pruning_options(ChannelPruneConfig())["round_to"]
@@ -92,17 +93,15 @@ class ChannelPruning(Technique):
                                                             options), **config.ratios}
         has_train = ctx.data is not None and ctx.data.train is not None
         epochs = ctx.finetune_epochs if config.finetune and has_train else 0
-        reference: dict[int, int] = {}
+        trains_after = epochs > 0 or (has_train and config.bn_recalibration > 0)
+        gradients = config.importance in GRADIENT_CRITERIA
+        pruner = ChannelPruner(
+            model, example, sparsity=sparsity, steps=config.steps, adapter=ctx.adapter,
+            batches=(lambda: list(_taylor_batches(ctx, config.taylor_batches)))
+            if gradients else None, fold_bn=config.fold_bn and not trains_after, **options)
         report = PruneReport([])
-        for step in range(1, config.steps + 1):
-            batches = (list(_taylor_batches(ctx, config.taylor_batches))
-                       if config.importance == "taylor" else None)
-            last = step == config.steps
-            fold_now = config.fold_bn and last and epochs == 0 and not (
-                has_train and config.bn_recalibration)
-            report = prune_channels(model, example, sparsity=sparsity * step / config.steps,
-                                    taylor_batches=batches, adapter=ctx.adapter,
-                                    reference=reference, fold_bn=fold_now, **options)
+        for _ in range(config.steps):
+            report = pruner.step()
             if has_train and config.bn_recalibration:
                 recalibrate_batchnorms(model, _input_batches(ctx, config.bn_recalibration),
                                        ctx.adapter)
@@ -133,7 +132,7 @@ class ChannelPruning(Technique):
     def _search_ratio(model: nn.Module, example: Any, config: ChannelPruneConfig,
                       ctx: Context, options: dict[str, Any]) -> float:
         """The uniform ratio that meets ``target_macs`` or ``target_latency``."""
-        search = {**options, "importance": "l2" if config.importance == "taylor"
+        search = {**options, "importance": "l2" if config.importance in GRADIENT_CRITERIA
                   else config.importance}
 
         def prune(candidate: nn.Module, ratio: float) -> None:

@@ -20,7 +20,7 @@ import fnmatch
 import logging
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -35,16 +35,20 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 
 class _PathTracer(fx.Tracer):
     """A tracer that remembers the innermost module being traced when tracing fails, and
-    keeps the modules matching ``leaves`` (fnmatch patterns) opaque."""
+    keeps opaque the modules matching ``leaves`` (fnmatch patterns) or ``is_leaf``."""
 
-    def __init__(self, leaves: Sequence[str] = ()) -> None:
+    def __init__(self, leaves: Sequence[str] = (),
+                 is_leaf: Callable[[nn.Module], bool] | None = None) -> None:
         super().__init__()
         self.failed_in: str | None = None
         self.leaves = tuple(leaves)
+        self.is_leaf = is_leaf
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.leaves and any(fnmatch.fnmatchcase(module_qualified_name, pattern)
                                for pattern in self.leaves):
+            return True
+        if self.is_leaf is not None and self.is_leaf(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -69,8 +73,8 @@ def _user_line(exc: BaseException) -> str:
 
 
 def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
-          leaves: Sequence[str] = (), interpreter: type[ShapeRecorder] | None = None
-          ) -> fx.GraphModule:
+          leaves: Sequence[str] = (), is_leaf: Callable[[nn.Module], bool] | None = None,
+          interpreter: type[ShapeRecorder] | None = None) -> fx.GraphModule:
     """Trace ``model`` and annotate every node with its real output shape.
 
     Args:
@@ -78,6 +82,7 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
         example_inputs: a tensor or a tuple of tensors the model accepts.
         shapes: record shapes (False: structure only).
         leaves: fnmatch patterns of modules kept opaque (not traced through).
+        is_leaf: further modules kept opaque (layers a rule describes).
         interpreter: the shape-propagating interpreter class.
 
     Returns:
@@ -93,7 +98,7 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
         >>> [tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if n.op != "output"]
         [(1, 4), (1, 2)]
     """
-    tracer = _PathTracer(leaves)
+    tracer = _PathTracer(leaves, is_leaf)
     try:
         graph = tracer.trace(model)
     except Exception as exc:
