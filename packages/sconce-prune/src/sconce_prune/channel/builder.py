@@ -317,11 +317,17 @@ class GraphBuilder:
                     f"{describe_op(node)} (graph node {node.name!r}) in {where}"
                     + (f": {why}" if why else "")
                     + "; pass on_unknown='freeze' to keep the channels it touches, or add "
-                    f"{module or 'the module'!r} to ignored_layers"
+                    f"{module or 'the module'!r} to ignored_layers" + self._rule_hint(module)
                 )
             for cmap in maps:
                 self.space.freeze(cmap.ids, f"unknown operation {describe_op(node)}")
         return plain_value(node_shape(node))
+
+    def _rule_hint(self, module: str) -> str:
+        if not module:
+            return ""
+        kind = type(self.model.get_submodule(module)).__name__
+        return f", or describe {kind} with sconce_prune.channel.register_rule"
 
     # --- the walk -----------------------------------------------------------------------------
     def run(self) -> DependencyGraph:
