@@ -305,3 +305,11 @@ def test_a_neuron_state_of_fixed_size_freezes_its_channels(toy_neurons) -> None:
     model = FixedState()
     report = ChannelPruner(model, torch.randn(1, 1, 6, 6), sparsity=0.5).prune()
     assert model.conv.out_channels == 8 and any("fixed-size state" in r for r in report.frozen)
+
+
+def test_names_that_match_nothing_are_errors_with_suggestions() -> None:
+    x = torch.randn(1, 3, 12, 12)
+    with pytest.raises(ConfigError, match=r"ratios pattern 'conv3' matches no channel group"):
+        ChannelPruner(_chain(), x, ratios={"conv3": 0.2}).prune()
+    with pytest.raises(ConfigError, match=r"did you mean '3'"):
+        ChannelPruner(_chain(), x, ignored_layers=["3."]).prune()

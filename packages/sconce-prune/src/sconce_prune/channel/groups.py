@@ -69,26 +69,32 @@ def find_groups(space: VariableSpace, roots_per_slot: Sequence[np.ndarray],
     """
     if not len(roots_per_slot):
         return []
-    uniques = [np.unique(r) for r in roots_per_slot]
-    roots = np.concatenate(uniques)
-    slots = np.concatenate([np.full(u.size, i, dtype=np.int64) for i, u in enumerate(uniques)])
-    keys = np.random.default_rng(0).integers(1, 2**62, size=len(uniques), dtype=np.int64)
+    lengths = np.fromiter((r.size for r in roots_per_slot), dtype=np.int64,
+                          count=len(roots_per_slot))
+    every_root = np.concatenate(roots_per_slot).astype(np.int64)
+    slot_of = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
+    stride = int(every_root.max()) + 1 if every_root.size else 1
+    pairs = np.unique(slot_of * stride + every_root)  # each (slot, root) once
+    slots, roots = pairs // stride, pairs % stride
+    keys = np.random.default_rng(0).integers(1, 2**62, size=lengths.size, dtype=np.int64)
     members, inverse = np.unique(roots, return_inverse=True)
     signature = np.zeros(members.size, dtype=np.int64)
     np.bitwise_xor.at(signature, inverse, keys[slots])
     frozen = space.frozen_mask(members)
-    groups = []
+    by_root = np.argsort(inverse, kind="stable")  # pairs grouped by member, slots ascending
+    starts = np.searchsorted(inverse[by_root], np.arange(members.size))
+    ends = np.append(starts[1:], by_root.size)
     order = np.argsort(signature, kind="stable")
-    values = signature[order][np.r_[True, np.diff(signature[order]) != 0]]
-    bounds = np.searchsorted(signature[order], values)
-    ends = np.append(bounds[1:], order.size)
-    for start, end in zip(bounds.tolist(), ends.tolist(), strict=True):
+    bounds = np.flatnonzero(np.r_[True, np.diff(signature[order]) != 0])
+    groups = []
+    for start, end in zip(bounds.tolist(), [*bounds[1:].tolist(), order.size], strict=True):
         chosen = np.sort(order[start:end])
         prunable = members[chosen][~frozen[chosen]]
         if prunable.size == 0:
             continue
-        representative = int(prunable[0])
-        where = sorted(slots[roots == representative].tolist())
+        first = int(chosen[~frozen[chosen]][0])
+        where = slots[by_root[starts[first]:ends[first]]].tolist()
+        representative = int(members[first])
         producer = next((i for i in where if roles[i] == "out"), where[0])
         positions = int((roots_per_slot[producer] == representative).sum())
         groups.append(ChannelGroup(origin[representative], prunable, int(chosen.size), where,

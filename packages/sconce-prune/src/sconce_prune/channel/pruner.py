@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +80,21 @@ class PruneReport:
     def removed(self) -> int:
         """Channels removed in all."""
         return sum(before - after for _, before, after in self.widths)
+
+
+@dataclass
+class Plan:
+    """Channels chosen for removal (root variables of the current graph), each group's
+    width before and after, and the module attributes code constants need updated.
+
+    Example:
+        >>> Plan({3, 4}, [("conv", 8, 6)]).widths[0][2]
+        6
+    """
+
+    removed: set[int]
+    widths: list[tuple[str, int, int]]
+    updates: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _group_key(graph: DependencyGraph, group: ChannelGroup) -> tuple[Any, ...]:
@@ -183,7 +200,10 @@ class ChannelPruner:
                 self.model, self.example_inputs, attention=self.attention,
                 on_unknown=self.on_unknown, ignored_layers=self.ignored_layers,
                 rules=self.rules)
-            for group in self._graph.groups():
+            groups = self._graph.groups()
+            if not self._reference:
+                _check_names(self.model, groups, self.ratios, self.ignored_layers)
+            for group in groups:
                 self._reference.setdefault(_group_key(self._graph, group), group.size)
         return self._graph
 
@@ -242,16 +262,29 @@ class ChannelPruner:
         batches = self.batches() if callable(self.batches) else self.batches
         return gradient_products(self.model, batches, self.adapter or ClassifierAdapter())
 
-    def _choose(self, graph: DependencyGraph, sparsity: float) -> Selection:
+    def _choose(self, graph: DependencyGraph, sparsity: float, forced: set[int]) -> Selection:
         groups = graph.groups()
         reference = {i: self._reference.get(_group_key(graph, g), g.size)
                      for i, g in enumerate(groups)}
-        return select(groups, self._scores(graph, groups), sparsity, ratios=self.ratios,
-                      ranking=self.ranking, round_to=self.round_to, reference=reference)
+        scores = self._scores(graph, groups)
+        if forced:  # channels already chosen (masked) stay chosen
+            scores = [np.where(np.isin(g.roots, list(forced)), -np.inf, s)
+                      for g, s in zip(groups, scores, strict=True)]
+        return select(groups, scores, sparsity, ratios=self.ratios, ranking=self.ranking,
+                      round_to=self.round_to, reference=reference)
 
-    def _prune_to(self, sparsity: float) -> PruneReport:
+    def plan(self, sparsity: float, keep: set[int] | frozenset[int] = frozenset()) -> Plan:
+        """Choose the channels to remove for ``sparsity`` of the original widths, without
+        removing them (``keep``: channels chosen before, chosen again first).
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+            >>> ChannelPruner(net, torch.randn(1, 4)).plan(0.5).widths
+            [('0', 8, 4)]
+        """
         graph = self.graph()
-        selection = self._choose(graph, sparsity)
+        forced = set(keep)
+        selection = self._choose(graph, sparsity, forced)
         updates: dict[tuple[str, str], int] = {}
         for _ in range(_MAX_ROUNDS):
             updates, blocked = attribute_updates(graph, selection.removed)
@@ -261,24 +294,55 @@ class ChannelPruner:
                 graph.space.freeze(constant.ids, f"{constant.op} in "
                                    f"{constant.module or '<root>'!r} uses the constant "
                                    f"{constant.old}")
-            selection = self._choose(graph, sparsity)
+            selection = self._choose(graph, sparsity, forced)
         else:  # pragma: no cover - every round freezes more, so this ends long before
             selection = Selection(set(), [])
-        remove_channels(self.model, graph, selection.removed, updates)
+        return Plan(selection.removed, selection.widths, updates)
+
+    def remove(self, plan: Plan) -> PruneReport:
+        """Remove the channels of ``plan`` (from :meth:`plan` on the model as it is now)."""
+        graph = self.graph()
+        remove_channels(self.model, graph, plan.removed, plan.updates)
         self._graph = None
         read_directly = {str(n.target) for n in graph.graph_module.graph.nodes
                          if n.op == "get_attr"}
-        retrace = bool(updates) or any(f"{s.module}.{s.tensor}".lstrip(".") in read_directly
-                                       for s in graph.slots)
-        traced = verify(self.model, graph, selection.removed, self.example_inputs,
+        retrace = bool(plan.updates) or any(
+            f"{s.module}.{s.tensor}".lstrip(".") in read_directly for s in graph.slots)
+        traced = verify(self.model, graph, plan.removed, self.example_inputs,
                         retrace=retrace) if self.verify else None
         folded = []
         if self.fold_bn and self.steps_done >= self.steps:
             folded = fold_batchnorms(self.model, self.example_inputs, traced)
-        logger.info("channel pruning step %d/%d: %s", self.steps_done, self.steps,
-                    selection.widths)
-        return PruneReport(selection.widths, _frozen_reasons(graph),
-                           {f"{m}.{a}".lstrip("."): v for (m, a), v in updates.items()}, folded)
+        logger.info("channel pruning step %d/%d: %s", self.steps_done, self.steps, plan.widths)
+        return PruneReport(plan.widths, _frozen_reasons(graph),
+                           {f"{m}.{a}".lstrip("."): v for (m, a), v in plan.updates.items()},
+                           folded)
+
+    def _prune_to(self, sparsity: float) -> PruneReport:
+        return self.remove(self.plan(sparsity))
+
+
+def _check_names(model: nn.Module, groups: list[ChannelGroup], ratios: Mapping[str, float],
+                 ignored: Sequence[str]) -> None:
+    """A ``ratios`` pattern that names no group, or an ``ignored_layers`` pattern that
+    names no module, is a mistake: say so with the closest names."""
+    group_names = sorted({g.name for g in groups})
+    for pattern in ratios:
+        if not fnmatch.filter(group_names, pattern):
+            raise ConfigError(f"ratios pattern {pattern!r} matches no channel group; "
+                              + _closest(pattern, group_names, "group"))
+    modules = [name for name, _ in model.named_modules() if name]
+    for pattern in ignored:
+        if not fnmatch.filter(modules, pattern):
+            raise ConfigError(f"ignored_layers entry {pattern!r} matches no module; "
+                              + _closest(pattern, modules, "module"))
+
+
+def _closest(pattern: str, names: list[str], kind: str) -> str:
+    close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
+    if close:
+        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return f"{kind} names look like " + ", ".join(repr(n) for n in names[:4])
 
 
 def _check_options(sparsity: float, steps: int, importance: Any, ratios: Any, round_to: int,

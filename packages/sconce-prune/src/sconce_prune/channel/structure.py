@@ -150,6 +150,7 @@ class DependencyGraph:
     leaves: tuple[str, ...] = ()
     is_leaf: Callable[[nn.Module], bool] | None = None
     _roots: list[np.ndarray] | None = field(default=None, repr=False)
+    _groups: tuple[int, list[ChannelGroup]] | None = field(default=None, repr=False)
 
     def slot_roots(self) -> list[np.ndarray]:
         """The root variable of every position of every slot (computed once: pruning only
@@ -159,6 +160,10 @@ class DependencyGraph:
         return self._roots
 
     def groups(self) -> list[ChannelGroup]:
-        """The prunable channel groups (see :mod:`.groups`)."""
-        return find_groups(self.space, self.slot_roots(), [s.role for s in self.slots],
-                           self.origin)
+        """The prunable channel groups (see :mod:`.groups`), found again only after more
+        channels were frozen."""
+        if self._groups is None or self._groups[0] != self.space.version:
+            found = find_groups(self.space, self.slot_roots(), [s.role for s in self.slots],
+                                self.origin)
+            self._groups = (self.space.version, found)
+        return list(self._groups[1])
