@@ -13,11 +13,13 @@ Part B — the VGG-style model trained on Fashion-MNIST (the dense checkpoint is
 ``benchmarks/results/vgg_fashion_mnist_dense.pt``, shared with ``benchmarks/gmp.py``), pruned
 to 50% channels and fine-tuned for 2 epochs (the core's loop, AdamW, cosine, distilled from
 the dense model), for each seed in ``--seeds``, every recipe of the seed in turn
-(interleaved). Recipes: Torch-Pruning, ``prune.channel`` with its defaults through
-``sconce.compress``, and candidates that change one thing each (the criterion, iterative
-pruning, the fine-tuning recipe, gradual pruning). Validation accuracy (the 5k split held out
-of the training set) is what choices are made on; test accuracy is what is quoted. A side
-table shows how good each criterion's choice of channels is before any fine-tuning.
+(interleaved). Recipes: Torch-Pruning, the ``prune.channel`` technique with its defaults,
+and candidates that change one thing each (the criterion, iterative pruning, the
+fine-tuning recipe, gradual pruning). The teacher's logits are computed once per training
+image and reused (exact: eval mode, no augmentation). Validation accuracy (the 5k split
+held out of the training set) is what choices are made on; test accuracy is what is
+quoted. A side table shows how good each criterion's choice of channels is before any
+fine-tuning.
 
 Torch-Pruning is only a benchmark baseline (``pip install torch-pruning --no-deps``); the
 package never imports it. Timings: fixed threads, interleaved rounds (dense / each tool in
@@ -33,12 +35,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import itertools
 import json
 import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +58,7 @@ from sconce.evaluation import evaluate
 from sconce.storage import atomic_write_json
 from sconce_prune.channel import (
     ChannelPruner,
+    ChannelPruning,
     count_macs,
     fold_batchnorms,
     recalibrate_batchnorms,
@@ -248,19 +253,45 @@ def _recalibrated(model: nn.Module, data: sconce.Data, batches: int = 32) -> nn.
     return model.eval()
 
 
+class CachedTeacher(nn.Module):
+    """The dense model's logits, computed once per training image and looked up after that.
+
+    Exact: the teacher runs in eval mode and the training data has no augmentation, so an
+    image always gets the same logits; it only saves the teacher's forward pass in every
+    fine-tuning step of every recipe and seed (half of a run's compute).
+    """
+
+    def __init__(self, dense: nn.Module) -> None:
+        super().__init__()
+        self.dense = copy.deepcopy(dense).eval()
+        self.cache: dict[bytes, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.detach().cpu().contiguous().numpy()
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+        missing = [i for i, key in enumerate(keys) if key not in self.cache]
+        if missing:
+            with torch.no_grad():
+                logits = self.dense(x[missing])
+            self.cache.update(zip([keys[i] for i in missing], logits, strict=True))
+        return torch.stack([self.cache[key] for key in keys])
+
+
 class Run:
     """What a recipe needs: the dense model, the data, the seed, the fine-tuning budget."""
 
-    def __init__(self, dense: nn.Module, data: sconce.Data, seed: int, epochs: float) -> None:
+    def __init__(self, dense: nn.Module, data: sconce.Data, seed: int, epochs: float,
+                 teacher: nn.Module) -> None:
         self.dense, self.data, self.seed, self.epochs = dense, data, seed, epochs
+        self.teacher = teacher
         self.example = torch.randn(1, 1, 28, 28)
 
     def finetune(self, model: nn.Module, **options: Any) -> nn.Module:
         """The same loop and budget for every recipe: AdamW at FINETUNE_LR, cosine, distilled
         from the dense model (KD weight 0.5, T 4 unless a recipe changes them)."""
         options.setdefault("lr", FINETUNE_LR)
-        sconce.train(model, self.data, self.epochs, teacher=copy.deepcopy(self.dense),
-                     seed=self.seed, progress=False, device="cpu", **options)
+        sconce.train(model, self.data, self.epochs, teacher=self.teacher, seed=self.seed,
+                     progress=False, device="cpu", **options)
         return model.eval()
 
     def ours(self, **options: Any) -> nn.Module:
@@ -276,11 +307,15 @@ class Run:
 
 
 def _technique(run: Run, **config: Any) -> nn.Module:
-    result = sconce.compress(copy.deepcopy(run.dense), run.data,
-                             recipe=[("prune.channel", {"sparsity": RATIO, **config})],
-                             finetune_epochs=run.epochs, metrics=["params"], progress=False,
-                             device="cpu", seed=run.seed)
-    return result.model.eval()
+    """The prune.channel technique itself (its apply: prune, BN re-estimation, fine-tuning at
+    its lr scale, BN folding), in a context like the pipeline's, with the cached teacher."""
+    with tempfile.TemporaryDirectory() as work:
+        ctx = sconce.Context(data=run.data, seed=run.seed, finetune_epochs=run.epochs,
+                             finetune_lr=1e-3, teacher=run.teacher, progress=False,
+                             work_dir=Path(work))
+        model = ChannelPruning().apply(copy.deepcopy(run.dense),
+                                       ChannelPruneConfig(sparsity=RATIO, **config), ctx)
+    return model.eval()
 
 
 def _iterative(run: Run, steps: int) -> nn.Module:
@@ -334,7 +369,7 @@ DEFAULT_RECIPES = ("torch-pruning", "prune.channel")
 def before_finetune(dense: nn.Module, data: sconce.Data) -> dict[str, dict[str, float]]:
     """Validation accuracy of each criterion's choice of channels, before fine-tuning (after
     pruning, then with BatchNorm statistics re-estimated)."""
-    run = Run(dense, data, 0, 0.0)
+    run = Run(dense, data, 0, 0.0, dense)
     rows: dict[str, dict[str, float]] = {}
     for name in ("l2", "bn_scale", "group_l2", "group_taylor", "hessian"):
         model = copy.deepcopy(dense)
@@ -385,10 +420,11 @@ def accuracy_run(data: sconce.Data, dense: nn.Module, args: argparse.Namespace,
     if not args.skip_criteria:
         summary["before_finetune"] = before_finetune(dense, data)
         progress(summary)
+    teacher = CachedTeacher(dense)
     for seed in args.seeds:
         for recipe in args.recipes:
             started = time.perf_counter()
-            model = RECIPES[recipe](Run(dense, data, seed, args.finetune_epochs))
+            model = RECIPES[recipe](Run(dense, data, seed, args.finetune_epochs, teacher))
             row = {"recipe": recipe, "seed": seed, "test": accuracy(model, data),
                    "val": accuracy(model, data, "val"), "params": params(model),
                    "macs": count_macs(model, torch.randn(1, 1, 28, 28)),
