@@ -341,6 +341,14 @@ def _gradual(run: Run, end: float, steps: int = 8, importance: str = DEFAULTS.im
     return model.eval()
 
 
+def _sensitivity_at_equal_macs(run: Run) -> nn.Module:
+    """Per-group ratios from the sensitivity scan, keeping the MACs of uniform 50 %."""
+    uniform = copy.deepcopy(run.dense)
+    ChannelPruner(uniform, run.example, sparsity=RATIO, round_to=DEFAULTS.round_to).prune()
+    target = count_macs(uniform, run.example) / count_macs(run.dense, run.example)
+    return _technique(run, allocation="sensitivity", target_macs=target + 1e-6)
+
+
 RECIPES: dict[str, Callable[[Run], nn.Module]] = {
     "torch-pruning": lambda run: run.finetune(
         prune_torch_pruning(copy.deepcopy(run.dense), run.example)),
@@ -358,6 +366,7 @@ RECIPES: dict[str, Callable[[Run], nn.Module]] = {
                                                    temperature=2.0),
     "kd-0.3": lambda run: run.finetune(run.ours(), distill_weight=0.3),
     "lr-5e-3": lambda run: run.finetune(run.ours(), lr=5e-3),
+    "sensitivity-equal-macs": _sensitivity_at_equal_macs,
     "gradual-0.5": lambda run: _gradual(run, 0.5),
     "gradual-0.25": lambda run: _gradual(run, 0.25),
 }

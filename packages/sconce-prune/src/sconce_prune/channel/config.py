@@ -46,7 +46,8 @@ class ChannelPruneConfig(PruneConfig):
             on the name of the module that produces a group's channels).
         ignored_layers: modules (fnmatch patterns) whose output channels are never pruned.
         target_macs: instead of ``sparsity``, search the uniform ratio that keeps at most
-            this fraction of the model's MACs (e.g. 0.25).
+            this fraction of the model's MACs (e.g. 0.25); with ``allocation="sensitivity"``,
+            the per-group ratios of the sensitivity allocation that keep it.
         target_latency: instead of ``sparsity``, search the uniform ratio whose deployed
             model (BN folded, channels-last as configured) runs in at most this fraction of
             the original's measured batch-1 latency (e.g. 0.4).

@@ -86,9 +86,11 @@ class ChannelPruning(Technique):
         macs_before = count_macs(model, example)
         options = pruning_options(config)
         sparsity = config.sparsity
-        if config.target_macs is not None or config.target_latency is not None:
+        by_sensitivity = config.allocation == "sensitivity"
+        if config.target_latency is not None or (config.target_macs is not None
+                                                 and not by_sensitivity):
             sparsity = self._search_ratio(model, example, config, ctx, options)
-        if config.allocation == "sensitivity":
+        if by_sensitivity:
             options["ratios"] = {**self._sensitivity_ratios(model, example, config, ctx,
                                                             options), **config.ratios}
         has_train = ctx.data is not None and ctx.data.train is not None
@@ -170,7 +172,8 @@ class ChannelPruning(Technique):
             return ctx.evaluate(candidate, split="val", max_samples=config.sensitivity_samples)
 
         allocation, sensitivity = channel_ratios(model, example, evaluate,
-                                                 sparsity=config.sparsity, options=options)
+                                                 sparsity=config.sparsity, options=options,
+                                                 target_macs=config.target_macs)
         plot_sensitivity(sensitivity, ctx.artifact_path("channel_sensitivity.png"), allocation,
                          title="Channel-group sensitivity")
         ctx.note("ratio allocation", f"{allocation.method} (validation accuracy with all "
