@@ -64,9 +64,7 @@ from sconce_prune.channel import (
     recalibrate_batchnorms,
 )
 from sconce_prune.channel.config import ChannelPruneConfig
-from sconce_prune.channel.gradual import GradualChannelMasks
 from sconce_prune.channel.record import to_channels_last
-from sconce_prune.schedule import CubicSchedule
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DENSE_VGG = RESULTS / "vgg_fashion_mnist_dense.pt"
@@ -329,18 +327,6 @@ def _iterative(run: Run, steps: int) -> nn.Module:
     return run.finetune(model)
 
 
-def _gradual(run: Run, end: float, steps: int = 8, importance: str = DEFAULTS.importance
-             ) -> nn.Module:
-    """Channels masked on the cubic schedule during fine-tuning, removed at the end."""
-    model = copy.deepcopy(run.dense)
-    pruner = ChannelPruner(model, run.example, sparsity=RATIO, round_to=DEFAULTS.round_to,
-                           importance=importance)
-    masks = GradualChannelMasks(pruner, CubicSchedule(0.0, RATIO, end=end, steps=steps))
-    run.finetune(model, callbacks=[masks])
-    masks.finish()
-    return model.eval()
-
-
 def _sensitivity_at_equal_macs(run: Run) -> nn.Module:
     """Per-group ratios from the sensitivity scan, keeping the MACs of uniform 50 %."""
     uniform = copy.deepcopy(run.dense)
@@ -367,8 +353,8 @@ RECIPES: dict[str, Callable[[Run], nn.Module]] = {
     "kd-0.3": lambda run: run.finetune(run.ours(), distill_weight=0.3),
     "lr-5e-3": lambda run: run.finetune(run.ours(), lr=5e-3),
     "sensitivity-equal-macs": _sensitivity_at_equal_macs,
-    "gradual-0.5": lambda run: _gradual(run, 0.5),
-    "gradual-0.25": lambda run: _gradual(run, 0.25),
+    "gradual-0.5": lambda run: _technique(run, schedule="gradual", gradual_end=0.5),
+    "gradual-0.25": lambda run: _technique(run, schedule="gradual", gradual_end=0.25),
 }
 """Each recipe prunes a copy of the dense model to 50% channels and fine-tunes it."""
 

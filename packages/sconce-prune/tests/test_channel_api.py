@@ -321,3 +321,20 @@ def test_sensitivity_allocation_at_a_mac_target() -> None:
     assert count_macs(result.model, x) <= 0.5 * count_macs(model, x)
     assert count_macs(result.model, x) > 0.3 * count_macs(model, x)  # the smallest fraction
     assert "per-group ratios" in result.report.stages[-1].notes
+
+
+def test_gradual_schedule_through_the_pipeline_saves_and_loads(tmp_path) -> None:
+    kwargs = {"num_classes": 10, "in_channels": 1, "image_size": 28,
+              "widths": (16, "M", 32, "M"), "hidden_features": 32}
+    model = sconce.models.vgg(**kwargs)
+    result = sconce.compress(model, _loaders((1, 28, 28)),
+                             recipe=[("prune.channel", {"schedule": "gradual",
+                                                        "gradual_end": 0.5})],
+                             finetune_epochs=1, model_spec="vgg", model_kwargs=kwargs, **FAST)
+    assert result.model.features[0][0].out_channels == 8
+    result.save(tmp_path)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(sconce.load(tmp_path)(x), result.model(x))
+    with pytest.raises(ConfigError, match="leave steps at 1"):
+        ChannelPruneConfig(schedule="gradual", steps=2)

@@ -313,3 +313,44 @@ def test_names_that_match_nothing_are_errors_with_suggestions() -> None:
         ChannelPruner(_chain(), x, ratios={"conv3": 0.2}).prune()
     with pytest.raises(ConfigError, match=r"did you mean '3'"):
         ChannelPruner(_chain(), x, ignored_layers=["3."]).prune()
+
+
+# --- gradual pruning -----------------------------------------------------------------------
+def test_gradual_masks_remove_channels_mid_training_exactly_and_keep_training() -> None:
+    from sconce_prune.channel.gradual import GradualChannelMasks
+    from sconce_prune.schedule import CubicSchedule
+
+    torch.manual_seed(0)
+    model = _chain()
+    x = torch.randn(4, 3, 12, 12)
+    data = [(torch.randn(8, 3, 12, 12), torch.randint(0, 3, (8,))) for _ in range(12)]
+    masks = GradualChannelMasks(ChannelPruner(model, x[:1], sparsity=0.5),
+                                CubicSchedule(0.0, 0.5, end=0.5, steps=3))
+    seen: dict[str, object] = {}
+    remove = masks.pruner.remove
+
+    def checked_remove(plan, on_resize=None):  # the model just before and after removal
+        model.eval()
+        with torch.no_grad():
+            before = model(x)
+        dropped = [int(w) for w in (model[0].weight.flatten(1).abs().sum(1) == 0).nonzero()]
+        report = remove(plan, on_resize)
+        with torch.no_grad():
+            seen.update(exact=torch.allclose(model(x), before, atol=1e-5), dropped=dropped)
+        model.train()
+        return report
+
+    class OptimizerCheck(sconce.TrainCallback):
+        def on_train_end(self, state) -> None:  # the optimizer follows the resized model
+            params = [p for group in state.optimizer.param_groups for p in group["params"]]
+            assert {id(p) for p in params} == {id(p) for p in model.parameters()}
+            for p in params:
+                assert state.optimizer.state[p]["exp_avg"].shape == p.shape
+
+    masks.pruner.remove = checked_remove
+    result = sconce.train(model, torch.utils.data.DataLoader(data, batch_size=None), 1,
+                          callbacks=[masks, OptimizerCheck()], progress=False, device="cpu",
+                          lr=1e-2)
+    assert seen["exact"] and len(seen["dropped"]) == 12  # type: ignore[arg-type]
+    assert model[0].out_channels == 12 and model[3].out_channels == 16
+    assert masks.finish() is masks.report and result.steps == 12

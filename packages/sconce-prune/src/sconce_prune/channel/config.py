@@ -18,6 +18,7 @@ RANKINGS = ("uniform", "global")
 ATTENTION_MODES = ("heads", "dims")
 ALLOCATIONS = ("uniform", "sensitivity")
 ON_UNKNOWN = ("error", "freeze")
+SCHEDULES = ("oneshot", "gradual")
 
 
 @dataclass
@@ -56,6 +57,12 @@ class ChannelPruneConfig(PruneConfig):
         on_unknown: an operation the engine does not know that touches prunable channels
             is an ``error`` (default) or ``freeze`` s those channels.
         taylor_batches: training batches whose gradients the Taylor criterion uses.
+        schedule: ``oneshot`` prunes before fine-tuning (in ``steps`` steps); ``gradual``
+            drops channels during fine-tuning on a cubic schedule (their producing weights
+            held at zero, so removing them is exact), removes them once ``gradual_end`` of
+            fine-tuning is done and trains on at the final width.
+        gradual_end: the fraction of fine-tuning after which every channel to go is gone.
+        gradual_updates: how many times the dropped channels are chosen again on the way.
         steps: prune in this many equal steps, fine-tuning between them (iterative pruning).
         bn_recalibration: training batches run (no gradients) after each pruning step to
             re-estimate the BatchNorm statistics of the narrower network; 0 turns it off.
@@ -86,6 +93,9 @@ class ChannelPruneConfig(PruneConfig):
     attention: str = "heads"
     on_unknown: str = "error"
     taylor_batches: int = 4
+    schedule: str = "oneshot"
+    gradual_end: float = 0.5
+    gradual_updates: int = 8
     steps: int = 1
     bn_recalibration: int = 32
     finetune: bool = True
@@ -102,6 +112,11 @@ class ChannelPruneConfig(PruneConfig):
         check_choice("attention", self.attention, ATTENTION_MODES)
         check_choice("on_unknown", self.on_unknown, ON_UNKNOWN)
         check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("gradual_end", self.gradual_end, 0.0, 1.0, low_inclusive=False)
+        check_positive("gradual_updates", self.gradual_updates)
+        if self.schedule == "gradual" and self.steps != 1:
+            raise ConfigError("schedule='gradual' sets its own steps; leave steps at 1")
         check_positive("sensitivity_samples", self.sensitivity_samples)
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) \
                 or self.round_to < 1:

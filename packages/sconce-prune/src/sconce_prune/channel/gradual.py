@@ -5,8 +5,12 @@
 which channels to drop for the current fraction (channels dropped before stay dropped), and
 zeroes every tensor that *produces* them (filters, biases, norm affines); after every
 optimizer step it sets them back to zero. A dropped channel then carries exactly zero, so
-removing it at the end (:meth:`GradualChannelMasks.finish`) does not change what the model
-computes, and the network had the rest of fine-tuning to adapt to each removal.
+removing it does not change what the model computes, and the network adapts to each removal
+while it trains. Once the final fraction is reached (the schedule's ``end``), the channels
+are removed for real, in the middle of training: the optimizer's parameters and their state
+(Adam's moments) are sliced the same way, so training goes on, on the same schedule, at the
+smaller width and its lower cost (not under DistributedDataParallel, whose wrapper holds the
+parameters: there the channels stay masked until :meth:`GradualChannelMasks.finish`).
 
 Example:
     >>> import torch
@@ -20,8 +24,8 @@ Example:
     ...                             CubicSchedule(0.0, 0.5, end=0.5, steps=2))
     >>> _ = sconce.train(net, torch.utils.data.DataLoader(data, batch_size=None), 1,
     ...                  callbacks=[masks], progress=False, device="cpu")
-    >>> masks.finish().widths, net[0].out_features
-    ([('0', 16, 8)], 8)
+    >>> net[0].out_features, masks.finish().widths  # removed at half of training
+    (8, [('0', 16, 8)])
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 
 from sconce.train import TrainCallback, TrainState
-from sconce_prune.channel.ops import removal_mask
+from sconce_prune.channel.ops import removal_mask, shrunk
 from sconce_prune.channel.pruner import ChannelPruner, Plan, PruneReport
 from sconce_prune.schedule import CubicSchedule
 
@@ -64,17 +68,30 @@ class GradualChannelMasks(TrainCallback):
         self._updates: set[int] = set()
         self._total = 0
         self._zeroed: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+        self.report: PruneReport | None = None
 
     def on_train_begin(self, state: TrainState) -> None:
         self._total = max(1, state.total_steps)
         self._updates = set(self.schedule.pruning_steps(self._total))
         if 0 in self._updates:
             self._update(0)
+            self._remove_if_final(0, state.optimizer)
 
     def on_step_end(self, state: TrainState) -> None:
+        if self.report is not None:
+            return
         if state.step in self._updates:
             self._update(state.step)
+            self._remove_if_final(state.step, state.optimizer)
         self._hold()
+
+    def _remove_if_final(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        if step < max(self._updates) or torch.distributed.is_initialized():
+            return
+        self._hold()
+        self.pruner.steps_done = self.pruner.steps
+        self.report = self.pruner.remove(self.plan, _OptimizerFollower(optimizer))
+        self._zeroed = []
 
     def _update(self, step: int) -> None:
         sparsity = self.schedule.sparsity_at(step, self._total)
@@ -106,10 +123,34 @@ class GradualChannelMasks(TrainCallback):
                 tensor.index_fill_(dim, where, 0.0)
 
     def finish(self) -> PruneReport:
-        """Remove the dropped channels (the final fraction) from the model, in place."""
+        """Remove the dropped channels (the final fraction) from the model, in place, unless
+        that happened during training; returns what was removed."""
+        if self.report is not None:
+            return self.report
         if self._total == 0 or self.plan.widths == []:  # never trained: choose now
             self.plan = self.pruner.plan(self.pruner.sparsity, keep=self.plan.removed)
             self._zeroed = self._producers(self.plan.removed)
         self._hold()
         self.pruner.steps_done = self.pruner.steps
-        return self.pruner.remove(self.plan)
+        self.report = self.pruner.remove(self.plan)
+        return self.report
+
+
+class _OptimizerFollower:
+    """Puts each resized parameter in the optimizer in place of the old one, with its state
+    sliced like the parameter."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def __call__(self, old: torch.Tensor, new: torch.Tensor,
+                 cuts: list[tuple[int, np.ndarray]]) -> None:
+        for group in self.optimizer.param_groups:
+            for index, param in enumerate(group["params"]):
+                if param is old:
+                    group["params"][index] = new
+        state = self.optimizer.state.pop(old, None)
+        if state is not None:
+            self.optimizer.state[new] = {
+                key: shrunk(value, cuts) if isinstance(value, torch.Tensor)
+                and value.shape == old.shape else value for key, value in state.items()}

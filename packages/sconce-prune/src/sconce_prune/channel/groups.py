@@ -74,7 +74,8 @@ def find_groups(space: VariableSpace, roots_per_slot: Sequence[np.ndarray],
     every_root = np.concatenate(roots_per_slot).astype(np.int64)
     slot_of = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
     stride = int(every_root.max()) + 1 if every_root.size else 1
-    pairs = np.unique(slot_of * stride + every_root)  # each (slot, root) once
+    pairs = np.sort(slot_of * stride + every_root)  # each (slot, root) once, sorted (numpy
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]  # 2.4's hashed unique is slow here)
     slots, roots = pairs // stride, pairs % stride
     keys = np.random.default_rng(0).integers(1, 2**62, size=lengths.size, dtype=np.int64)
     members, inverse = np.unique(roots, return_inverse=True)

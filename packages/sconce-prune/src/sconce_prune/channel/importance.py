@@ -251,6 +251,15 @@ def _coupled(view: GroupView) -> list[GroupTensor]:
     return [t for t in view.tensors if t.is_parameter and t.role in ("out", "in")]
 
 
+def _over_batches(tensor: GroupTensor, term: Callable[[torch.Tensor], torch.Tensor]
+                  ) -> torch.Tensor:
+    """``sum over batches of term(w * dL/dw)``, gathered per channel."""
+    total = term(tensor.per_channel(tensor.products[0]))
+    for product in tensor.products[1:]:
+        total = total + term(tensor.per_channel(product))
+    return total
+
+
 def _sum_per_channel(tensor: torch.Tensor) -> np.ndarray:
     return tensor.reshape(tensor.shape[0], -1).sum(1).double().cpu().numpy()
 
@@ -280,16 +289,20 @@ def criterion_scores(view: GroupView, criterion: str, consumers: bool = False
                           "data or choose importance='bn_scale'")
     if criterion == "taylor":
         tensors = [t for t in _producers(view, consumers) if t.products]
-        return _with_consumers([_sum_per_channel(sum(t.per_channel(p).abs() for p in t.products))
+        return _with_consumers([_sum_per_channel(_over_batches(t, lambda p: p.abs()))
                                 for t in tensors], consumers)
     if criterion == "hessian":
-        return [_sum_per_channel(sum(t.per_channel(p) ** 2 for p in t.products))
+        return [_sum_per_channel(_over_batches(t, lambda p: p**2))
                 for t in _coupled(view) if t.products]
-    if criterion == "group_taylor":
-        batches = max(len(t.products) for t in view.tensors)
-        change = [sum(_sum_per_channel(t.per_channel(t.products[b])) for t in _coupled(view)
-                      if len(t.products) > b) for b in range(batches)]
-        return [sum(np.asarray(c) ** 2 for c in change)]
+    if criterion == "group_taylor":  # per batch: the whole channel's first-order change
+        total = np.zeros(view.channels)
+        for b in range(max(len(t.products) for t in view.tensors)):
+            change = np.zeros(view.channels)
+            for t in _coupled(view):
+                if len(t.products) > b:
+                    change += _sum_per_channel(t.per_channel(t.products[b]))
+            total += change**2
+        return [total]
     raise ConfigError(f"unknown importance {criterion!r}; choose one of {', '.join(CRITERIA)}")
 
 
@@ -332,7 +345,9 @@ def score_groups(
         3
     """
     rng = np.random.default_rng(seed)
-    reduce = {"sum": np.sum, "mean": np.mean, "max": np.max}[aggregation]
+    if aggregation not in ("sum", "mean", "max"):
+        raise ConfigError(f"aggregation must be 'sum', 'mean' or 'max', got {aggregation!r}")
+    reduce = getattr(np, aggregation)
     results = []
     for group in groups:
         count = int(group.roots.size)

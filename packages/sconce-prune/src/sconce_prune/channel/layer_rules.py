@@ -23,7 +23,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -155,7 +155,7 @@ def _conv(builder: GraphBuilder, call: LayerCall, x: TensorInfo) -> TensorInfo:
 
 @_single_input
 def _linear(builder: GraphBuilder, call: LayerCall, x: TensorInfo) -> TensorInfo:
-    node, name, linear = call.node, call.name, call.module
+    node, name, linear = call.node, call.name, cast(nn.Linear, call.module)
     last = x.ndim - 1
     in_ids, others = _channel_map(builder, node, x, last, name)
     out_ids = builder.fresh(linear.out_features, name)
@@ -188,7 +188,7 @@ def _batch_norm(builder: GraphBuilder, call: LayerCall, x: TensorInfo) -> Tensor
 
 @_single_input
 def _group_norm(builder: GraphBuilder, call: LayerCall, x: TensorInfo) -> TensorInfo:
-    node, name, norm = call.node, call.name, call.module
+    node, name, norm = call.node, call.name, cast(nn.GroupNorm, call.module)
     ids, others = _channel_map(builder, node, x, 1, name)
     if ids is not None:
         block = norm.num_channels // norm.num_groups
@@ -228,7 +228,7 @@ def _last_dim_norm(builder: GraphBuilder, call: LayerCall, x: TensorInfo) -> Ten
 
 @_single_input
 def _prelu(builder: GraphBuilder, call: LayerCall, x: TensorInfo) -> TensorInfo:
-    node, name, prelu = call.node, call.name, call.module
+    node, name, prelu = call.node, call.name, cast(nn.PReLU, call.module)
     if prelu.num_parameters == 1:
         return TensorInfo(x.shape, list(x.maps))
     axis = 1 if x.ndim > 1 else 0
@@ -242,7 +242,8 @@ def _prelu(builder: GraphBuilder, call: LayerCall, x: TensorInfo) -> TensorInfo:
 
 @_single_input
 def _embedding(builder: GraphBuilder, call: LayerCall, x: TensorInfo) -> TensorInfo:
-    name, embedding, out_shape = call.name, call.module, call.out_shape
+    name, out_shape = call.name, call.out_shape
+    embedding = cast(nn.Embedding, call.module)
     ids = builder.fresh(embedding.embedding_dim, name)
     builder.slot(name, "weight", 1, ids, "out")
     builder.count(name, "embedding_dim", ids)
@@ -253,11 +254,12 @@ def _attention(builder: GraphBuilder, call: LayerCall) -> Any:
     """nn.MultiheadAttention: one ``embed_dim`` for the query input, the projections and
     the output, so they share channel variables; heads are removed whole (``heads``) or
     lose the same dims each (``dims``)."""
-    node, name, attn = call.node, call.name, call.module
+    node, name, attn = call.node, call.name, cast(nn.MultiheadAttention, call.module)
     args, kwargs, out_shape = call.args, call.kwargs, call.out_shape
     names = ("query", "key", "value")
-    inputs = [args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names)]
-    if not all(isinstance(v, TensorInfo) for v in inputs):
+    given = [args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names)]
+    inputs = [v for v in given if isinstance(v, TensorInfo)]
+    if len(inputs) != len(names):
         return builder.unknown(node, args, "query, key and value must be tensors")
     query, key, value = inputs
     embed, heads = attn.embed_dim, attn.num_heads

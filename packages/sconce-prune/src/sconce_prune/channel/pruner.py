@@ -43,7 +43,7 @@ from sconce_prune.channel.importance import (
     gradient_products,
     score_groups,
 )
-from sconce_prune.channel.ops import attribute_updates, remove_channels
+from sconce_prune.channel.ops import Resize, attribute_updates, remove_channels
 from sconce_prune.channel.rules import Rule, RuleTable
 from sconce_prune.channel.selection import Selection, select
 from sconce_prune.channel.structure import DependencyGraph
@@ -299,10 +299,11 @@ class ChannelPruner:
             selection = Selection(set(), [])
         return Plan(selection.removed, selection.widths, updates)
 
-    def remove(self, plan: Plan) -> PruneReport:
-        """Remove the channels of ``plan`` (from :meth:`plan` on the model as it is now)."""
+    def remove(self, plan: Plan, on_resize: Resize | None = None) -> PruneReport:
+        """Remove the channels of ``plan`` (from :meth:`plan` on the model as it is now);
+        ``on_resize(old, new, cuts)`` hears of every parameter replaced."""
         graph = self.graph()
-        remove_channels(self.model, graph, plan.removed, plan.updates)
+        remove_channels(self.model, graph, plan.removed, plan.updates, on_resize)
         self._graph = None
         read_directly = {str(n.target) for n in graph.graph_module.graph.nodes
                          if n.op == "get_attr"}

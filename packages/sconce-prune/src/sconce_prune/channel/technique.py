@@ -1,8 +1,9 @@
 """``prune.channel``: structured channel pruning as a sconce technique.
 
-``apply`` prunes (in ``steps`` passes), fine-tunes through the core's loop with distillation
-from the original model, folds BatchNorms, and leaves an architecture record so that
-``sconce.load`` rebuilds the pruned shapes without unpickling code; ``restore`` replays it.
+``apply`` prunes (in one shot, in ``steps`` passes, or gradually during fine-tuning),
+fine-tunes through the core's loop with distillation from the original model, folds
+BatchNorms, and leaves an architecture record so that ``sconce.load`` rebuilds the pruned
+shapes without unpickling code; ``restore`` replays it.
 
 Example:
     >>> import sconce
@@ -25,10 +26,12 @@ from sconce.metrics.timing import TimingSettings, time_call
 from sconce.technique import Technique
 from sconce_prune.channel.config import ChannelPruneConfig
 from sconce_prune.channel.folding import fold_batchnorms, recalibrate_batchnorms
+from sconce_prune.channel.gradual import GradualChannelMasks
 from sconce_prune.channel.importance import GRADIENT_CRITERIA
 from sconce_prune.channel.macs import count_macs
 from sconce_prune.channel.pruner import ChannelPruner, PruneReport, prune_channels, search_ratio
 from sconce_prune.channel.record import changes, replay, snapshot, to_channels_last
+from sconce_prune.schedule import CubicSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -93,23 +96,7 @@ class ChannelPruning(Technique):
         if by_sensitivity:
             options["ratios"] = {**self._sensitivity_ratios(model, example, config, ctx,
                                                             options), **config.ratios}
-        has_train = ctx.data is not None and ctx.data.train is not None
-        epochs = ctx.finetune_epochs if config.finetune and has_train else 0
-        trains_after = epochs > 0 or (has_train and config.bn_recalibration > 0)
-        gradients = config.importance in GRADIENT_CRITERIA
-        pruner = ChannelPruner(
-            model, example, sparsity=sparsity, steps=config.steps, adapter=ctx.adapter,
-            batches=(lambda: list(_taylor_batches(ctx, config.taylor_batches)))
-            if gradients else None, fold_bn=config.fold_bn and not trains_after, **options)
-        report = PruneReport([])
-        for _ in range(config.steps):
-            report = pruner.step()
-            if has_train and config.bn_recalibration:
-                recalibrate_batchnorms(model, _input_batches(ctx, config.bn_recalibration),
-                                       ctx.adapter)
-            if epochs > 0:
-                ctx.finetune(model, epochs=epochs / config.steps, teacher=ctx.teacher,
-                             lr=ctx.finetune_lr * config.finetune_lr_scale)
+        report = self._prune_and_finetune(model, example, sparsity, options, config, ctx)
         folded = report.folded
         if config.fold_bn and not folded:  # fold last, with the final statistics
             folded = fold_batchnorms(model, example)
@@ -129,6 +116,39 @@ class ChannelPruning(Technique):
             ctx.note("attributes updated", report.attributes)
         logger.info("prune.channel: %s", report.widths)
         return model
+
+    @staticmethod
+    def _prune_and_finetune(model: nn.Module, example: Any, sparsity: float,
+                            options: dict[str, Any], config: ChannelPruneConfig, ctx: Context
+                            ) -> PruneReport:
+        """One shot or ``steps`` (with BatchNorm re-estimation and fine-tuning after each),
+        or gradual (channels fade out during fine-tuning, removed at ``gradual_end``)."""
+        has_train = ctx.data is not None and ctx.data.train is not None
+        epochs = ctx.finetune_epochs if config.finetune and has_train else 0
+        trains_after = epochs > 0 or (has_train and config.bn_recalibration > 0)
+        gradients = config.importance in GRADIENT_CRITERIA
+        gradual = config.schedule == "gradual" and epochs > 0
+        pruner = ChannelPruner(
+            model, example, sparsity=sparsity, steps=config.steps, adapter=ctx.adapter,
+            batches=(lambda: list(_taylor_batches(ctx, config.taylor_batches)))
+            if gradients else None, fold_bn=config.fold_bn and not trains_after, **options)
+        lr = ctx.finetune_lr * config.finetune_lr_scale
+        if gradual:
+            masks = GradualChannelMasks(pruner, CubicSchedule(
+                0.0, sparsity, end=config.gradual_end, steps=config.gradual_updates))
+            ctx.finetune(model, epochs=epochs, teacher=ctx.teacher, lr=lr, callbacks=[masks])
+            return masks.finish()
+        if config.schedule == "gradual":
+            ctx.note("schedule", "one shot: gradual pruning needs fine-tuning")
+        report = PruneReport([])
+        for _ in range(config.steps):
+            report = pruner.step()
+            if has_train and config.bn_recalibration:
+                recalibrate_batchnorms(model, _input_batches(ctx, config.bn_recalibration),
+                                       ctx.adapter)
+            if epochs > 0:
+                ctx.finetune(model, epochs=epochs / config.steps, teacher=ctx.teacher, lr=lr)
+        return report
 
     @staticmethod
     def _search_ratio(model: nn.Module, example: Any, config: ChannelPruneConfig,

@@ -210,8 +210,9 @@ def _shapes(meta: Any) -> Any:
 
 def describe_op(node: fx.Node) -> str:
     """A readable name of a node's operation (``torch.cat``, ``.view``, ``Conv2d``)."""
-    if node.op == "call_module":
-        return type(node.graph.owning_module.get_submodule(str(node.target))).__name__
+    owner = node.graph.owning_module
+    if node.op == "call_module" and owner is not None:
+        return type(owner.get_submodule(str(node.target))).__name__
     if node.op == "call_method":
         return f".{node.target}()"
     if node.op == "call_function":
