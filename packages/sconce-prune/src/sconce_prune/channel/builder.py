@@ -144,6 +144,7 @@ class GraphBuilder:
     heads: list[HeadLayout] = field(default_factory=list)
     origin: list[str] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
+    _modules: dict[str, nn.Module] = field(default_factory=dict)
     _slot_index: dict[tuple[str, str, int], int] = field(default_factory=dict)
     _count_index: dict[tuple[str, str, int | None], int] = field(default_factory=dict)
 
@@ -355,7 +356,9 @@ class GraphBuilder:
 
     def _call_module(self, node: fx.Node) -> Any:
         name = str(node.target)
-        module = self.gm.get_submodule(name)
+        if not self._modules:
+            self._modules = dict(self.gm.named_modules())
+        module = self._modules[name]
         args = [self.arg(a) for a in node.args]
         kwargs = {k: self.arg(v) for k, v in node.kwargs.items()}
         rule = self.rules.layer_rule(module)

@@ -43,22 +43,23 @@ def fold_batchnorms(model: nn.Module, example_inputs: Any,
     Args:
         model: the model (its BatchNorms must hold running statistics).
         example_inputs: inputs for tracing (batch 1 is enough).
-        traced: the model's graph with shapes when the caller already traced it.
+        traced: the model's graph, with shapes, when the caller already traced it.
 
     Returns:
         The qualified names of the BatchNorms replaced by ``nn.Identity``.
     """
     gm = traced if traced is not None else trace(model, example_inputs, shapes=False)
     calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
-    pairs = [p for p in (_foldable_pair(gm, n, calls) for n in gm.graph.nodes) if p]
-    if any(isinstance(model.get_submodule(layer), nn.Linear) for layer, _ in pairs):
+    modules = dict(model.named_modules())
+    pairs = [p for p in (_foldable_pair(modules, n, calls) for n in gm.graph.nodes) if p]
+    if traced is None and any(isinstance(modules[layer], nn.Linear) for layer, _ in pairs):
         gm = trace(model, example_inputs)  # Linear + BatchNorm1d: check the shapes
-        pairs = [p for p in (_foldable_pair(gm, n, calls) for n in gm.graph.nodes) if p]
+        pairs = [p for p in (_foldable_pair(modules, n, calls) for n in gm.graph.nodes) if p]
     folded = []
     for layer, norm in pairs:
-        _fold(model.get_submodule(layer), model.get_submodule(norm))
+        _fold(modules[layer], modules[norm])
         parent, _, child = norm.rpartition(".")
-        setattr(model.get_submodule(parent), child, nn.Identity())
+        setattr(modules[parent], child, nn.Identity())
         folded.append(norm)
     if folded:
         logger.info("folded %d BatchNorm layers", len(folded))
@@ -108,18 +109,18 @@ def recalibrate_batchnorms(model: nn.Module, batches: Iterable[Any], adapter: An
     return used
 
 
-def _foldable_pair(gm: fx.GraphModule, node: fx.Node, calls: Counter[str]
+def _foldable_pair(modules: dict[str, nn.Module], node: fx.Node, calls: Counter[str]
                    ) -> tuple[str, str] | None:
     if node.op != "call_module" or calls[str(node.target)] != 1:
         return None
-    norm = gm.get_submodule(str(node.target))
+    norm = modules[str(node.target)]
     if not isinstance(norm, _BATCH_NORMS) or norm.running_mean is None:
         return None
     source = node.args[0] if node.args else None
     if not isinstance(source, fx.Node) or source.op != "call_module" \
             or calls[str(source.target)] != 1 or len(source.users) != 1:
         return None
-    layer = gm.get_submodule(str(source.target))
+    layer = modules[str(source.target)]
     if not isinstance(layer, _FOLDABLE):
         return None
     if isinstance(layer, nn.Linear):

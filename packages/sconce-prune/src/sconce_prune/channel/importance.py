@@ -180,7 +180,8 @@ def gradient_products(model: nn.Module, batches: Iterable[tuple[Any, torch.Tenso
 
 
 def group_view(model: nn.Module, graph: DependencyGraph, group: ChannelGroup,
-               products: dict[str, list[torch.Tensor]] | None = None) -> GroupView:
+               products: dict[str, list[torch.Tensor]] | None = None,
+               modules: dict[str, nn.Module] | None = None) -> GroupView:
     """The tensors of ``group`` with the positions of each of its channels.
 
     Example:
@@ -199,7 +200,7 @@ def group_view(model: nn.Module, graph: DependencyGraph, group: ChannelGroup,
             logger.debug("%s.%s holds the channels of %s unevenly; not shown to criteria",
                          slot.module, slot.tensor, group.name)
             continue
-        layer = model.get_submodule(slot.module)
+        layer = modules[slot.module] if modules is not None else model.get_submodule(slot.module)
         qualified = f"{slot.module}.{slot.tensor}".lstrip(".")
         tensors.append(GroupTensor(slot.module, layer, slot.tensor, slot.role, slot.dim,
                                    getattr(layer, slot.tensor), positions,
@@ -349,12 +350,13 @@ def score_groups(
         raise ConfigError(f"aggregation must be 'sum', 'mean' or 'max', got {aggregation!r}")
     reduce = getattr(np, aggregation)
     results = []
+    modules = dict(model.named_modules())
     for group in groups:
         count = int(group.roots.size)
         if importance == "random":
             results.append(rng.random(count))
             continue
-        view = group_view(model, graph, group, products)
+        view = group_view(model, graph, group, products, modules)
         if callable(importance):
             results.append(_checked(importance(view), count, group.name))
             continue

@@ -103,16 +103,17 @@ def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
     """
     roots_per_slot = graph.slot_roots()
     gone = removal_mask(graph, removed)
+    modules = dict(model.named_modules())
     selections: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
     for slot, roots in zip(graph.slots, roots_per_slot, strict=True):
         mask = kept(roots, gone)
         if not mask.all():
             selections[(slot.module, slot.tensor)].append((slot.dim, np.nonzero(mask)[0]))
     for (module_name, tensor_name), cuts in selections.items():
-        _shrink(model.get_submodule(module_name), tensor_name, cuts, on_resize)
+        _shrink(modules[module_name], tensor_name, cuts, on_resize)
     for count in graph.counts:
         alive = int(kept(graph.space.roots(count.ids), gone).sum())
-        module = model.get_submodule(count.module)
+        module = modules[count.module]
         if count.index is None:
             setattr(module, count.attr, alive)
         else:
@@ -120,9 +121,9 @@ def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
             entries[count.index] = alive
             setattr(module, count.attr, tuple(entries))
     for layout in graph.heads:
-        _set_heads(model.get_submodule(layout.module), graph, layout.ids, gone)
+        _set_heads(modules[layout.module], graph, layout.ids, gone)
     for (module_name, attr), value in (updates or {}).items():
-        setattr(model.get_submodule(module_name), attr, value)
+        setattr(modules[module_name], attr, value)
 
 
 def _shrink(module: nn.Module, name: str, cuts: list[tuple[int, np.ndarray]],

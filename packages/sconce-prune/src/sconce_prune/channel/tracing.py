@@ -160,10 +160,18 @@ class ShapeRecorder(fx.Interpreter):
         (1, 3)
     """
 
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self._modules = dict(module.named_modules())
+
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
         n.meta["tensor_meta"] = _shape_of(result)
         return result
+
+    def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call a layer, found by name once per run rather than by walking its path."""
+        return self._modules[target](*args, **kwargs)
 
     def propagate(self, *args: Any) -> Any:
         """Run the graph on ``args``."""
