@@ -355,6 +355,8 @@ RECIPES: dict[str, Callable[[Run], nn.Module]] = {
     "sensitivity-equal-macs": _sensitivity_at_equal_macs,
     "gradual-0.5": lambda run: _technique(run, schedule="gradual", gradual_end=0.5),
     "gradual-0.25": lambda run: _technique(run, schedule="gradual", gradual_end=0.25),
+    "gradual-0.5-group_l2": lambda run: _technique(run, schedule="gradual", gradual_end=0.5,
+                                                   importance="group_l2"),
 }
 """Each recipe prunes a copy of the dense model to 50% channels and fine-tunes it."""
 
