@@ -77,12 +77,7 @@ def channel_ratios(
         sizes[group.name] = sizes.get(group.name, 0) + group.size
 
     def score(ratios: Mapping[str, float]) -> EvalResult:
-        candidate = copy.deepcopy(model)
-        chosen = {name: float(r) for name, r in ratios.items() if r > 0}
-        if chosen:
-            prune_channels(candidate, example_inputs, sparsity=0.0, ratios=chosen,
-                           verify=False, **options)
-        return evaluate(candidate)
+        return evaluate(_pruned_copy(model, example_inputs, ratios, options))
 
     sensitivity = scan_sensitivity(list(sizes), score, PROBE_RATIOS)
     if target_macs is not None:
@@ -94,6 +89,16 @@ def channel_ratios(
     return allocation, sensitivity
 
 
+def _pruned_copy(model: nn.Module, example_inputs: Any, ratios: Mapping[str, float],
+                 options: Mapping[str, Any]) -> nn.Module:
+    candidate = copy.deepcopy(model)
+    chosen = {name: float(r) for name, r in ratios.items() if r > 0}
+    if chosen:
+        prune_channels(candidate, example_inputs, sparsity=0.0, ratios=chosen, verify=False,
+                       **options)
+    return candidate
+
+
 def _at_macs(model: nn.Module, example_inputs: Any, sensitivity: Sensitivity,
              sizes: Mapping[str, int], score: Callable[[Mapping[str, float]], EvalResult],
              target: float, options: Mapping[str, Any]) -> Allocation:
@@ -102,12 +107,8 @@ def _at_macs(model: nn.Module, example_inputs: Any, sensitivity: Sensitivity,
     base = count_macs(model, example_inputs)
 
     def fraction(ratios: Mapping[str, float]) -> float:
-        candidate = copy.deepcopy(model)
-        chosen = {name: float(r) for name, r in ratios.items() if r > 0}
-        if chosen:
-            prune_channels(candidate, example_inputs, sparsity=0.0, ratios=chosen,
-                           verify=False, **options)
-        return count_macs(candidate, example_inputs) / base
+        return count_macs(_pruned_copy(model, example_inputs, ratios, options),
+                          example_inputs) / base
 
     def ratios_at(sparsity: float) -> dict[str, float] | None:
         try:
