@@ -27,11 +27,12 @@ class ChannelPruneConfig(PruneConfig):
 
     Attributes:
         sparsity: fraction of the channels of every prunable group that is removed.
-        importance: how channels are scored: ``bn_scale`` (default: |gamma| of the
-            BatchNorm that follows, L2 where there is none; the best choice before
-            fine-tuning in benchmarks/channel_pruning.py), ``l1`` / ``l2`` (norms of the
-            producing weights), ``taylor`` (first-order
-            Taylor, |w * dL/dw|, from a few training batches) or ``random`` (a control).
+        importance: how channels are scored: ``group_l2`` (default: the squared L2 norm of
+            a channel's weights in every coupled layer, producers and consumers; the best
+            accuracy after fine-tuning in benchmarks/channel_pruning.py), ``bn_scale``
+            (|gamma| of the BatchNorm that follows), ``l1`` / ``l2`` (norms of the producing
+            weights), ``taylor`` / ``group_taylor`` / ``hessian`` (from the gradients of a
+            few training batches) or ``random`` (a control).
         aggregation: how the scores of a channel's coupled layers are combined.
         consumers: also score a channel by the weights that read it (next layers' input
             columns), not only by those that produce it.
@@ -79,7 +80,7 @@ class ChannelPruneConfig(PruneConfig):
     """
 
     sparsity: float = 0.5
-    importance: str = "bn_scale"
+    importance: str = "group_l2"
     aggregation: str = "sum"
     consumers: bool = False
     ranking: str = "uniform"

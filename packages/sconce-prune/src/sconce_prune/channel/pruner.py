@@ -151,7 +151,7 @@ class ChannelPruner:
         *,
         sparsity: float = 0.5,
         steps: int = 1,
-        importance: str | Criterion = "bn_scale",
+        importance: str | Criterion = "group_l2",
         ratios: Mapping[str, float] | None = None,
         ignored_layers: Sequence[str] = (),
         round_to: int = 1,
@@ -256,7 +256,7 @@ class ChannelPruner:
         if self.batches is None:
             raise ConfigError(f"importance={self.importance!r} needs training batches; give "
                               "batches= (or data to the technique), or choose "
-                              "importance='bn_scale'")
+                              "importance='group_l2'")
         from sconce.adapter import ClassifierAdapter
 
         batches = self.batches() if callable(self.batches) else self.batches
