@@ -130,24 +130,33 @@ def _foldable_pair(modules: dict[str, nn.Module], node: fx.Node, calls: Counter[
     return str(source.target), str(node.target)
 
 
+def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    value = getattr(module, name, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
 def _fold(layer: nn.Module, norm: nn.Module) -> None:
+    mean, var = _tensor(norm, "running_mean"), _tensor(norm, "running_var")
+    weight = _tensor(layer, "weight")
+    if mean is None or var is None or weight is None:  # _foldable_pair admits none of these
+        raise ValueError(f"cannot fold {type(norm).__name__} into {type(layer).__name__}")
+    gamma, beta, bias = _tensor(norm, "weight"), _tensor(norm, "bias"), _tensor(layer, "bias")
     with torch.no_grad():
-        scale = norm.running_var.add(norm.eps).rsqrt()  # type: ignore[union-attr]
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale  # type: ignore[operator]
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        weight = layer.weight
+        scale = var.add(float(getattr(norm, "eps", 1e-5))).rsqrt()
+        if gamma is not None:
+            scale = scale * gamma
+        shift = -mean * scale
+        if beta is not None:
+            shift = shift + beta
         if getattr(layer, "transposed", False):
-            groups = int(layer.groups)  # type: ignore[arg-type]
+            groups = int(getattr(layer, "groups", 1))
             shape = weight.shape
             view = weight.view(groups, shape[0] // groups, shape[1], *shape[2:])
             factor = scale.view(groups, 1, shape[1], *([1] * (weight.dim() - 2)))
             weight.copy_((view * factor).view(shape))
         else:
             weight.mul_(scale.view(-1, *([1] * (weight.dim() - 1))))
-        if layer.bias is None:
+        if bias is None:
             layer.bias = nn.Parameter(shift.clone())
         else:
-            layer.bias.copy_(layer.bias * scale + shift)
+            bias.copy_(bias * scale + shift)

@@ -112,7 +112,7 @@ def _conv(builder: GraphBuilder, call: LayerCall, x: TensorInfo) -> TensorInfo:
     in_ids, others = _channel_map(builder, node, x, axis, name)
     for cmap in others:  # spatial positions are mixed by the kernel
         builder.space.freeze(cmap.ids, f"a spatial axis of {name}")
-    transposed = bool(conv.transposed)  # type: ignore[attr-defined]
+    transposed = bool(conv.transposed)
     groups = int(conv.groups)  # type: ignore[arg-type]
     c_in, c_out = int(conv.in_channels), int(conv.out_channels)  # type: ignore[arg-type]
     w_in, w_out = (0, 1) if transposed else (1, 0)
@@ -145,7 +145,7 @@ def _conv(builder: GraphBuilder, call: LayerCall, x: TensorInfo) -> TensorInfo:
         else:
             builder.slot(name, "weight", 0, out_ids, "out")
             builder.slot(name, "weight", 1, in_ids[:block_in], "in")
-    if conv.bias is not None:  # type: ignore[attr-defined]
+    if conv.bias is not None:
         builder.slot(name, "bias", 0, out_ids, "out")
     if in_ids is not None:
         builder.count(name, "in_channels", in_ids)

@@ -177,9 +177,10 @@ def reshape_rule(builder: GraphBuilder, node: fx.Node, x: TensorInfo, out_shape:
     by_group: dict[int, list[ChannelMap]] = defaultdict(list)
     for cmap in x.maps:
         owners = {group_of.get(a) for a in cmap.axes}
-        if len(owners) != 1 or None in owners:
+        owner = owners.pop() if len(owners) == 1 else None
+        if owner is None:
             return builder.unknown(node, [x], "the reshape separates axes that carry channels")
-        by_group[owners.pop()].append(cmap)  # type: ignore[arg-type]
+        by_group[owner].append(cmap)
     maps = []
     for g, found in by_group.items():
         ins, outs = groups[g]
@@ -187,15 +188,15 @@ def reshape_rule(builder: GraphBuilder, node: fx.Node, x: TensorInfo, out_shape:
             return builder.unknown(node, [x], "the reshape merges independent channel axes")
         full = np.ascontiguousarray(builder.broadcast(found[0], ins, x.shape))
         ids = full.reshape([out_shape[j] for j in outs])
-        cmap = ChannelMap(tuple(outs), ids).simplified()
-        if cmap is not None:
-            maps.append(cmap)
+        simplified = ChannelMap(tuple(outs), ids).simplified()
+        if simplified is not None:
+            maps.append(simplified)
     if sizes is not None and len(sizes) == len(out_shape):
         for axis, size in enumerate(sizes):
             if isinstance(size, int) and not isinstance(size, bool) and size != -1:
-                cmap = next((m for m in maps if axis in m.axes), None)
-                if cmap is not None:
-                    builder.constant(node, size, cmap, axis)
+                sized = next((m for m in maps if axis in m.axes), None)
+                if sized is not None:
+                    builder.constant(node, size, sized, axis)
     return TensorInfo(out_shape, maps)
 
 
@@ -214,7 +215,8 @@ def _reshape(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict
             else list(rest)
     elif name == "unflatten":
         dim = args[1] % x.ndim
-        given = list(node.args[2])
+        written: Any = node.args[2]  # the sizes as the code gave them
+        given = list(written)
         sizes = [None] * dim + given + [None] * (len(out_shape) - dim - len(given))
     return reshape_rule(builder, node, x, out_shape, sizes)
 
@@ -326,7 +328,8 @@ def _split(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[s
     elif name == "chunk":
         builder.space.freeze(cmap.ids, "torch.chunk of unequal pieces")
     if name == "split":
-        given = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+        given: Any = node.args[1] if len(node.args) > 1 \
+            else node.kwargs.get("split_size_or_sections")
         constants = [given] * len(sizes) if isinstance(given, int) else list(given or [])
         for k, size in enumerate(constants[:len(sizes)]):
             if isinstance(size, int):
@@ -362,7 +365,7 @@ def _unbind(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[
 def _getitem(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[str, Any],
              out_shape: Any) -> Any:
     x, index = args[0], node.args[1]
-    items = list(index) if isinstance(index, tuple) else [index]
+    items: list[Any] = list(index) if isinstance(index, tuple) else [index]
     if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in items):
         if x.maps:
             return builder.unknown(node, [x], "advanced indexing")
@@ -405,7 +408,8 @@ def _getitem(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict
             elif a in sliced:
                 ids = np.take(ids, np.arange(x.shape[a])[sliced[a]], axis=position)
         if axes:
-            new = ChannelMap(tuple(axes), ids).moved({a: mapping[a] for a in axes})
+            kept = {a: out for a in axes if (out := mapping[a]) is not None}  # all of them
+            new = ChannelMap(tuple(axes), ids).moved(kept)
             maps.append(new)
     return TensorInfo(out_shape, [m for m in (c.simplified() for c in maps) if m is not None])
 
@@ -466,7 +470,8 @@ def _sdpa(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[st
           out_shape: Any) -> Any:
     names = ("query", "key", "value")
     q, k, v = (args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names))
-    if not all(isinstance(t, TensorInfo) for t in (q, k, v)):
+    if not (isinstance(q, TensorInfo) and isinstance(k, TensorInfo)
+            and isinstance(v, TensorInfo)):
         return builder.unknown(node, args)
     swap = {k.ndim - 1: k.ndim - 2, k.ndim - 2: k.ndim - 1}
     k_t = TensorInfo((*k.shape[:-2], k.shape[-1], k.shape[-2]),

@@ -131,9 +131,10 @@ def _shrink(module: nn.Module, name: str, cuts: list[tuple[int, np.ndarray]],
     tensor = getattr(module, name)
     data = shrunk(tensor.detach(), cuts)
     if name in module._parameters:
-        module._parameters[name] = nn.Parameter(data, requires_grad=tensor.requires_grad)
+        replacement = nn.Parameter(data, requires_grad=tensor.requires_grad)
+        module._parameters[name] = replacement
         if on_resize is not None:
-            on_resize(tensor, module._parameters[name], cuts)
+            on_resize(tensor, replacement, cuts)
     elif name in module._buffers:
         module._buffers[name] = data
     else:

@@ -80,7 +80,7 @@ def as_layer_rule(rule: Any, module_type: Any = None) -> LayerRule:
     if isinstance(rule, ChannelMixingLayer):
         return mixing_rule(rule)
     if callable(rule):
-        return rule  # type: ignore[no-any-return]
+        return rule
     what = f" for {module_type.__name__}" if isinstance(module_type, type) else ""
     raise ConfigError(f"the channel rule{what} must be a sconce.ChannelwiseLayer, a "
                       f"ChannelMixingLayer or a callable rule(builder, call), got {rule!r}")

@@ -79,7 +79,7 @@ class ChannelPruning(Technique):
     kind = "prune"
     Config = ChannelPruneConfig
 
-    def apply(self, model: nn.Module, config: ChannelPruneConfig,  # type: ignore[override]
+    def apply(self, model: nn.Module, config: ChannelPruneConfig,
               ctx: Context) -> nn.Module:
         """Prune ``model`` (the core's copy), fine-tune, fold BatchNorms; return it."""
         example = ctx.adapter.to_device(ctx.example_inputs(1), ctx.device)

@@ -133,7 +133,7 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
     return gm
 
 
-class Shape(tuple):
+class Shape(tuple[int, ...]):
     """A recorded output shape (``node.meta["tensor_meta"].shape``)."""
 
     @property
