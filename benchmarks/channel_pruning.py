@@ -193,7 +193,7 @@ def architecture_rows(name: str, dense: nn.Module, shape: tuple[int, ...],
 
 # --- part B -------------------------------------------------------------------------------------
 def load_data(quick: bool) -> sconce.Data:
-    data = sconce.Data.from_value("fashion-mnist", batch_size=128)
+    data = sconce.get_data("fashion-mnist", batch_size=128)
     if not quick:
         return data
 
@@ -331,8 +331,8 @@ def _sensitivity_at_equal_macs(run: Run) -> nn.Module:
     """Per-group ratios from the sensitivity scan, keeping the MACs of uniform 50 %."""
     uniform = copy.deepcopy(run.dense)
     ChannelPruner(uniform, run.example, sparsity=RATIO, round_to=DEFAULTS.round_to).prune()
-    target = count_macs(uniform, run.example) / count_macs(run.dense, run.example)
-    return _technique(run, allocation="sensitivity", target_macs=target + 1e-6)
+    reduction = count_macs(run.dense, run.example) / count_macs(uniform, run.example)
+    return _technique(run, allocation="sensitivity", target_macs=f"{reduction * (1 - 1e-6):.9g}x")
 
 
 RECIPES: dict[str, Callable[[Run], nn.Module]] = {

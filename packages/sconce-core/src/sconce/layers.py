@@ -45,8 +45,8 @@ class ChannelwiseLayer:
     channel_axis: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.per_channel, str) or not all(
-                isinstance(name, str) and name for name in self.per_channel):
+        names: object = self.per_channel  # checked as given: users pass lists and strings
+        if not isinstance(names, tuple) or not all(isinstance(n, str) and n for n in names):
             raise TypeError("per_channel must be a tuple of attribute names, "
                             f"got {self.per_channel!r}")
         if not isinstance(self.channel_axis, int):

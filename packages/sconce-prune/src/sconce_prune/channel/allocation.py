@@ -1,9 +1,9 @@
 """Per-group channel ratios from the package's sensitivity analysis.
 
 Each channel group is pruned alone at a few ratios on a validation subset
-(:func:`sconce_prune.sensitivity.scan_sensitivity`); the allocation removes ``sparsity`` of
+(:func:`sconce.sensitivity.scan_sensitivity`); the allocation removes ``sparsity`` of
 all channels where the loss grows least, and it is accepted only if, with every group pruned
-together, it beats uniform ratios (:func:`sconce_prune.sensitivity.choose_ratios`).
+together, it beats uniform ratios (:func:`sconce.sensitivity.choose_ratios`).
 
 Example:
     >>> channel_ratios(model, example, evaluate, sparsity=0.5)  # doctest: +SKIP
@@ -19,18 +19,20 @@ from typing import Any
 
 from torch import nn
 
+from sconce.budget import bisect
 from sconce.errors import TechniqueError
 from sconce.evaluation import EvalResult
-from sconce_prune.channel.graph import build_dependency_graph
-from sconce_prune.channel.macs import count_macs
-from sconce_prune.channel.pruner import prune_channels
-from sconce_prune.sensitivity import (
+from sconce.recipe import Target
+from sconce.sensitivity import (
     Allocation,
     Sensitivity,
     allocate,
     choose_ratios,
     scan_sensitivity,
 )
+from sconce_prune.channel.graph import build_dependency_graph
+from sconce_prune.channel.macs import count_macs
+from sconce_prune.channel.pruner import prune_channels
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +50,10 @@ def channel_ratios(
     *,
     sparsity: float,
     options: Mapping[str, Any] | None = None,
-    target_macs: float | None = None,
+    target_macs: Target | None = None,
 ) -> tuple[Allocation, Any]:
     """Per-group ratios (by producing-module name) that remove ``sparsity`` of the channels,
-    or, with ``target_macs``, that keep that fraction of the model's MACs.
+    or, with ``target_macs``, that meet that MACs target.
 
     Args:
         model: the model (never modified; candidates are pruned copies).
@@ -59,13 +61,13 @@ def channel_ratios(
         evaluate: accuracy and loss of a model on a fixed validation subset.
         sparsity: the overall fraction of channels to remove.
         options: further :func:`prune_channels` keyword arguments (importance, round_to...).
-        target_macs: instead of ``sparsity``: the overall channel fraction whose
-            sensitivity allocation keeps at most this fraction of the MACs is searched, and
+        target_macs: instead of ``sparsity`` (``"4x"`` or an absolute count): the smallest
+            overall channel fraction whose sensitivity allocation meets it is searched, and
             that allocation is used (no uniform competitor: uniform ratios at that channel
             fraction would not keep the same MACs).
 
     Returns:
-        The accepted :class:`~sconce_prune.sensitivity.Allocation` and the sensitivity scan.
+        The accepted :class:`~sconce.sensitivity.Allocation` and the sensitivity scan.
     """
     options = {k: v for k, v in (options or {}).items() if k != "ratios"}
     graph = build_dependency_graph(
@@ -101,14 +103,10 @@ def _pruned_copy(model: nn.Module, example_inputs: Any, ratios: Mapping[str, flo
 
 def _at_macs(model: nn.Module, example_inputs: Any, sensitivity: Sensitivity,
              sizes: Mapping[str, int], score: Callable[[Mapping[str, float]], EvalResult],
-             target: float, options: Mapping[str, Any]) -> Allocation:
-    """The sensitivity allocation of the smallest channel fraction that keeps at most
-    ``target`` of the MACs (bisection on pruned copies)."""
-    base = count_macs(model, example_inputs)
-
-    def fraction(ratios: Mapping[str, float]) -> float:
-        return count_macs(_pruned_copy(model, example_inputs, ratios, options),
-                          example_inputs) / base
+             target: Target, options: Mapping[str, Any]) -> Allocation:
+    """The sensitivity allocation of the smallest channel fraction that meets ``target``
+    (bisection on pruned copies)."""
+    limit = target.limit(count_macs(model, example_inputs))
 
     def ratios_at(sparsity: float) -> dict[str, float] | None:
         try:
@@ -116,23 +114,24 @@ def _at_macs(model: nn.Module, example_inputs: Any, sensitivity: Sensitivity,
         except TechniqueError:  # beyond what the probed ratios reach
             return None
 
-    low, high = 0.0, max(PROBE_RATIOS)
-    best = ratios_at(high)
-    while best is None:
+    def probe(sparsity: float) -> tuple[dict[str, float] | None, float]:
+        ratios = ratios_at(sparsity)
+        if ratios is None:
+            return None, float("inf")
+        return ratios, float(count_macs(_pruned_copy(model, example_inputs, ratios, options),
+                                        example_inputs))
+
+    high = max(PROBE_RATIOS)
+    while ratios_at(high) is None and high > 0.01:
         high -= 0.01
-        best = ratios_at(high)
-    if fraction(best) > target:
-        raise TechniqueError(f"no sensitivity allocation keeps only {target:.0%} of the MACs "
-                             f"(at most {high:.0%} of the channels can go); raise target_macs "
-                             "or use allocation='uniform'")
-    for _ in range(MAC_SEARCH_STEPS):
-        middle = (low + high) / 2
-        ratios = ratios_at(middle)
-        if ratios is not None and fraction(ratios) <= target:
-            high, best = middle, ratios
-        else:
-            low = middle
+    found = bisect(probe, lambda result: result[1] <= limit, 0.0, high, want="smallest",
+                   steps=MAC_SEARCH_STEPS, try_high_first=True)
+    best = found.result[0] if found.result is not None else None
+    if found.value is None or best is None:
+        raise TechniqueError(f"no sensitivity allocation meets target_macs={target} (at most "
+                             f"{high:.0%} of the channels can go); relax target_macs or use "
+                             "allocation='uniform'")
     result = score(best)
-    logger.info("channel ratios at %.1f%% of the MACs: %s", 100 * target, best)
-    return Allocation(dict(best), high, "sensitivity", result.accuracy, result.loss,
+    logger.info("channel ratios at %s MACs: %s", target, best)
+    return Allocation(dict(best), found.value, "sensitivity", result.accuracy, result.loss,
                       sensitivity.baseline_accuracy)
