@@ -333,9 +333,9 @@ def test_gradual_schedule_through_the_pipeline_saves_and_loads(tmp_path) -> None
     result = sconce.compress(model, _loaders((1, 28, 28)),
                              recipe=[("prune.channel", {"schedule": "gradual",
                                                         "gradual_end": 0.5})],
-                             finetune_epochs=1, model_spec="vgg", model_kwargs=kwargs, **FAST)
+                             finetune_epochs=1, **FAST)
     assert result.model.features[0][0].out_channels == 8
-    result.save(tmp_path)
+    result.save(tmp_path, model_spec="vgg", model_kwargs=kwargs)
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(sconce.load(tmp_path)(x), result.model(x))
