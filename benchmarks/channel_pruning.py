@@ -403,14 +403,31 @@ def summarise(runs: list[dict[str, Any]], base: float) -> dict[str, dict[str, An
     return table
 
 
+def _earlier_runs(args: argparse.Namespace, base: float) -> list[dict[str, Any]]:
+    """With ``--resume``: the runs ``args.out`` holds from an earlier command with the same
+    dense model and fine-tuning budget (so a long part B can be split over commands)."""
+    if not args.resume or not args.out.is_file():
+        return []
+    earlier = json.loads(args.out.read_text()).get("accuracy") or {}
+    if earlier.get("dense_accuracy") != base \
+            or earlier.get("finetune_epochs") != args.finetune_epochs:
+        print(f"--resume: {args.out.name} holds another setup; starting afresh", flush=True)
+        return []
+    runs = [r for r in earlier.get("runs", [])
+            if r["recipe"] in args.recipes and r["seed"] in args.seeds]
+    print(f"--resume: {len(runs)} run(s) kept from {args.out.name}", flush=True)
+    return runs
+
+
 def accuracy_run(data: sconce.Data, dense: nn.Module, args: argparse.Namespace,
                  progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Every recipe for every seed (recipes interleaved within a seed): val and test
     accuracy after fine-tuning."""
     base, base_val = accuracy(dense, data), accuracy(dense, data, "val")
     print(f"dense VGG: test {base:.2f}%, val {base_val:.2f}%", flush=True)
+    earlier = _earlier_runs(args, base)
     summary: dict[str, Any] = {"dense_accuracy": base, "dense_val_accuracy": base_val,
-                               "finetune_epochs": args.finetune_epochs, "runs": [],
+                               "finetune_epochs": args.finetune_epochs, "runs": earlier,
                                "finetune": f"sconce.train: AdamW lr {FINETUNE_LR:g}, cosine, "
                                            "distilled from the dense model (KD weight 0.5, "
                                            "T 4), for every recipe unless it says otherwise"}
@@ -420,6 +437,8 @@ def accuracy_run(data: sconce.Data, dense: nn.Module, args: argparse.Namespace,
     teacher = CachedTeacher(dense)
     for seed in args.seeds:
         for recipe in args.recipes:
+            if any(r["recipe"] == recipe and r["seed"] == seed for r in earlier):
+                continue
             started = time.perf_counter()
             model = RECIPES[recipe](Run(dense, data, seed, args.finetune_epochs, teacher))
             row = {"recipe": recipe, "seed": seed, "test": accuracy(model, data),
@@ -431,6 +450,8 @@ def accuracy_run(data: sconce.Data, dense: nn.Module, args: argparse.Namespace,
             progress(summary)
             print(f"seed {seed} {recipe}: test {row['test']:.2f}% val {row['val']:.2f}% "
                   f"({row['seconds']:.0f} s)", flush=True)
+    if summary["runs"]:
+        summary["recipes"] = summarise(summary["runs"], base)
     return summary
 
 
@@ -497,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--only-accuracy", action="store_true", help="part B only")
     parser.add_argument("--out", type=Path, default=RESULTS / "channel_pruning.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep part B's runs already in --out (same dense model and "
+                             "budget) and run only the missing recipe/seed pairs")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.prune_rounds = args.prune_rounds or (2 if args.quick else 5)
