@@ -309,3 +309,35 @@ def test_finetuning_runs_at_the_scaled_learning_rate(monkeypatch, tmp_path) -> N
     assert seen == {"epochs": 2.0, "lr": pytest.approx(5e-3)}
     with pytest.raises(ConfigError, match="finetune_lr_scale"):
         ChannelPruneConfig(finetune_lr_scale=0)
+
+
+def test_sensitivity_allocation_at_a_mac_target() -> None:
+    model = sconce.models.vgg(num_classes=10, in_channels=1, image_size=28, widths=(8, "M", 16, "M"),
+                              hidden_features=16)
+    x = torch.randn(1, 1, 28, 28)
+    result = sconce.compress(copy.deepcopy(model), _loaders((1, 28, 28)),
+                             recipe=[("prune.channel", {"allocation": "sensitivity",
+                                                        "target_macs": "2x",
+                                                        "sensitivity_samples": 32,
+                                                        "round_to": 1, "fold_bn": False})],
+                             finetune_epochs=0, **FAST)
+    assert count_macs(result.model, x) <= 0.5 * count_macs(model, x)
+    assert count_macs(result.model, x) > 0.3 * count_macs(model, x)  # the smallest fraction
+    assert "per-group ratios" in result.report.stages[-1].notes
+
+
+def test_gradual_schedule_through_the_pipeline_saves_and_loads(tmp_path) -> None:
+    kwargs = {"num_classes": 10, "in_channels": 1, "image_size": 28,
+              "widths": (16, "M", 32, "M"), "hidden_features": 32}
+    model = sconce.models.vgg(**kwargs)
+    result = sconce.compress(model, _loaders((1, 28, 28)),
+                             recipe=[("prune.channel", {"schedule": "gradual",
+                                                        "gradual_end": 0.5})],
+                             finetune_epochs=1, **FAST)
+    assert result.model.features[0][0].out_channels == 8
+    result.save(tmp_path, model_spec="vgg", model_kwargs=kwargs)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(sconce.load(tmp_path)(x), result.model(x))
+    with pytest.raises(ConfigError, match="leave steps at 1"):
+        ChannelPruneConfig(schedule="gradual", steps=2)

@@ -43,22 +43,23 @@ def fold_batchnorms(model: nn.Module, example_inputs: Any,
     Args:
         model: the model (its BatchNorms must hold running statistics).
         example_inputs: inputs for tracing (batch 1 is enough).
-        traced: the model's graph with shapes when the caller already traced it.
+        traced: the model's graph, with shapes, when the caller already traced it.
 
     Returns:
         The qualified names of the BatchNorms replaced by ``nn.Identity``.
     """
     gm = traced if traced is not None else trace(model, example_inputs, shapes=False)
     calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
-    pairs = [p for p in (_foldable_pair(gm, n, calls) for n in gm.graph.nodes) if p]
-    if any(isinstance(model.get_submodule(layer), nn.Linear) for layer, _ in pairs):
+    modules = dict(model.named_modules())
+    pairs = [p for p in (_foldable_pair(modules, n, calls) for n in gm.graph.nodes) if p]
+    if traced is None and any(isinstance(modules[layer], nn.Linear) for layer, _ in pairs):
         gm = trace(model, example_inputs)  # Linear + BatchNorm1d: check the shapes
-        pairs = [p for p in (_foldable_pair(gm, n, calls) for n in gm.graph.nodes) if p]
+        pairs = [p for p in (_foldable_pair(modules, n, calls) for n in gm.graph.nodes) if p]
     folded = []
     for layer, norm in pairs:
-        _fold(model.get_submodule(layer), model.get_submodule(norm))
+        _fold(modules[layer], modules[norm])
         parent, _, child = norm.rpartition(".")
-        setattr(model.get_submodule(parent), child, nn.Identity())
+        setattr(modules[parent], child, nn.Identity())
         folded.append(norm)
     if folded:
         logger.info("folded %d BatchNorm layers", len(folded))
@@ -108,18 +109,18 @@ def recalibrate_batchnorms(model: nn.Module, batches: Iterable[Any], adapter: An
     return used
 
 
-def _foldable_pair(gm: fx.GraphModule, node: fx.Node, calls: Counter[str]
+def _foldable_pair(modules: dict[str, nn.Module], node: fx.Node, calls: Counter[str]
                    ) -> tuple[str, str] | None:
     if node.op != "call_module" or calls[str(node.target)] != 1:
         return None
-    norm = gm.get_submodule(str(node.target))
+    norm = modules[str(node.target)]
     if not isinstance(norm, _BATCH_NORMS) or norm.running_mean is None:
         return None
     source = node.args[0] if node.args else None
     if not isinstance(source, fx.Node) or source.op != "call_module" \
             or calls[str(source.target)] != 1 or len(source.users) != 1:
         return None
-    layer = gm.get_submodule(str(source.target))
+    layer = modules[str(source.target)]
     if not isinstance(layer, _FOLDABLE):
         return None
     if isinstance(layer, nn.Linear):
@@ -129,24 +130,33 @@ def _foldable_pair(gm: fx.GraphModule, node: fx.Node, calls: Counter[str]
     return str(source.target), str(node.target)
 
 
+def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    value = getattr(module, name, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
 def _fold(layer: nn.Module, norm: nn.Module) -> None:
+    mean, var = _tensor(norm, "running_mean"), _tensor(norm, "running_var")
+    weight = _tensor(layer, "weight")
+    if mean is None or var is None or weight is None:  # _foldable_pair admits none of these
+        raise ValueError(f"cannot fold {type(norm).__name__} into {type(layer).__name__}")
+    gamma, beta, bias = _tensor(norm, "weight"), _tensor(norm, "bias"), _tensor(layer, "bias")
     with torch.no_grad():
-        scale = norm.running_var.add(norm.eps).rsqrt()  # type: ignore[union-attr]
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale  # type: ignore[operator]
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        weight = layer.weight
+        scale = var.add(float(getattr(norm, "eps", 1e-5))).rsqrt()
+        if gamma is not None:
+            scale = scale * gamma
+        shift = -mean * scale
+        if beta is not None:
+            shift = shift + beta
         if getattr(layer, "transposed", False):
-            groups = int(layer.groups)  # type: ignore[arg-type]
+            groups = int(getattr(layer, "groups", 1))
             shape = weight.shape
             view = weight.view(groups, shape[0] // groups, shape[1], *shape[2:])
             factor = scale.view(groups, 1, shape[1], *([1] * (weight.dim() - 2)))
             weight.copy_((view * factor).view(shape))
         else:
             weight.mul_(scale.view(-1, *([1] * (weight.dim() - 1))))
-        if layer.bias is None:
+        if bias is None:
             layer.bias = nn.Parameter(shift.clone())
         else:
-            layer.bias.copy_(layer.bias * scale + shift)
+            bias.copy_(bias * scale + shift)

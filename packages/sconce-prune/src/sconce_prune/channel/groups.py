@@ -5,26 +5,27 @@ same conv filters, BatchNorm, next-layer columns ...) form a group: one "layer w
 network (for a residual stream, every layer that reads or writes it). Groups are what the
 ratios, ``round_to`` and the ranking act on.
 
+This module works on the graph's parts (the variable space, the slots' roots, their roles),
+so it sits below :mod:`.structure`, which calls it.
+
 Example:
-    >>> import torch
-    >>> from torch import nn
-    >>> from sconce_prune.channel.graph import build_dependency_graph
-    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
-    >>> graph = build_dependency_graph(net, torch.randn(1, 3, 8, 8))
-    >>> [(g.name, g.size) for g in find_groups(graph)]
-    [('0', 8)]
+    >>> from sconce_prune.channel.ids import VariableSpace
+    >>> space = VariableSpace()
+    >>> ids = space.new(4)
+    >>> groups = find_groups(space, [ids, ids], ["out", "in"], ["conv"] * 4)
+    >>> [(g.name, g.size, g.slots) for g in groups]
+    [('conv', 4, [0, 1])]
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from sconce_prune.channel.graph import DependencyGraph
+from sconce_prune.channel.ids import VariableSpace
 
 logger = logging.getLogger(__name__)
 
@@ -53,50 +54,51 @@ class ChannelGroup:
     multiplicity: int
 
 
-def slot_roots(graph: DependencyGraph) -> list[np.ndarray]:
-    """The root variable of every position of every slot (cached on the graph).
+def find_groups(space: VariableSpace, roots_per_slot: Sequence[np.ndarray],
+                roles: Sequence[str], origin: Sequence[str]) -> list[ChannelGroup]:
+    """Group the prunable channels by the set of slots they appear in.
 
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from sconce_prune.channel.graph import build_dependency_graph
-        >>> g = build_dependency_graph(nn.Sequential(nn.Linear(2, 3)), torch.randn(1, 2))
-        >>> [r.tolist() for r in slot_roots(g)]  # the weight rows and the bias
-        [[0, 1, 2], [0, 1, 2]]
+    Args:
+        space: the variables (for the frozen flags).
+        roots_per_slot: the root variable of every position of every slot.
+        roles: each slot's role (``out`` slots name the group and set its multiplicity).
+        origin: the module that created each variable.
+
+    Returns:
+        The groups with at least one prunable channel, in the order of their first slot.
     """
-    cached = getattr(graph, "_slot_roots", None)
-    if cached is None:
-        cached = [graph.space.roots(slot.ids) for slot in graph.slots]
-        graph._slot_roots = cached  # type: ignore[attr-defined]
-    return cached
-
-
-def find_groups(graph: DependencyGraph) -> list[ChannelGroup]:
-    """Group the prunable channels of ``graph`` by the set of slots they appear in."""
-    roots_per_slot = slot_roots(graph)
-    if not roots_per_slot:
+    if not len(roots_per_slot):
         return []
-    uniques = [np.unique(r) for r in roots_per_slot]
-    roots = np.concatenate(uniques)
-    slots = np.concatenate([np.full(u.size, i, dtype=np.int64) for i, u in enumerate(uniques)])
-    keys = np.random.default_rng(0).integers(1, 2**62, size=len(uniques), dtype=np.int64)
+    lengths = np.fromiter((r.size for r in roots_per_slot), dtype=np.int64,
+                          count=len(roots_per_slot))
+    every_root = np.concatenate(roots_per_slot).astype(np.int64)
+    slot_of = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
+    stride = int(every_root.max()) + 1 if every_root.size else 1
+    pairs = np.sort(slot_of * stride + every_root)  # each (slot, root) once, sorted (numpy
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]  # 2.4's hashed unique is slow here)
+    slots, roots = pairs // stride, pairs % stride
+    keys = np.random.default_rng(0).integers(1, 2**62, size=lengths.size, dtype=np.int64)
     members, inverse = np.unique(roots, return_inverse=True)
     signature = np.zeros(members.size, dtype=np.int64)
     np.bitwise_xor.at(signature, inverse, keys[slots])
-    frozen = np.asarray([graph.space.is_frozen(int(r)) for r in members], dtype=bool)
-    first_slot = np.full(members.size, len(uniques), dtype=np.int64)
-    np.minimum.at(first_slot, inverse, slots)
+    frozen = space.frozen_mask(members)
+    by_root = np.argsort(inverse, kind="stable")  # pairs grouped by member, slots ascending
+    starts = np.searchsorted(inverse[by_root], np.arange(members.size))
+    ends = np.append(starts[1:], by_root.size)
+    order = np.argsort(signature, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(signature[order]) != 0])
     groups = []
-    for value in np.unique(signature):
-        chosen = signature == value
-        prunable = members[chosen & ~frozen]
+    for start, end in zip(bounds.tolist(), [*bounds[1:].tolist(), order.size], strict=True):
+        chosen = np.sort(order[start:end])
+        prunable = members[chosen][~frozen[chosen]]
         if prunable.size == 0:
             continue
-        representative = int(prunable[0])
-        where = sorted(slots[roots == representative].tolist())
-        producer = next((i for i in where if graph.slots[i].role == "out"), where[0])
+        first = int(chosen[~frozen[chosen]][0])
+        where = slots[by_root[starts[first]:ends[first]]].tolist()
+        representative = int(members[first])
+        producer = next((i for i in where if roles[i] == "out"), where[0])
         positions = int((roots_per_slot[producer] == representative).sum())
-        groups.append(ChannelGroup(graph.origin[representative], prunable,
-                                   int(chosen.sum()), where, max(1, positions)))
+        groups.append(ChannelGroup(origin[representative], prunable, int(chosen.size), where,
+                                   max(1, positions)))
     groups.sort(key=lambda g: g.slots[0])
     return groups

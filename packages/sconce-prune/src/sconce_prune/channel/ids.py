@@ -36,6 +36,8 @@ class VariableSpace:
         self._parent: list[int] = []
         self._frozen: dict[int, str] = {}
         self._root_cache: np.ndarray | None = None
+        self.version = 0
+        """Changes whenever variables are added, coupled or frozen (for caches)."""
 
     def __len__(self) -> int:
         return len(self._parent)
@@ -45,6 +47,7 @@ class VariableSpace:
         start = len(self._parent)
         self._parent.extend(range(start, start + count))
         self._root_cache = None
+        self.version += 1
         return np.arange(start, start + count, dtype=np.int64)
 
     def find(self, var: int) -> int:
@@ -83,6 +86,7 @@ class VariableSpace:
                 rx, ry = ry, rx
             self._parent[ry] = rx
             self._root_cache = None
+            self.version += 1
             reason = self._frozen.pop(ry, None)
             if reason is not None:
                 self._frozen.setdefault(rx, reason)
@@ -97,10 +101,18 @@ class VariableSpace:
         """Mark the variables of ``ids`` as never removed (``reason`` says why)."""
         for var in np.asarray(ids).reshape(-1).tolist():
             self._frozen.setdefault(self.find(var), reason)
+        self.version += 1
 
     def is_frozen(self, var: int) -> bool:
         """Whether ``var``'s coupled set may not be removed."""
         return self.find(var) in self._frozen
+
+    def frozen_mask(self, roots: np.ndarray) -> np.ndarray:
+        """Boolean array: whether each of ``roots`` (root variables) is frozen."""
+        if not self._frozen:
+            return np.zeros(len(roots), dtype=bool)
+        frozen_roots = np.fromiter((self.find(v) for v in self._frozen), dtype=np.int64)
+        return np.isin(np.asarray(roots, dtype=np.int64), frozen_roots)
 
     def frozen_reasons(self) -> list[str]:
         """The reason of every frozen coupled set."""

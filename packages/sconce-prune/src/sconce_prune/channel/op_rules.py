@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import operator
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from sconce_prune.channel.graph import GraphBuilder
+from sconce_prune.channel.builder import FunctionRule, GraphBuilder, plain_value
 from sconce_prune.channel.ids import ChannelMap, ParamRef, TensorInfo
-from sconce_prune.channel.tracing import node_module, node_shape
+from sconce_prune.channel.tracing import node_module
 
 logger = logging.getLogger(__name__)
 
@@ -75,49 +74,6 @@ EXPANDS: set[Any] = {"expand", "expand_as", torch.broadcast_to}
 REPEATS: set[Any] = {"repeat", torch.tile, "tile"}
 
 
-def function_rule(builder: GraphBuilder, node: fx.Node) -> Any:
-    """Dispatch a ``call_function`` / ``call_method`` node to its rule."""
-    out_shape = node_shape(node)
-    args = [builder.arg(a) for a in node.args]
-    kwargs = {k: builder.arg(v) for k, v in node.kwargs.items()}
-    target = node.target
-    if target is operator.getitem and not isinstance(args[0], TensorInfo):
-        return _select_from_list(args[0], node.args[1])
-    if out_shape is None:  # sizes, dtypes, Python numbers: no channels flow
-        return None
-    rule = _rule_for(target, args)
-    if rule is None:
-        return _unknown_or_plain(builder, node, args, kwargs, out_shape)
-    return rule(builder, node, args, kwargs, out_shape)
-
-
-def _rule_for(target: Any, args: list[Any]) -> Callable[..., Any] | None:
-    try:
-        if target is operator.getitem:
-            return _getitem
-        if target in REDUCTIONS and len(args) > 1 and isinstance(args[1], TensorInfo):
-            return _elementwise  # torch.max(a, b)
-        for table, rule in _TABLE:
-            if target in table:
-                return rule
-        if target is F.scaled_dot_product_attention:
-            return _sdpa
-    except TypeError:  # an unhashable target
-        return None
-    return None
-
-
-def _unknown_or_plain(builder: GraphBuilder, node: fx.Node, args: list[Any],
-                      kwargs: dict[str, Any], out_shape: Any) -> Any:
-    return builder.unknown(node, [*args, *kwargs.values()])
-
-
-def _select_from_list(values: Any, index: Any) -> Any:
-    if isinstance(values, (list, tuple)) and isinstance(index, (int, slice)):
-        return values[index]
-    return None
-
-
 def _tensors(args: list[Any], kwargs: dict[str, Any]) -> list[TensorInfo]:
     found = [a for a in args if isinstance(a, TensorInfo)]
     found += [v for v in kwargs.values() if isinstance(v, TensorInfo)]
@@ -155,7 +111,7 @@ def _passthrough(builder: GraphBuilder, node: fx.Node, args: list[Any],
                  kwargs: dict[str, Any], out_shape: Any) -> Any:
     operands = _tensors(args, kwargs)
     if not operands:
-        return _plain(out_shape)
+        return plain_value(out_shape)
     x = operands[0]
     if isinstance(out_shape, list):
         return [_passthrough(builder, node, args, kwargs, s) for s in out_shape]
@@ -163,14 +119,6 @@ def _passthrough(builder: GraphBuilder, node: fx.Node, args: list[Any],
                                        for m in x.maps for a in m.axes):
         return builder.unknown(node, operands, "it changes the size of a channel axis")
     return TensorInfo(out_shape, list(x.maps), x.param)
-
-
-def _plain(shape: Any) -> Any:
-    if isinstance(shape, tuple):
-        return TensorInfo(shape)
-    if isinstance(shape, list):
-        return [_plain(s) for s in shape]
-    return None
 
 
 # --- reshapes -------------------------------------------------------------------------------------
@@ -229,9 +177,10 @@ def reshape_rule(builder: GraphBuilder, node: fx.Node, x: TensorInfo, out_shape:
     by_group: dict[int, list[ChannelMap]] = defaultdict(list)
     for cmap in x.maps:
         owners = {group_of.get(a) for a in cmap.axes}
-        if len(owners) != 1 or None in owners:
+        owner = owners.pop() if len(owners) == 1 else None
+        if owner is None:
             return builder.unknown(node, [x], "the reshape separates axes that carry channels")
-        by_group[owners.pop()].append(cmap)  # type: ignore[arg-type]
+        by_group[owner].append(cmap)
     maps = []
     for g, found in by_group.items():
         ins, outs = groups[g]
@@ -239,15 +188,15 @@ def reshape_rule(builder: GraphBuilder, node: fx.Node, x: TensorInfo, out_shape:
             return builder.unknown(node, [x], "the reshape merges independent channel axes")
         full = np.ascontiguousarray(builder.broadcast(found[0], ins, x.shape))
         ids = full.reshape([out_shape[j] for j in outs])
-        cmap = ChannelMap(tuple(outs), ids).simplified()
-        if cmap is not None:
-            maps.append(cmap)
+        simplified = ChannelMap(tuple(outs), ids).simplified()
+        if simplified is not None:
+            maps.append(simplified)
     if sizes is not None and len(sizes) == len(out_shape):
         for axis, size in enumerate(sizes):
             if isinstance(size, int) and not isinstance(size, bool) and size != -1:
-                cmap = next((m for m in maps if axis in m.axes), None)
-                if cmap is not None:
-                    builder.constant(node, size, cmap, axis)
+                sized = next((m for m in maps if axis in m.axes), None)
+                if sized is not None:
+                    builder.constant(node, size, sized, axis)
     return TensorInfo(out_shape, maps)
 
 
@@ -255,7 +204,7 @@ def _reshape(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict
              out_shape: Any) -> Any:
     x = args[0]
     if not isinstance(x, TensorInfo):
-        return _plain(out_shape)
+        return plain_value(out_shape)
     sizes = None
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     if name in ("view", "reshape"):
@@ -266,7 +215,8 @@ def _reshape(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict
             else list(rest)
     elif name == "unflatten":
         dim = args[1] % x.ndim
-        given = list(node.args[2])
+        written: Any = node.args[2]  # the sizes as the code gave them
+        given = list(written)
         sizes = [None] * dim + given + [None] * (len(out_shape) - dim - len(given))
     return reshape_rule(builder, node, x, out_shape, sizes)
 
@@ -275,7 +225,7 @@ def _permute(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict
              out_shape: Any) -> Any:
     x = args[0]
     if not isinstance(x, TensorInfo):
-        return _plain(out_shape)
+        return plain_value(out_shape)
     nd = x.ndim
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     if name == "permute":
@@ -378,7 +328,8 @@ def _split(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[s
     elif name == "chunk":
         builder.space.freeze(cmap.ids, "torch.chunk of unequal pieces")
     if name == "split":
-        given = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+        given: Any = node.args[1] if len(node.args) > 1 \
+            else node.kwargs.get("split_size_or_sections")
         constants = [given] * len(sizes) if isinstance(given, int) else list(given or [])
         for k, size in enumerate(constants[:len(sizes)]):
             if isinstance(size, int):
@@ -414,11 +365,11 @@ def _unbind(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[
 def _getitem(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[str, Any],
              out_shape: Any) -> Any:
     x, index = args[0], node.args[1]
-    items = list(index) if isinstance(index, tuple) else [index]
+    items: list[Any] = list(index) if isinstance(index, tuple) else [index]
     if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in items):
         if x.maps:
             return builder.unknown(node, [x], "advanced indexing")
-        return _plain(out_shape)
+        return plain_value(out_shape)
     real = sum(1 for i in items if i is not None and i is not Ellipsis)
     mapping: dict[int, int | None] = {}
     selected: dict[int, int] = {}
@@ -457,7 +408,8 @@ def _getitem(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict
             elif a in sliced:
                 ids = np.take(ids, np.arange(x.shape[a])[sliced[a]], axis=position)
         if axes:
-            new = ChannelMap(tuple(axes), ids).moved({a: mapping[a] for a in axes})
+            kept = {a: out for a in axes if (out := mapping[a]) is not None}  # all of them
+            new = ChannelMap(tuple(axes), ids).moved(kept)
             maps.append(new)
     return TensorInfo(out_shape, [m for m in (c.simplified() for c in maps) if m is not None])
 
@@ -518,7 +470,8 @@ def _sdpa(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[st
           out_shape: Any) -> Any:
     names = ("query", "key", "value")
     q, k, v = (args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names))
-    if not all(isinstance(t, TensorInfo) for t in (q, k, v)):
+    if not (isinstance(q, TensorInfo) and isinstance(k, TensorInfo)
+            and isinstance(v, TensorInfo)):
         return builder.unknown(node, args)
     swap = {k.ndim - 1: k.ndim - 2, k.ndim - 2: k.ndim - 1}
     k_t = TensorInfo((*k.shape[:-2], k.shape[-1], k.shape[-2]),
@@ -531,7 +484,7 @@ def _reduce(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[
             out_shape: Any) -> Any:
     x = args[0]
     if not isinstance(x, TensorInfo):
-        return _plain(out_shape)
+        return plain_value(out_shape)
     dim = _dim_arg(args, kwargs, 1, None)
     keepdim = bool(kwargs.get("keepdim", args[2] if len(args) > 2 else False))
     dims = list(range(x.ndim)) if dim is None else \
@@ -545,9 +498,28 @@ def _reduce(builder: GraphBuilder, node: fx.Node, args: list[Any], kwargs: dict[
     return TensorInfo(out_shape, maps)
 
 
-_TABLE: list[tuple[set[Any], Callable[..., Any]]] = [
+def _reduce_or_binary(builder: GraphBuilder, node: fx.Node, args: list[Any],
+                      kwargs: dict[str, Any], out_shape: Any) -> Any:
+    if len(args) > 1 and isinstance(args[1], TensorInfo):  # torch.max(a, b)
+        return _elementwise(builder, node, args, kwargs, out_shape)
+    return _reduce(builder, node, args, kwargs, out_shape)
+
+
+FUNCTION_RULES: list[tuple[set[Any], FunctionRule]] = [
     (ELEMENTWISE, _elementwise), (UNARY, _passthrough), (RESHAPES, _reshape),
-    (PERMUTES, _permute), (REDUCTIONS, _reduce), (MATMULS, _matmul), (CONCATS, _cat),
-    ({torch.stack}, _stack), (SPLITS, _split), (UNBINDS, _unbind), (EXPANDS, _expand),
-    (REPEATS, _repeat),
+    (PERMUTES, _permute), (REDUCTIONS, _reduce_or_binary), (MATMULS, _matmul),
+    (CONCATS, _cat), ({torch.stack}, _stack), (SPLITS, _split), (UNBINDS, _unbind),
+    (EXPANDS, _expand), (REPEATS, _repeat), ({operator.getitem}, _getitem),
+    ({F.scaled_dot_product_attention}, _sdpa),
 ]
+"""The built-in function rules: each set of functions / method names and its rule."""
+
+
+def function_table() -> dict[Any, FunctionRule]:
+    """:data:`FUNCTION_RULES` as one lookup table, target -> rule.
+
+    Example:
+        >>> function_table()[torch.cat].__name__
+        '_cat'
+    """
+    return {target: rule for targets, rule in FUNCTION_RULES for target in targets}

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from sconce.errors import TechniqueError
-from sconce_prune.channel.graph import DependencyGraph, ShapeConstant
-from sconce_prune.channel.groups import slot_roots
+from sconce_prune.channel.structure import DependencyGraph, ShapeConstant
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,14 @@ def attribute_updates(graph: DependencyGraph, removed: set[int]
     return updates, blocked
 
 
+Resize = Callable[[torch.Tensor, torch.Tensor, list[tuple[int, np.ndarray]]], None]
+"""``on_resize(old, new, cuts)``: a parameter was replaced by ``new``, which keeps the
+positions ``keep`` of ``old`` along each ``(dim, keep)`` of ``cuts``, in that order."""
+
+
 def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
-                    updates: dict[tuple[str, str], int] | None = None) -> None:
+                    updates: dict[tuple[str, str], int] | None = None,
+                    on_resize: Resize | None = None) -> None:
     """Remove the channels ``removed`` (root variables) from ``model`` in place.
 
     Args:
@@ -92,43 +99,59 @@ def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
         graph: its dependency graph.
         removed: root variables to remove.
         updates: attribute changes for code constants (from :func:`attribute_updates`).
+        on_resize: called for every parameter replaced (an optimizer follows it this way).
     """
-    roots_per_slot = slot_roots(graph)
+    roots_per_slot = graph.slot_roots()
     gone = removal_mask(graph, removed)
+    modules = dict(model.named_modules())
     selections: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = defaultdict(list)
     for slot, roots in zip(graph.slots, roots_per_slot, strict=True):
         mask = kept(roots, gone)
         if not mask.all():
             selections[(slot.module, slot.tensor)].append((slot.dim, np.nonzero(mask)[0]))
     for (module_name, tensor_name), cuts in selections.items():
-        _shrink(model.get_submodule(module_name), tensor_name, cuts)
+        _shrink(modules[module_name], tensor_name, cuts, on_resize)
     for count in graph.counts:
         alive = int(kept(graph.space.roots(count.ids), gone).sum())
-        module = model.get_submodule(count.module)
+        module = modules[count.module]
         if count.index is None:
             setattr(module, count.attr, alive)
         else:
-            value = list(getattr(module, count.attr))
-            value[count.index] = alive
-            setattr(module, count.attr, tuple(value))
+            entries = list(getattr(module, count.attr))
+            entries[count.index] = alive
+            setattr(module, count.attr, tuple(entries))
     for layout in graph.heads:
-        _set_heads(model.get_submodule(layout.module), graph, layout.ids, gone)
+        _set_heads(modules[layout.module], graph, layout.ids, gone)
     for (module_name, attr), value in (updates or {}).items():
-        setattr(model.get_submodule(module_name), attr, value)
+        setattr(modules[module_name], attr, value)
 
 
-def _shrink(module: nn.Module, name: str, cuts: list[tuple[int, np.ndarray]]) -> None:
+def _shrink(module: nn.Module, name: str, cuts: list[tuple[int, np.ndarray]],
+            on_resize: Resize | None) -> None:
     tensor = getattr(module, name)
-    data = tensor.detach()
-    for dim, keep in cuts:
-        data = data.index_select(dim, torch.as_tensor(keep, device=data.device))
+    data = shrunk(tensor.detach(), cuts)
     if name in module._parameters:
-        module._parameters[name] = nn.Parameter(data, requires_grad=tensor.requires_grad)
+        replacement = nn.Parameter(data, requires_grad=tensor.requires_grad)
+        module._parameters[name] = replacement
+        if on_resize is not None:
+            on_resize(tensor, replacement, cuts)
     elif name in module._buffers:
         module._buffers[name] = data
     else:
         raise TechniqueError(f"{type(module).__name__}.{name} is neither a parameter nor a "
                              "buffer; prune.channel cannot resize it")
+
+
+def shrunk(tensor: torch.Tensor, cuts: list[tuple[int, np.ndarray]]) -> torch.Tensor:
+    """``tensor`` keeping the positions ``keep`` along each ``(dim, keep)`` of ``cuts``.
+
+    Example:
+        >>> shrunk(torch.arange(6).view(2, 3), [(1, np.array([0, 2]))]).tolist()
+        [[0, 2], [3, 5]]
+    """
+    for dim, keep in cuts:
+        tensor = tensor.index_select(dim, torch.as_tensor(keep, device=tensor.device))
+    return tensor
 
 
 def _set_heads(module: nn.Module, graph: DependencyGraph, layout: np.ndarray,
@@ -139,5 +162,6 @@ def _set_heads(module: nn.Module, graph: DependencyGraph, layout: np.ndarray,
     if heads.size == 0 or len(set(heads.tolist())) != 1:
         raise TechniqueError(f"pruning would leave unequal heads in {type(module).__name__} "
                              f"(kept dims per head: {per_head.tolist()}); this is a bug")
-    module.num_heads = int(heads.size)
-    module.head_dim = int(heads[0])
+    attention: Any = module
+    attention.num_heads = int(heads.size)
+    attention.head_dim = int(heads[0])

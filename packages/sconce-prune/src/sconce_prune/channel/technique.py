@@ -1,8 +1,9 @@
 """``prune.channel``: structured channel pruning as a sconce technique.
 
-``apply`` prunes (in ``steps`` passes), fine-tunes through the core's loop with distillation
-from the original model, folds BatchNorms, and leaves an architecture record so that
-``sconce.load`` rebuilds the pruned shapes without unpickling code; ``restore`` replays it.
+``apply`` prunes (in one shot, in ``steps`` passes, or gradually during fine-tuning),
+fine-tunes through the core's loop with distillation from the original model, folds
+BatchNorms, and leaves an architecture record so that ``sconce.load`` rebuilds the pruned
+shapes without unpickling code; ``restore`` replays it.
 
 Example:
     >>> import sconce
@@ -27,9 +28,12 @@ from sconce.recipe import Target
 from sconce.technique import Technique
 from sconce_prune.channel.config import ChannelPruneConfig
 from sconce_prune.channel.folding import fold_batchnorms, recalibrate_batchnorms
+from sconce_prune.channel.gradual import GradualChannelMasks
+from sconce_prune.channel.importance import GRADIENT_CRITERIA
 from sconce_prune.channel.macs import count_macs
-from sconce_prune.channel.pruner import PruneReport, prune_channels, search_ratio
+from sconce_prune.channel.pruner import ChannelPruner, PruneReport, prune_channels, search_ratio
 from sconce_prune.channel.record import changes, replay, snapshot, to_channels_last
+from sconce_prune.schedule import CubicSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def _input_batches(ctx: Context, count: int) -> Iterator[Any]:
 
 
 def pruning_options(config: ChannelPruneConfig) -> dict[str, Any]:
-    """The keyword arguments of :func:`prune_channels` that a config sets.
+    """The keyword arguments of :class:`ChannelPruner` that a config sets.
 
     Example:
         >>> pruning_options(ChannelPruneConfig())["round_to"]
@@ -77,7 +81,7 @@ class ChannelPruning(Technique):
     kind = "prune"
     Config = ChannelPruneConfig
 
-    def apply(self, model: nn.Module, config: ChannelPruneConfig,  # type: ignore[override]
+    def apply(self, model: nn.Module, config: ChannelPruneConfig,
               ctx: Context) -> nn.Module:
         """Prune ``model`` (the core's copy), fine-tune, fold BatchNorms; return it."""
         example = ctx.adapter.to_device(ctx.example_inputs(1), ctx.device)
@@ -87,30 +91,14 @@ class ChannelPruning(Technique):
         macs_before = count_macs(model, example)
         options = pruning_options(config)
         sparsity = config.sparsity
-        if config.target_macs is not None or config.target_latency is not None:
+        by_sensitivity = config.allocation == "sensitivity"
+        if config.target_latency is not None or (config.target_macs is not None
+                                                 and not by_sensitivity):
             sparsity = self._search_ratio(model, example, config, ctx, options)
-        if config.allocation == "sensitivity":
+        if by_sensitivity:
             options["ratios"] = {**self._sensitivity_ratios(model, example, config, ctx,
                                                             options), **config.ratios}
-        has_train = ctx.data is not None and ctx.data.train is not None
-        epochs = ctx.finetune_epochs if config.finetune and has_train else 0
-        reference: dict[int, int] = {}
-        report = PruneReport([])
-        for step in range(1, config.steps + 1):
-            batches = (list(_taylor_batches(ctx, config.taylor_batches))
-                       if config.importance == "taylor" else None)
-            last = step == config.steps
-            fold_now = config.fold_bn and last and epochs == 0 and not (
-                has_train and config.bn_recalibration)
-            report = prune_channels(model, example, sparsity=sparsity * step / config.steps,
-                                    taylor_batches=batches, adapter=ctx.adapter,
-                                    reference=reference, fold_bn=fold_now, **options)
-            if has_train and config.bn_recalibration:
-                recalibrate_batchnorms(model, _input_batches(ctx, config.bn_recalibration),
-                                       ctx.adapter)
-            if epochs > 0:
-                ctx.finetune(model, epochs=epochs / config.steps, teacher=ctx.teacher,
-                             lr=ctx.finetune_lr * config.finetune_lr_scale)
+        report = self._prune_and_finetune(model, example, sparsity, options, config, ctx)
         folded = report.folded
         if config.fold_bn and not folded:  # fold last, with the final statistics
             folded = fold_batchnorms(model, example)
@@ -132,10 +120,43 @@ class ChannelPruning(Technique):
         return model
 
     @staticmethod
+    def _prune_and_finetune(model: nn.Module, example: Any, sparsity: float,
+                            options: dict[str, Any], config: ChannelPruneConfig, ctx: Context
+                            ) -> PruneReport:
+        """One shot or ``steps`` (with BatchNorm re-estimation and fine-tuning after each),
+        or gradual (channels fade out during fine-tuning, removed at ``gradual_end``)."""
+        has_train = ctx.data is not None and ctx.data.train is not None
+        epochs = ctx.finetune_epochs if config.finetune and has_train else 0
+        trains_after = epochs > 0 or (has_train and config.bn_recalibration > 0)
+        gradients = config.importance in GRADIENT_CRITERIA
+        gradual = config.schedule == "gradual" and epochs > 0
+        pruner = ChannelPruner(
+            model, example, sparsity=sparsity, steps=config.steps, adapter=ctx.adapter,
+            batches=(lambda: list(_taylor_batches(ctx, config.taylor_batches)))
+            if gradients else None, fold_bn=config.fold_bn and not trains_after, **options)
+        lr = ctx.finetune_lr * config.finetune_lr_scale
+        if gradual:
+            masks = GradualChannelMasks(pruner, CubicSchedule(
+                0.0, sparsity, end=config.gradual_end, steps=config.gradual_updates))
+            ctx.finetune(model, epochs=epochs, teacher=ctx.teacher, lr=lr, callbacks=[masks])
+            return masks.finish()
+        if config.schedule == "gradual":
+            ctx.note("schedule", "one shot: gradual pruning needs fine-tuning")
+        report = PruneReport([])
+        for _ in range(config.steps):
+            report = pruner.step()
+            if has_train and config.bn_recalibration:
+                recalibrate_batchnorms(model, _input_batches(ctx, config.bn_recalibration),
+                                       ctx.adapter)
+            if epochs > 0:
+                ctx.finetune(model, epochs=epochs / config.steps, teacher=ctx.teacher, lr=lr)
+        return report
+
+    @staticmethod
     def _search_ratio(model: nn.Module, example: Any, config: ChannelPruneConfig,
                       ctx: Context, options: dict[str, Any]) -> float:
         """The uniform ratio that meets ``target_macs`` or ``target_latency``."""
-        search = {**options, "importance": "l2" if config.importance == "taylor"
+        search = {**options, "importance": "l2" if config.importance in GRADIENT_CRITERIA
                   else config.importance}
 
         def prune(candidate: nn.Module, ratio: float) -> None:
@@ -175,7 +196,9 @@ class ChannelPruning(Technique):
             return ctx.evaluate(candidate, split="val", max_samples=config.sensitivity_samples)
 
         allocation, sensitivity = channel_ratios(model, example, evaluate,
-                                                 sparsity=config.sparsity, options=options)
+                                                 sparsity=config.sparsity, options=options,
+                                                 target_macs=Target.parse(config.target_macs,
+                                                                          "target_macs"))
         title = (f"Channel-group sensitivity - chosen: {allocation.method}, "
                  f"{allocation.sparsity:.0%} overall (circles)")
         save_png(plot_sensitivity(sensitivity, chosen=allocation.ratios, title=title),

@@ -20,7 +20,7 @@ import fnmatch
 import logging
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -35,16 +35,20 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 
 class _PathTracer(fx.Tracer):
     """A tracer that remembers the innermost module being traced when tracing fails, and
-    keeps the modules matching ``leaves`` (fnmatch patterns) opaque."""
+    keeps opaque the modules matching ``leaves`` (fnmatch patterns) or ``is_leaf``."""
 
-    def __init__(self, leaves: Sequence[str] = ()) -> None:
+    def __init__(self, leaves: Sequence[str] = (),
+                 is_leaf: Callable[[nn.Module], bool] | None = None) -> None:
         super().__init__()
         self.failed_in: str | None = None
         self.leaves = tuple(leaves)
+        self.is_leaf = is_leaf
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.leaves and any(fnmatch.fnmatchcase(module_qualified_name, pattern)
                                for pattern in self.leaves):
+            return True
+        if self.is_leaf is not None and self.is_leaf(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -69,8 +73,8 @@ def _user_line(exc: BaseException) -> str:
 
 
 def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
-          leaves: Sequence[str] = (), interpreter: type[ShapeRecorder] | None = None
-          ) -> fx.GraphModule:
+          leaves: Sequence[str] = (), is_leaf: Callable[[nn.Module], bool] | None = None,
+          interpreter: type[ShapeRecorder] | None = None) -> fx.GraphModule:
     """Trace ``model`` and annotate every node with its real output shape.
 
     Args:
@@ -78,6 +82,7 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
         example_inputs: a tensor or a tuple of tensors the model accepts.
         shapes: record shapes (False: structure only).
         leaves: fnmatch patterns of modules kept opaque (not traced through).
+        is_leaf: further modules kept opaque (layers a rule describes).
         interpreter: the shape-propagating interpreter class.
 
     Returns:
@@ -93,7 +98,7 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
         >>> [tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if n.op != "output"]
         [(1, 4), (1, 2)]
     """
-    tracer = _PathTracer(leaves)
+    tracer = _PathTracer(leaves, is_leaf)
     try:
         graph = tracer.trace(model)
     except Exception as exc:
@@ -128,7 +133,7 @@ def trace(model: nn.Module, example_inputs: Any, *, shapes: bool = True,
     return gm
 
 
-class Shape(tuple):
+class Shape(tuple[int, ...]):
     """A recorded output shape (``node.meta["tensor_meta"].shape``)."""
 
     @property
@@ -155,10 +160,18 @@ class ShapeRecorder(fx.Interpreter):
         (1, 3)
     """
 
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self._modules = dict(module.named_modules())
+
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
         n.meta["tensor_meta"] = _shape_of(result)
         return result
+
+    def call_module(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call a layer, found by name once per run rather than by walking its path."""
+        return self._modules[target](*args, **kwargs)
 
     def propagate(self, *args: Any) -> Any:
         """Run the graph on ``args``."""
@@ -205,8 +218,9 @@ def _shapes(meta: Any) -> Any:
 
 def describe_op(node: fx.Node) -> str:
     """A readable name of a node's operation (``torch.cat``, ``.view``, ``Conv2d``)."""
-    if node.op == "call_module":
-        return type(node.graph.owning_module.get_submodule(str(node.target))).__name__
+    owner = node.graph.owning_module
+    if node.op == "call_module" and owner is not None:
+        return type(owner.get_submodule(str(node.target))).__name__
     if node.op == "call_method":
         return f".{node.target}()"
     if node.op == "call_function":

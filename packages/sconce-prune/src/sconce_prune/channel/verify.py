@@ -24,9 +24,9 @@ import numpy as np
 from torch import fx, nn
 
 from sconce.errors import TechniqueError
-from sconce_prune.channel.graph import DependencyGraph
 from sconce_prune.channel.ids import TensorInfo
 from sconce_prune.channel.ops import axis_size, kept, removal_mask
+from sconce_prune.channel.structure import DependencyGraph
 from sconce_prune.channel.tracing import (
     ShapeRecorder,
     describe_op,
@@ -97,7 +97,8 @@ def verify(model: nn.Module, graph: DependencyGraph, removed: set[int],
         True
     """
     if retrace:
-        gm = trace(model, example_inputs, leaves=graph.leaves, interpreter=_CheckedProp)
+        gm = trace(model, example_inputs, leaves=graph.leaves, is_leaf=graph.is_leaf,
+                   interpreter=_CheckedProp)
     else:
         gm = graph.graph_module
         args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
