@@ -28,7 +28,7 @@ from sconce.footprint import Footprint, model_footprint
 from sconce.hookspecs import hookimpl, hookspec
 from sconce.layers import ChannelwiseLayer
 from sconce.legacy import sconce
-from sconce.metrics import Metric, MetricUnavailable, TimingSettings
+from sconce.metrics import Metric, MetricNotApplicable, MetricUnavailable, TimingSettings
 from sconce.metrics.measure import measure
 from sconce.pipeline import CompressionResult, compress
 from sconce.plugins import load_plugins, plugin_infos, register_plugin, unregister_plugin
@@ -42,10 +42,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelwiseLayer", "ClassifierAdapter", "CompressionResult", "Config", "ConfigError",
-    "Constraints", "Context", "Data", "DataError", "Footprint", "Metric", "MetricUnavailable",
-    "ModelAdapter", "ModelError", "PluginError", "PruneConfig", "QuantizeConfig", "Recipe",
-    "Report", "SconceError", "Stage", "StageResult", "Technique", "TechniqueError",
-    "TechniqueProtocol", "TimingSettings", "TrainCallback", "TrainState", "UnknownNameError",
+    "Constraints", "Context", "Data", "DataError", "Footprint", "Metric", "MetricNotApplicable",
+    "MetricUnavailable", "ModelAdapter", "ModelError", "PluginError", "PruneConfig",
+    "QuantizeConfig", "Recipe", "Report", "SconceError", "Stage", "StageResult", "Technique",
+    "TechniqueError", "TechniqueProtocol", "TimingSettings", "TrainCallback", "TrainState",
+    "UnknownNameError",
     "__version__", "compress", "get_adapter", "get_technique", "hookimpl", "hookspec",
     "list_techniques", "load", "load_plugins", "measure", "model_footprint", "models",
     "plugin_infos", "register_plugin", "sconce", "train", "unregister_plugin",

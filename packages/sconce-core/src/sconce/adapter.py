@@ -63,6 +63,15 @@ class ModelAdapter:
         """The training loss of a batch."""
         return F.cross_entropy(self.logits(outputs), targets)
 
+    def criterion_loss(self, criterion: Any, outputs: Any, targets: torch.Tensor
+                       ) -> torch.Tensor:
+        """The loss of a criterion the user chose (``train(criterion=...)``).
+
+        The default hands it the class scores; adapters whose raw outputs hold more (a
+        spiking network's spikes over time) pass what their kind of criterion expects.
+        """
+        return criterion(self.logits(outputs), targets)
+
     def predict(self, outputs: Any) -> torch.Tensor:
         """Predicted class indices (batch,)."""
         return self.logits(outputs).argmax(dim=-1)

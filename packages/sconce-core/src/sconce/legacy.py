@@ -36,6 +36,8 @@ PRUNE_MODES: dict[str, str] = {
     "SPARSEGPT": "prune.sparsegpt",
     "WANDA": "prune.wanda",
 }
+#: the int8 stage of spiking networks (``snn=True``).
+SNN_INT8 = "snn.int8_weights"
 #: which distribution provides each technique family, for "install X" hints.
 PROVIDERS: dict[str, str] = {"prune": "sconce-prune", "quant": "sconce-quant",
                              "sparse": "sconce-sparse", "nas": "sconce-nas", "snn": "sconce-snn"}
@@ -68,7 +70,7 @@ class sconce:
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None
-        self.criterion: nn.Module = nn.CrossEntropyLoss()
+        self.criterion: Any = nn.CrossEntropyLoss()
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.dataloader: Any = None
@@ -126,7 +128,8 @@ class sconce:
         return name
 
     def recipe(self) -> list[str]:
-        """The stages :meth:`compress` runs: the pruning technique, then int8 if installed."""
+        """The stages :meth:`compress` runs: the pruning technique, then int8 if installed
+        (int8 weights for spiking networks, whose neurons must keep running step by step)."""
         installed = registry().techniques
         stages = []
         prune = self.technique_for_prune_mode()
@@ -137,11 +140,12 @@ class sconce:
                     f"prune_mode={self.prune_mode!r} needs it: {_install_hint(prune)}")
             stages.append(prune)
         if self.quantize:
-            if "quant.int8" in installed:
-                stages.append("quant.int8")
+            int8 = SNN_INT8 if self.snn else "quant.int8"
+            if int8 in installed:
+                stages.append(int8)
             else:
-                logger.warning("no int8 quantization installed; pip install sconce-quant "
-                               "for the Quantized column")
+                logger.warning("no int8 quantization installed; %s for the Quantized column",
+                               _install_hint(int8))
         return stages
 
     # --- the original methods -----------------------------------------------------------------
@@ -232,5 +236,6 @@ class sconce:
                         stages=[StageResult("Original", values=rows[0].values),
                                 StageResult("Compressed", technique="(given)",
                                             values=rows[1].values)])
+        report.drop_inapplicable_metrics()
         Console().print(report.to_rich_table())
         return report

@@ -279,7 +279,8 @@ def compress(
 
     seed_everything(seed)
     device = resolve_device(device)
-    adapter = get_adapter(model, adapter)
+    given_adapter = adapter
+    adapter = get_adapter(model, given_adapter)
     try:
         working = copy.deepcopy(model).to(device)
     except Exception as exc:
@@ -308,7 +309,8 @@ def compress(
     baseline = measure_with_context(working, ctx, metric_objects)
     report = Report(
         metrics=[MetricInfo.of(m, baseline.labels.get(m.name)) for m in metric_objects],
-        stages=[StageResult("Original", values=baseline.values, notes=dict(baseline.notes))],
+        stages=[StageResult("Original", values=baseline.values,
+                            notes={**ctx.stage.notes, **baseline.notes})],
         run={"data": resolved_data.name or "custom", "device": device.type,
              "threads": ctx.timing.threads, "throughput_batch": ctx.timing.batch_size,
              "seed": seed, "finetune_epochs": finetune_epochs, "torch": torch.__version__},
@@ -326,11 +328,12 @@ def compress(
         title = stage_title(stage.technique.kind, [s.title for s in report.stages])
         if resume and _finished(folder, fingerprints[index - 1]):
             current, result, record = _restore_stage(folder, original, architecture, device)
+            ctx.adapter = get_adapter(current, given_adapter)
             result.title = title
             logger.info("resumed: stage %d (%s) reused from %s", index, stage.label, folder)
         else:
             current, result, record = _run_stage(current, stage, ctx, title, metric_objects,
-                                                 teacher)
+                                                 teacher, given_adapter)
             architecture_so_far = Architecture(architecture.spec, architecture.kwargs,
                                                [*architecture.stages, record])
             if distributed.is_main_process():
@@ -345,6 +348,7 @@ def compress(
         broken = check_constraints(constraints, report.stages[0].values, report.stages[-1].values)
         report.run["constraints"] = constraints.to_dict()
         report.stages[-1].notes["constraints"] = "; ".join(broken) if broken else "all met"
+    report.drop_inapplicable_metrics()
     current.eval()
     result = CompressionResult(model=current, report=report, architecture=architecture,
                                work_dir=work_dir, example_inputs=ctx.example_inputs(1),
@@ -355,7 +359,8 @@ def compress(
 
 
 def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str,
-               metrics: Sequence[Metric], teacher: nn.Module | None
+               metrics: Sequence[Metric], teacher: nn.Module | None,
+               given_adapter: ModelAdapter | None = None,
                ) -> tuple[nn.Module, StageResult, StageRecord]:
     ctx.stage = StageNotes()
     technique, config = stage.technique, stage.config
@@ -365,6 +370,8 @@ def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str
     if not isinstance(compressed, nn.Module):
         raise TechniqueError(f"technique {technique.name!r} returned "
                              f"{type(compressed).__name__} instead of an nn.Module")
+    # a stage may change how the model runs (an ANN converted into a spiking network)
+    ctx.adapter = get_adapter(compressed, given_adapter)
     wants_finetune = getattr(technique, "finetune_after", technique.kind in FINETUNED_KINDS)
     if wants_finetune and not ctx.stage.finetuned and ctx.finetune_epochs > 0 \
             and ctx.data is not None and ctx.data.train is not None:

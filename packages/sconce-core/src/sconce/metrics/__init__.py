@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from sconce.metrics.base import Metric, MetricUnavailable
+from sconce.metrics.base import Metric, MetricNotApplicable, MetricUnavailable
 from sconce.metrics.timing import TimingSettings, time_call
 
-__all__ = ["Metric", "MetricUnavailable", "TimingSettings", "time_call"]
+__all__ = ["Metric", "MetricNotApplicable", "MetricUnavailable", "TimingSettings", "time_call"]

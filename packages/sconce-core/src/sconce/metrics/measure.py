@@ -23,7 +23,7 @@ from sconce.adapter import ModelAdapter, get_adapter
 from sconce.context import Context
 from sconce.data import Data
 from sconce.errors import DataError
-from sconce.metrics.base import Metric, MetricUnavailable
+from sconce.metrics.base import Metric, MetricNotApplicable, MetricUnavailable
 from sconce.metrics.timing import TimingSettings
 from sconce.runtime import resolve_device
 
@@ -56,13 +56,16 @@ def resolve_metrics(names: Sequence[str | Metric] | None, *, have_data: bool) ->
 
 
 def measure_with_context(model: nn.Module, ctx: Context, metrics: Sequence[Metric]) -> Measurement:
-    """Measure ``metrics`` on ``model`` within ``ctx``; unavailable ones become notes."""
+    """Measure ``metrics`` on ``model`` within ``ctx``; unavailable ones become notes, and
+    ones that do not apply to this kind of model are left out."""
     result = Measurement()
     for metric in metrics:
         label = metric.display_label(ctx) if hasattr(metric, "display_label") else metric.label
         result.labels[metric.name] = label or metric.name
         try:
             result.values[metric.name] = float(metric.measure(model, ctx))
+        except MetricNotApplicable:
+            continue
         except MetricUnavailable as exc:
             result.values[metric.name] = None
             result.notes[metric.name] = str(exc)
@@ -80,7 +83,8 @@ def measure(
     adapter: ModelAdapter | None = None,
     timing: TimingSettings | None = None,
 ) -> dict[str, float | None]:
-    """Measure ``model`` and return ``{metric name: value}`` (None where not measurable).
+    """Measure ``model`` and return ``{metric name: value}`` (None where not measurable;
+    metrics that do not apply to this kind of model are left out).
 
     Args:
         model: measured as is (in eval mode; its mode is restored).
