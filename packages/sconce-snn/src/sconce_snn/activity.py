@@ -161,14 +161,13 @@ def synaptic_ops(module: nn.Module, active: torch.Tensor) -> float:
         per_input = synapses.sum(dim=0)  # synapses leaving each input
         return float(mask.reshape(-1, mask.shape[-1]).sum(dim=0) @ per_input)
     dims = synapses.dim() - 2
-    padding: Any = module.padding  # type: ignore[union-attr]
-    if getattr(module, "padding_mode", "zeros") != "zeros":
-        mask = F.pad(mask, module._reversed_padding_repeated_twice,  # type: ignore[union-attr]
-                     mode=module.padding_mode)  # type: ignore[union-attr,arg-type]
+    conv: Any = module  # a torch convolution or an int8 one: the same settings
+    padding = conv.padding
+    if getattr(conv, "padding_mode", "zeros") != "zeros":
+        mask = F.pad(mask, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
         padding = 0
-    reached = _CONV_FUNCTIONS[dims](mask, synapses, None, module.stride,  # type: ignore[union-attr]
-                                    padding, module.dilation,  # type: ignore[union-attr]
-                                    module.groups)  # type: ignore[union-attr]
+    reached = _CONV_FUNCTIONS[dims](mask, synapses, None, conv.stride, padding, conv.dilation,
+                                    conv.groups)
     return float(reached.sum())
 
 

@@ -64,6 +64,9 @@ class IFNeuron(snn.Leaky):
         [0.0, 2.0, 0.0]
     """
 
+    mem: torch.Tensor
+    threshold: torch.Tensor
+
     def __init__(self, threshold: float | torch.Tensor = 1.0, initial_membrane: float = 0.5
                  ) -> None:
         threshold = torch.as_tensor(threshold, dtype=torch.float32)
@@ -88,6 +91,8 @@ class SpikingMaxPool2d(StatefulLayer):
         >>> pool(torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])).flatten().tolist()
         [0.0]
     """
+
+    accumulated: torch.Tensor
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
                  dilation: Any = 1, ceil_mode: bool = False) -> None:
@@ -205,8 +210,8 @@ def calibrate_thresholds(model: nn.Module, batches: Iterable[Any], percentile: f
         >>> calibrate_thresholds(model, [torch.arange(10.0).reshape(2, 5)], 100.0)
         {'1': 9.0}
     """
-    relus = {name: module for name, module in model.named_modules()
-             if type(module) is nn.ReLU}
+    relus: dict[str, nn.Module] = {name: module for name, module in model.named_modules()
+                                   if type(module) is nn.ReLU}
     inputs = list(batches)
     peaks = dict.fromkeys(relus, 0.0)
     histograms = {name: torch.zeros(HISTOGRAM_BINS, dtype=torch.float64) for name in relus}

@@ -41,9 +41,9 @@ def to_unit_range(inputs: torch.Tensor, input_range: tuple[float, float] | None 
     if inputs.numel() == 0 or (inputs.min() >= 0 and inputs.max() <= 1):
         return inputs
     flat = inputs.reshape(inputs.shape[0], -1)
-    low = flat.min(dim=1, keepdim=True).values
-    span = (flat.max(dim=1, keepdim=True).values - low).clamp_min(1e-12)
-    return ((flat - low) / span).reshape(inputs.shape)
+    least = flat.min(dim=1, keepdim=True).values
+    span = (flat.max(dim=1, keepdim=True).values - least).clamp_min(1e-12)
+    return ((flat - least) / span).reshape(inputs.shape)
 
 
 def encode(inputs: torch.Tensor, encoding: str, num_steps: int, *,

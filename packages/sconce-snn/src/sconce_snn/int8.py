@@ -59,6 +59,8 @@ class _Int8Weight(nn.Module):
     """Shared storage: int8 ``qweight``, float32 per-output-channel ``scale``, float bias."""
 
     bits = 8
+    qweight: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, weight_shape: tuple[int, ...], bias: bool) -> None:
         super().__init__()
@@ -206,6 +208,13 @@ def _targets(model: nn.Module, skip: tuple[str, ...]) -> list[str]:
                     and not module.transposed))]
 
 
+def _int8(model: nn.Module, name: str) -> _Int8Weight:
+    layer = model.get_submodule(name)
+    if not isinstance(layer, _Int8Weight):
+        raise ModelError(f"{name} is not an int8 layer")
+    return layer
+
+
 class Int8Weights(Technique):
     """int8 weights (per output channel) for every convolution and linear layer of an SNN."""
 
@@ -224,7 +233,7 @@ class Int8Weights(Technique):
             new = (Int8Linear.from_float(layer) if isinstance(layer, nn.Linear)
                    else Int8Conv.from_float(layer))  # type: ignore[arg-type]
             model.set_submodule(name, new)
-        stored = sum(tensor_nbytes(model.get_submodule(n).qweight) for n in names)
+        stored = sum(tensor_nbytes(_int8(model, n).qweight) for n in names)
         ctx.note("int8 weights", f"{len(names)} layers, {stored:,} bytes of codes")
         ctx.set_restore_record({"layers": names})
         return model
