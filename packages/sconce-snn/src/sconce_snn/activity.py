@@ -63,6 +63,10 @@ class Activity:
         ann_macs: multiply-accumulates of one time step of every synaptic layer (all weights).
         weight_bits: bits per weight of each synaptic layer (32 for float).
         state_bits: bits per neuron state of each spiking layer (32 unless quantized).
+
+    Example:
+        >>> Activity(steps=2, neurons={"lif": 4}, spikes={"lif": 2.0}).spike_rate
+        0.25
     """
 
     samples: int = 0
@@ -99,7 +103,12 @@ class Activity:
 
 
 class UncountedLayers(Exception):
-    """The model has weighted layers whose synaptic operations cannot be counted."""
+    """The model has weighted layers whose synaptic operations cannot be counted.
+
+    Example:
+        >>> str(UncountedLayers("emb (Bilinear)"))
+        'emb (Bilinear)'
+    """
 
 
 def weight_of(module: nn.Module) -> torch.Tensor | None:
@@ -256,6 +265,14 @@ def profile_activity(model: nn.Module, inputs: Any, adapter: ModelAdapter) -> Ac
     Raises:
         UncountedLayers: the model has weighted layers that are neither convolutions nor
             linear layers (their names are in the message).
+
+    Example:
+        >>> import snntorch as snn
+        >>> from sconce_snn.adapter import SpikingAdapter
+        >>> lif = snn.Leaky(beta=0.0, threshold=0.5, reset_mechanism="none", init_hidden=True)
+        >>> net = nn.Sequential(lif, nn.Linear(2, 3))  # input 0 spikes at every step
+        >>> profile_activity(net, torch.tensor([[1.0, 0.0]]), SpikingAdapter(num_steps=4)).synops
+        {'1': 12.0}
     """
     recorder = _Recorder(model)
     if recorder.uncounted:
@@ -289,6 +306,14 @@ def cached_activity(model: nn.Module, inputs_key: Any, make_inputs: Callable[[],
 
     The key holds every tensor of the model's state dict (identity and in-place version), so
     a model changed in place is profiled again.
+
+    Example:
+        >>> import snntorch as snn
+        >>> from sconce_snn.adapter import SpikingAdapter
+        >>> net, adapter = nn.Sequential(snn.Leaky(beta=0.5, init_hidden=True)), SpikingAdapter()
+        >>> first = cached_activity(net, "x", lambda: torch.ones(1, 2), adapter)
+        >>> cached_activity(net, "x", lambda: torch.ones(1, 2), adapter) is first
+        True
     """
     state = tuple((name, t.data_ptr(), t._version)
                   for name, t in model.state_dict(keep_vars=True).items())

@@ -61,6 +61,10 @@ class SpikeRecord(NamedTuple):
         spikes: output spikes, time first: ``(steps, batch, outputs)``.
         membrane: output membrane potentials of the same shape, or None when the model
             returns spikes only.
+
+    Example:
+        >>> SpikeRecord(torch.zeros(5, 2, 3), None).spikes.shape
+        torch.Size([5, 2, 3])
     """
 
     spikes: torch.Tensor

@@ -276,7 +276,14 @@ def _run_with_relu_hooks(model: nn.Module, relus: dict[str, nn.Module], batches:
 def convert_modules(model: nn.Module, thresholds: dict[str, float], pools: Sequence[str],
                     initial_membrane: float) -> nn.Module:
     """Swap the named ReLUs for :class:`IFNeuron` s and the named max-pools for
-    :class:`SpikingMaxPool2d` s, in place; return ``model``."""
+    :class:`SpikingMaxPool2d` s, in place; return ``model``.
+
+    Example:
+        >>> net = convert_modules(nn.Sequential(nn.ReLU(), nn.MaxPool2d(2)), {"0": 1.5},
+        ...                       pools=["1"], initial_membrane=0.5)
+        >>> [type(m).__name__ for m in net]
+        ['IFNeuron', 'SpikingMaxPool2d']
+    """
     for name, threshold in thresholds.items():
         model.set_submodule(name, IFNeuron(threshold, initial_membrane))
     for name in pools:
@@ -288,7 +295,12 @@ def convert_modules(model: nn.Module, thresholds: dict[str, float], pools: Seque
 
 
 class Conversion(Technique):
-    """Convert a ReLU network into a rate-coded spiking network with balanced thresholds."""
+    """Convert a ReLU network into a rate-coded spiking network with balanced thresholds.
+
+    Example:
+        >>> Conversion().kind, Conversion().Config().num_steps
+        ('convert', 100)
+    """
 
     name = "snn.convert"
     kind = "convert"

@@ -63,6 +63,11 @@ def encode(inputs: torch.Tensor, encoding: str, num_steps: int, *,
 
     Raises:
         ConfigError: an unknown encoding.
+
+    Example:
+        >>> spikes = encode(torch.full((2, 3), 0.5), "rate", 8, generator_seed=0)
+        >>> spikes.shape, sorted(spikes.unique().tolist())
+        (torch.Size([8, 2, 3]), [0.0, 1.0])
     """
     if encoding == "direct":
         return inputs.unsqueeze(0).expand(num_steps, *inputs.shape)

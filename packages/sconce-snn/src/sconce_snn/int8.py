@@ -216,7 +216,16 @@ def _int8(model: nn.Module, name: str) -> _Int8Weight:
 
 
 class Int8Weights(Technique):
-    """int8 weights (per output channel) for every convolution and linear layer of an SNN."""
+    """int8 weights (per output channel) for every convolution and linear layer of an SNN.
+
+    Example:
+        >>> from sconce.context import Context
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+        >>> quantized = Int8Weights().apply(net, Int8WeightsConfig(),
+        ...                                 Context.for_inputs(torch.ones(1, 1, 4, 4)))
+        >>> [type(m).__name__ for m in quantized]
+        ['Int8Conv', 'Flatten', 'Int8Linear']
+    """
 
     name = "snn.int8_weights"
     kind = "quantize"

@@ -28,7 +28,12 @@ _RECURRENT_ALL_TO_ALL = ("recurrent.bias",)
 
 
 def neuron_layer_rules() -> Iterator[tuple[type[nn.Module], ChannelwiseLayer]]:
-    """``(neuron class, rule)`` for every neuron the adapter supports."""
+    """``(neuron class, rule)`` for every neuron the adapter supports.
+
+    Example:
+        >>> len(list(neuron_layer_rules()))
+        6
+    """
     import snntorch as snn
 
     yield snn.Leaky, ChannelwiseLayer(per_channel=(*_SPIKING, "beta"))

@@ -46,6 +46,13 @@ def activity_of(model: nn.Module, ctx: Context) -> Activity:
     Raises:
         MetricNotApplicable: the model has no spiking neurons.
         MetricUnavailable: its weighted layers cannot all be counted.
+
+    Example:
+        >>> from sconce.context import Context
+        >>> activity_of(nn.Linear(2, 2), Context.for_inputs(torch.ones(1, 2)))
+        Traceback (most recent call last):
+        ...
+        sconce.metrics.base.MetricNotApplicable: not a spiking network
     """
     if describe_model(model) is None:
         raise MetricNotApplicable("not a spiking network")
@@ -62,7 +69,12 @@ def activity_of(model: nn.Module, ctx: Context) -> Activity:
 
 
 class SpikeRate(Metric):
-    """Spikes per neuron per time step, over every spiking layer (each layer's in the notes)."""
+    """Spikes per neuron per time step, over every spiking layer (each layer's in the notes).
+
+    Example:
+        >>> SpikeRate().unit
+        '%'
+    """
 
     name, label, unit = "spike_rate", "Spike rate", "%"
     digits = 2
@@ -75,7 +87,12 @@ class SpikeRate(Metric):
 
 
 class SynOps(Metric):
-    """Synaptic operations per sample: spikes x the existing synapses each one reaches."""
+    """Synaptic operations per sample: spikes x the existing synapses each one reaches.
+
+    Example:
+        >>> SynOps().display_unit
+        'M'
+    """
 
     name, label, unit = "synops", "SynOps", "ops/sample"
     digits = 3
@@ -87,7 +104,12 @@ class SynOps(Metric):
 
 class AnnMacs(Metric):
     """Multiply-accumulates of one time step of the synaptic layers: the same network as an
-    ANN, for comparison with SynOps."""
+    ANN, for comparison with SynOps.
+
+    Example:
+        >>> AnnMacs().name
+        'ann_macs'
+    """
 
     name, label, unit = "ann_macs", "MACs (ANN-equivalent)", "MACs"
     digits = 3
@@ -99,7 +121,12 @@ class AnnMacs(Metric):
 
 class Energy(Metric):
     """Arithmetic energy per sample, from counted operations and Horowitz (ISSCC 2014)
-    45 nm figures (see :mod:`sconce_snn.energy`)."""
+    45 nm figures (see :mod:`sconce_snn.energy`).
+
+    Example:
+        >>> Energy().unit
+        'uJ/sample'
+    """
 
     name, label, unit = "energy", "Energy (est.)", "uJ/sample"
     digits = 3

@@ -45,7 +45,16 @@ STEP, SEQUENCE = "step", "sequence"
 
 
 class UnsupportedSpikingModel(ModelError):
-    """The model uses snnTorch features the adapter cannot run; the message names them."""
+    """The model uses snnTorch features the adapter cannot run; the message names them.
+
+    Example:
+        >>> import snntorch as snn
+        >>> describe_model(nn.Sequential(snn.SLSTM(4, 4)))
+        Traceback (most recent call last):
+        ...
+        sconce_snn.neurons.UnsupportedSpikingModel: sconce-snn cannot run 0 (SLSTM); \
+supported neurons: Leaky, Synaptic, Lapicque, Alpha, RLeaky, RSynaptic
+    """
 
 
 class StatefulLayer(nn.Module):
@@ -73,6 +82,10 @@ class SpikingModel:
     Attributes:
         style: ``"step"`` (one time step per call) or ``"sequence"`` (the model loops).
         neurons: qualified names of its spiking neurons, in module order.
+
+    Example:
+        >>> SpikingModel("step", ("lif1",)).neurons
+        ('lif1',)
     """
 
     style: str
@@ -120,6 +133,11 @@ def describe_model(model: nn.Module) -> SpikingModel | None:
         UnsupportedSpikingModel: the model holds snnTorch modules the adapter does not run
             (their names and classes are listed), or mixes neurons with and without
             ``init_hidden``.
+
+    Example:
+        >>> import snntorch as snn
+        >>> describe_model(nn.Sequential(nn.Linear(2, 2), snn.Leaky(beta=0.5)))
+        SpikingModel(style='sequence', neurons=('1',))
     """
     if "snntorch" not in sys.modules:
         return None

@@ -105,6 +105,12 @@ def quantize_states(model: nn.Module, config: StateQuantConfig,
 
     Raises:
         ModelError: the model has no spiking neurons, or not the ones ``thresholds`` names.
+
+    Example:
+        >>> import snntorch as snn
+        >>> net = nn.Sequential(nn.Linear(2, 2), snn.Leaky(beta=0.5, threshold=2.0))
+        >>> quantize_states(net, StateQuantConfig(bits=4))
+        {'1': 2.0}
     """
     neurons = dict(spiking_neurons(model))
     if not neurons:
@@ -124,7 +130,12 @@ def quantize_states(model: nn.Module, config: StateQuantConfig,
 
 
 class StateQuantization(Technique):
-    """Quantize the neuron states of a spiking network to a low-bit grid, then fine-tune."""
+    """Quantize the neuron states of a spiking network to a low-bit grid, then fine-tune.
+
+    Example:
+        >>> StateQuantization().Config().bits
+        8
+    """
 
     name = "snn.state_quant"
     kind = "quantize"

@@ -45,6 +45,13 @@ def accuracy_by_steps(model: nn.Module, batches: Iterable[Any], adapter: Spiking
     Raises:
         ConfigError: ``steps`` is empty or holds a non-positive count.
         DataError: the batches hold no labelled sample.
+
+    Example:
+        >>> import snntorch as snn
+        >>> net = nn.Sequential(nn.Linear(2, 2), snn.Leaky(beta=0.5, init_hidden=True))
+        >>> accuracy_by_steps(net, [(torch.ones(3, 2), torch.zeros(3, dtype=torch.long))],
+        ...                   SpikingAdapter(), (1, 10)).keys()
+        dict_keys([1, 10])
     """
     if not steps or any(int(t) < 1 for t in steps):
         raise ConfigError(f"steps must be positive time-step counts, got {list(steps)!r}")
