@@ -282,3 +282,14 @@ def test_metrics_that_apply_to_no_stage_are_left_out(loaders) -> None:
                        metrics=["model_kind", "params"])
     assert [m.name for m in result.report.metrics] == ["params"]
     assert "model_kind" not in sconce.measure(Mlp(), loaders, metrics=["model_kind", "params"])
+
+
+def test_the_default_recipe_follows_the_adapters_groups(loaders) -> None:
+    class Suggesting(DoublingAdapter):
+        recipe_groups = (("test.missing", "test.zero_half"),)
+
+    plugin = types.SimpleNamespace(sconce_model_adapter=sconce.hookimpl(
+        lambda model: Suggesting() if isinstance(model, Doubled) else None))
+    sconce.register_plugin(plugin, name="test-suggesting")
+    result = _compress(Doubled(Mlp()), loaders)
+    assert [s.technique for s in result.report.stages] == [None, "test.zero_half"]

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,14 @@ class ModelAdapter:
 
     Methods take and return tensors; ``inputs`` may also be a tuple of tensors for models
     with several inputs.
+
+    Attributes:
+        recipe_groups: the techniques the default recipe tries for the models this adapter
+            runs, one group per stage (the first installed technique of each group is used);
+            None: the core's :data:`sconce.pipeline.DEFAULT_RECIPE_GROUPS`.
     """
+
+    recipe_groups: ClassVar[tuple[tuple[str, ...], ...] | None] = None
 
     def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor | None]:
         """Split a loader's batch into ``(inputs, targets)``."""

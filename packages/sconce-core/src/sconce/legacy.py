@@ -22,6 +22,7 @@ from sconce.errors import ConfigError, ModelError, UnknownNameError
 from sconce.footprint import model_footprint
 from sconce.metrics.measure import measure
 from sconce.metrics.standard import MIB
+from sconce.pipeline import DEFAULT_RECIPE_GROUPS
 from sconce.plugins import registry
 from sconce.report import MetricInfo, Report, StageResult
 
@@ -36,8 +37,6 @@ PRUNE_MODES: dict[str, str] = {
     "SPARSEGPT": "prune.sparsegpt",
     "WANDA": "prune.wanda",
 }
-#: the int8 stage of spiking networks (``snn=True``).
-SNN_INT8 = "snn.int8_weights"
 #: which distribution provides each technique family, for "install X" hints.
 PROVIDERS: dict[str, str] = {"prune": "sconce-prune", "quant": "sconce-quant",
                              "sparse": "sconce-sparse", "nas": "sconce-nas", "snn": "sconce-snn"}
@@ -129,7 +128,8 @@ class sconce:
 
     def recipe(self) -> list[str]:
         """The stages :meth:`compress` runs: the pruning technique, then int8 if installed
-        (int8 weights for spiking networks, whose neurons must keep running step by step)."""
+        (the quantization the model's adapter suggests: int8 weights for spiking networks,
+        whose neurons must keep running step by step)."""
         installed = registry().techniques
         stages = []
         prune = self.technique_for_prune_mode()
@@ -140,12 +140,15 @@ class sconce:
                     f"prune_mode={self.prune_mode!r} needs it: {_install_hint(prune)}")
             stages.append(prune)
         if self.quantize:
-            int8 = SNN_INT8 if self.snn else "quant.int8"
-            if int8 in installed:
+            adapter = self._adapter(self.model) if self.model is not None else None
+            groups = (adapter.recipe_groups if adapter is not None else None) or \
+                DEFAULT_RECIPE_GROUPS
+            int8 = next((name for name in groups[-1] if name in installed), None)
+            if int8 is not None:
                 stages.append(int8)
             else:
                 logger.warning("no int8 quantization installed; %s for the Quantized column",
-                               _install_hint(int8))
+                               _install_hint(groups[-1][0]))
         return stages
 
     # --- the original methods -----------------------------------------------------------------

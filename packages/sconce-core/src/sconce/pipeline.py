@@ -115,8 +115,9 @@ def _atomic_copy(source: Path, target: Path) -> None:
     atomic_write_bytes(target, source.read_bytes())
 
 
-def default_recipe() -> Recipe:
-    """The first installed technique of each :data:`DEFAULT_RECIPE_GROUPS` group.
+def default_recipe(groups: Sequence[Sequence[str]] | None = None) -> Recipe:
+    """The first installed technique of each group (:data:`DEFAULT_RECIPE_GROUPS` unless the
+    model's adapter names its own, ``ModelAdapter.recipe_groups``).
 
     Example:
         >>> default_recipe()  # doctest: +SKIP
@@ -124,7 +125,7 @@ def default_recipe() -> Recipe:
     """
     installed = registry().techniques
     stages = []
-    for group in DEFAULT_RECIPE_GROUPS:
+    for group in groups or DEFAULT_RECIPE_GROUPS:
         chosen = next((name for name in group if name in installed), None)
         if chosen is not None:
             stages.append(Stage(chosen))
@@ -270,17 +271,17 @@ def compress(
         raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs!r}")
     resolved_data = Data.from_value(data)
     constraints = Constraints.from_value(constraints)
+    given_adapter = adapter
+    adapter = get_adapter(model, given_adapter)
     resolved = Recipe.from_value(recipe)
     nothing_installed = False
     if not resolved.stages:
-        resolved = default_recipe()
+        resolved = default_recipe(adapter.recipe_groups)
         nothing_installed = not resolved.stages
     planned = plan(resolved)
 
     seed_everything(seed)
     device = resolve_device(device)
-    given_adapter = adapter
-    adapter = get_adapter(model, given_adapter)
     try:
         working = copy.deepcopy(model).to(device)
     except Exception as exc:

@@ -31,7 +31,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,8 @@ class SpikingAdapter(ModelAdapter):
         input_range: raw input range mapped onto [0, 1] for rate / latency codes (None: each
             sample's own min / max when inputs leave [0, 1]).
         seed: rate spikes in evaluation are drawn from this seed, so measurements repeat.
+        recipe_groups: the default recipe of spiking networks: pruning (unstructured first),
+            then int8 weights that keep the neurons running step by step.
 
     Example:
         >>> SpikingAdapter(num_steps=0)
@@ -91,6 +93,9 @@ class SpikingAdapter(ModelAdapter):
         ...
         sconce.errors.ConfigError: num_steps must be a positive integer, got 0
     """
+
+    recipe_groups: ClassVar[tuple[tuple[str, ...], ...] | None] = (
+        ("prune.gmp", "prune.magnitude", "prune.channel"), ("snn.int8_weights",))
 
     num_steps: int = 25
     encoding: str = "direct"
