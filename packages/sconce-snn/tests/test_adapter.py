@@ -153,3 +153,16 @@ def test_a_tutorial_style_model_trains_with_a_snntorch_criterion(data) -> None:
     model = LoopNet(num_steps=8)
     sconce.train(model, data, epochs=3, lr=1e-2, progress=False, criterion=SF.mse_count_loss())
     assert sconce.measure(model, data, metrics=["accuracy"])["accuracy"] >= 90.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_snn_runs_and_is_measured_on_cuda(data) -> None:
+    model = Net().cuda()
+    adapter = SpikingAdapter(num_steps=5, encoding="rate")
+    x = next(iter(data.test))[0].cuda()
+    record = adapter.forward(model.eval(), x)
+    assert record.spikes.is_cuda and torch.equal(record.spikes, adapter.forward(model, x).spikes)
+    values = sconce.measure(model, data, device="cuda", adapter=adapter,
+                            metrics=["accuracy", "spike_rate", "synops"])
+    assert values["synops"] > 0

@@ -77,7 +77,8 @@ def encode(inputs: torch.Tensor, encoding: str, num_steps: int, *,
         unit = to_unit_range(inputs, input_range)
         if generator_seed is None:
             return spikegen.rate(unit, num_steps=num_steps)
-        with torch.random.fork_rng(devices=[]):
+        devices = [unit.device.index or 0] if unit.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(generator_seed)
             return spikegen.rate(unit, num_steps=num_steps)
     if encoding == "latency":
