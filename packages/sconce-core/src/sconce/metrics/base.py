@@ -31,7 +31,14 @@ class MetricUnavailable(Exception):
 class MetricNotApplicable(MetricUnavailable):
     """Raised by ``measure`` when the metric means nothing for this kind of model (the spike
     rate of a network without spiking neurons): no value and no note are recorded, and a
-    report leaves out a metric that applied to none of its models."""
+    report leaves out a metric that applied to none of its models.
+
+    Example:
+        >>> class SpikeRate(Metric):
+        ...     name = "spike_rate"
+        ...     def measure(self, model, ctx):
+        ...         raise MetricNotApplicable("not a spiking network")
+    """
 
 
 class Metric:
