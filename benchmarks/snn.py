@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gmp import load_data  # Fashion-MNIST, or its subsets with --quick
 from quant_timing import interleaved_latency
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 import sconce
 from sconce.evaluation import evaluate
@@ -72,20 +72,6 @@ def cpu_flags() -> str:
         return "unknown"
     found = sorted({flag for flag in ("avx512_vnni", "avx_vnni", "avx2") if f" {flag}" in text})
     return " ".join(found) or "none of avx2/avx_vnni/avx512_vnni"
-
-
-def load_data(quick: bool) -> sconce.Data:
-    """Fashion-MNIST (55k train / 5k val / 10k test); ``quick`` keeps small subsets."""
-    data = sconce.Data.from_value("fashion-mnist", batch_size=128)
-    if not quick:
-        return data
-
-    def head(loader: DataLoader, count: int, shuffle: bool) -> DataLoader:
-        return DataLoader(Subset(loader.dataset, range(count)), batch_size=128, shuffle=shuffle)
-
-    return sconce.Data(train=head(data.train, 1024, True), val=head(data.val, 256, False),
-                       test=head(data.test, 512, False), name="fashion-mnist-quick",
-                       num_classes=10, input_shape=(1, 28, 28))
 
 
 def cached_training(tag: str, model: nn.Module, data: sconce.Data, epochs: float, lr: float,
@@ -124,7 +110,9 @@ def compress_snn(args: argparse.Namespace, data: sconce.Data) -> dict[str, Any]:
                                   args.snn_lr, adapter)
     prune_config: dict[str, Any] = {"sparsity": 0.5}
     if args.prune == "prune.gmp":
-        prune_config["allocation"] = "uniform"
+        prune_config["allocation"] = "uniform"  # every layer at 50%, no sensitivity scan
+    else:  # the model has no batch norm to fold (folding would trace into the neurons)
+        prune_config["fold_bn"] = False
     recipe = [(args.prune, prune_config), "snn.int8_weights",
               ("snn.state_quant", {"bits": 8, "finetune_epochs": args.statequant_epochs})]
     print(f"compressing: {recipe} (fine-tuning {args.finetune_epochs:g} epoch(s))", flush=True)
@@ -187,7 +175,8 @@ def convert_vgg(args: argparse.Namespace, data: sconce.Data) -> dict[str, Any]:
     print(f"ANN: {ann_accuracy:.2f}% on the first {samples} test images", flush=True)
     out = RESULTS / ("snn-convert-quick" if args.quick else "snn-convert")
     started = time.perf_counter()
-    result = sconce.compress(ann, data, recipe=[("snn.convert", {"num_steps": 100})],
+    convert = {"num_steps": 100, "curve_samples": 128 if args.quick else 512}
+    result = sconce.compress(ann, data, recipe=[("snn.convert", convert)],
                              metrics=["spike_rate", "synops", "ann_macs", "energy"],
                              progress=False, device="cpu", seed=args.seed, out=out)
     convert_seconds = round(time.perf_counter() - started, 1)
@@ -311,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args.finetune_epochs = pick(args.finetune_epochs, 0.5, 0.25)
     args.statequant_epochs = pick(args.statequant_epochs, 0.25, 0.1)
     args.ann_epochs = pick(args.ann_epochs, 2.0, 0.5)
-    args.convert_samples = pick(args.convert_samples, 2000, 256)
+    args.convert_samples = pick(args.convert_samples, 2000, 128)
     args.rounds = pick(args.rounds, 5, 2)
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
