@@ -109,6 +109,17 @@ def test_unstructured_pruning_of_an_snn(technique: str, config: dict, trained, d
     _same_outputs(sconce.load(tmp_path, model=SpikingConvNet()), result.model, data)
 
 
+def _channel_pruning_reads_plugin_layer_rules() -> bool:
+    """Whether the installed prune.channel consults ``sconce_register_layer_rules`` (the
+    sconce-prune that does exports ``register_rule`` from ``sconce_prune.channel``)."""
+    import sconce_prune.channel
+
+    return hasattr(sconce_prune.channel, "register_rule")
+
+
+@pytest.mark.skipif(not _channel_pruning_reads_plugin_layer_rules(),
+                    reason="this sconce-prune's prune.channel does not read the layer rules "
+                           "plugins register, so it cannot trace snnTorch neurons")
 def test_channel_pruning_slices_per_channel_neuron_parameters(trained, data,
                                                               tmp_path) -> None:
     # fold_bn off: there is no batch norm, and the folding pass traces the model without
