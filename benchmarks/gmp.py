@@ -49,7 +49,7 @@ def build_model() -> torch.nn.Module:
 
 def load_data(quick: bool) -> sconce.Data:
     """Fashion-MNIST (55k train / 5k val / 10k test); ``quick`` keeps small subsets."""
-    data = sconce.Data.from_value("fashion-mnist", batch_size=128)
+    data = sconce.get_data("fashion-mnist", batch_size=128)
     if not quick:
         return data
 

@@ -60,7 +60,7 @@ TARGETS = {"vgg_speedup_b1": 3.0, "vgg_speedup_b64": 6.0, "vgg_smaller": 3.9,
 def load_fashion(quick: bool, calibration_samples: int) -> sconce.Data:
     """Fashion-MNIST with a fixed calibration subset (the first training images), so sconce
     and the peer calibrate on exactly the same inputs."""
-    data = sconce.Data.from_value("fashion-mnist", batch_size=128)
+    data = sconce.get_data("fashion-mnist", batch_size=128)
     assert data.train is not None and data.test is not None
     calibration = DataLoader(Subset(data.train.dataset, range(calibration_samples)),
                              batch_size=128)

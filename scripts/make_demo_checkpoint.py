@@ -20,7 +20,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=15)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    data = sconce.Data.from_value("digits")
+    data = sconce.get_data("digits")
     model = sconce.models.demo_cnn(**DEMO_SHAPE)
     sconce.train(model, data, args.epochs, lr=3e-3, seed=args.seed, device="cpu")
     result = sconce.measure(model, data, metrics=["accuracy", "params", "size"])

@@ -18,6 +18,9 @@ QUICK = sconce.TimingSettings(threads=1, rounds=1, round_seconds=0.02, warmup_se
 METRICS = ["accuracy", "params", "nonzero_params", "sparsity", "size"]
 
 
+DEMO_KWARGS = {"num_classes": 10, "in_channels": 1, "image_size": 8}
+
+
 def _demo() -> torch.nn.Module:
     from sconce.demo import demo_model
 
@@ -29,8 +32,8 @@ def test_channel_pruned_then_int8(engine: str, tmp_path: Path) -> None:
     result = sconce.compress(
         _demo(), "digits",
         recipe=[("prune.channel", {"sparsity": 0.5}), ("quant.int8", {"engine": engine})],
-        finetune_epochs=2, out=tmp_path, metrics=METRICS, timing=QUICK, progress=False,
-        model_spec="demo", model_kwargs={"num_classes": 10, "in_channels": 1, "image_size": 8})
+        finetune_epochs=2, metrics=METRICS, timing=QUICK, progress=False)
+    result.save(tmp_path, model_spec="demo", model_kwargs=DEMO_KWARGS)
     original, pruned, quantized = result.report.stages
     assert [s.title for s in result.report.stages] == ["Original", "Pruned", "Quantized"]
     assert pruned.values["params"] < 0.6 * original.values["params"]
@@ -46,8 +49,8 @@ def test_channel_pruned_then_int8(engine: str, tmp_path: Path) -> None:
 def test_gmp_sparse_then_int8_keeps_the_zeros(tmp_path: Path) -> None:
     result = sconce.compress(
         _demo(), "digits", recipe=[("prune.gmp", {"sparsity": 0.7}), "quant.int8"],
-        finetune_epochs=2, out=tmp_path, metrics=METRICS, timing=QUICK, progress=False,
-        model_spec="demo", model_kwargs={"num_classes": 10, "in_channels": 1, "image_size": 8})
+        finetune_epochs=2, metrics=METRICS, timing=QUICK, progress=False)
+    result.save(tmp_path, model_spec="demo", model_kwargs=DEMO_KWARGS)
     _, pruned, quantized = result.report.stages
     assert pruned.values["sparsity"] > 50.0
     # a zero weight is exactly zero in int8: the sparsity is still there (plus weights that

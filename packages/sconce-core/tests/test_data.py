@@ -70,7 +70,7 @@ def test_split_batch_forms() -> None:
 
 
 def test_digits_dataset() -> None:
-    data = Data.from_value("digits", batch_size=32)
+    data = sconce.get_data("digits", batch_size=32)
     assert (data.input_shape, data.num_classes) == ((1, 8, 8), 10)
     sizes = [len(data.train.dataset), len(data.val.dataset), len(data.test.dataset)]
     assert sum(sizes) == 1797 and sizes[2] == 359
@@ -110,4 +110,6 @@ def test_truncated_idx_file_is_detected(tmp_path) -> None:
 
 
 def test_registered_name_goes_through_the_registry() -> None:
-    assert isinstance(sconce.Data.from_value("digits"), Data)
+    assert isinstance(sconce.get_data("digits"), Data)
+    with pytest.raises(DataError, match=r"sconce.get_data\('digits'\)"):
+        Data.from_value("digits")  # the data layer knows no registry

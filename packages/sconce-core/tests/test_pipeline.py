@@ -138,9 +138,10 @@ def test_save_and_load_rebuild_the_structure_without_pickled_code(loaders, tmp_p
 
 def test_load_from_a_registered_spec(loaders, tmp_path) -> None:
     model = sconce.models.demo_cnn(num_classes=4, in_channels=1, image_size=8)
-    result = _compress(model, loaders, recipe=["test.zero_half"], out=tmp_path / "o",
-                       model_spec="demo-cnn",
-                       model_kwargs={"num_classes": 4, "in_channels": 1, "image_size": 8})
+    result = _compress(model, loaders, recipe=["test.zero_half"])
+    result.save(tmp_path / "o", model_spec="demo-cnn",
+                model_kwargs={"num_classes": 4, "in_channels": 1, "image_size": 8})
+    assert not (tmp_path / "o" / "model.pt2").exists()  # the spec rebuilds it: no program
     loaded = sconce.load(tmp_path / "o")
     inputs = torch.randn(3, 1, 8, 8)
     assert torch.allclose(loaded(inputs), result.model(inputs), atol=1e-6)

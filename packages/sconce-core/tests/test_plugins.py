@@ -16,7 +16,8 @@ from torch import nn
 
 import sconce
 from sconce import hookspecs
-from sconce.adapter import ClassifierAdapter, get_adapter
+from sconce.adapter import ClassifierAdapter
+from sconce.api import get_adapter
 from sconce.errors import UnknownNameError
 from sconce.plugins import plugin_infos, registry
 
@@ -70,14 +71,14 @@ def test_hook_sconce_register_metrics() -> None:
 def test_hook_sconce_register_datasets(loaders) -> None:
     _plugin("blobs", sconce_register_datasets=lambda register: register(
         "blobs", lambda **options: sconce.Data.from_value(loaders)))
-    data = sconce.Data.from_value("blobs")
+    data = sconce.get_data("blobs")
     assert data.input_shape == (1, 8, 8) and data.num_classes == 4
     with pytest.raises(UnknownNameError, match="did you mean 'blobs'"):
-        sconce.Data.from_value("blob")
+        sconce.get_data("blob")
 
 
 def test_hook_sconce_register_models() -> None:
-    from sconce.modelspec import build_model
+    from sconce.api import build_model
 
     _plugin("tinies", sconce_register_models=lambda register: register(
         "tiny", lambda *, num_classes=4, **_: TinyNet(num_classes)))

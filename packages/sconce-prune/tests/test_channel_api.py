@@ -80,8 +80,8 @@ def test_compress_save_and_load_give_identical_outputs(tmp_path) -> None:
     kwargs = {"num_classes": 10, "in_channels": 1, "image_size": 28}
     model = sconce.models.vgg(**kwargs)
     result = sconce.compress(model, _loaders((1, 28, 28)), recipe=["prune.channel"],
-                             finetune_epochs=1, model_spec="vgg", model_kwargs=kwargs, **FAST)
-    result.save(tmp_path)
+                             finetune_epochs=1, **FAST)
+    result.save(tmp_path, model_spec="vgg", model_kwargs=kwargs)
     record = json.loads((tmp_path / "model.json").read_text())["stages"][0]["record"]
     assert record["replaced"]  # BatchNorms were folded
     loaded = sconce.load(tmp_path)
@@ -236,18 +236,21 @@ def test_target_macs_and_latency_through_the_technique() -> None:
     x = torch.randn(1, 1, 28, 28)
     before = count_macs(model, x)
     result = sconce.compress(copy.deepcopy(model), _loaders((1, 28, 28)),
-                             recipe=[("prune.channel", {"target_macs": 0.4, "round_to": 1})],
+                             recipe=[("prune.channel", {"target_macs": "2.5x", "round_to": 1})],
                              finetune_epochs=0, **FAST)
     assert count_macs(result.model, x) <= 0.4 * before
     assert count_macs(result.model, x) > 0.25 * before
     assert "ratio found for target_macs" in result.report.stages[-1].notes
     timed = sconce.compress(copy.deepcopy(model), _loaders((1, 28, 28)),
-                            recipe=[("prune.channel", {"target_latency": 0.9})],
+                            recipe=[("prune.channel", {"target_latency": "1.1x"})],
                             finetune_epochs=0, **FAST)
     ratio = timed.report.stages[-1].notes["ratio found for target_latency"]
     assert 0.0 < ratio <= 0.95
     with pytest.raises(ConfigError, match="not both"):
-        ChannelPruneConfig(target_macs=0.5, target_latency=0.5)
+        ChannelPruneConfig(target_macs="2x", target_latency="2x")
+    with pytest.raises(ConfigError, match="write a ratio like '2.5x'"):
+        ChannelPruneConfig(target_macs=0.4)  # the old fraction: one unit convention now
+    assert ChannelPruneConfig.from_dict({"target_macs": "300M"}).target_macs == "300M"
 
 
 def test_sensitivity_allocation_chooses_per_group_ratios() -> None:
@@ -297,7 +300,7 @@ def test_finetuning_runs_at_the_scaled_learning_rate(monkeypatch, tmp_path) -> N
         seen.update(epochs=epochs, lr=options["lr"])
         return model
 
-    monkeypatch.setattr(sconce.context, "train", fake_train)
+    monkeypatch.setattr(sconce.context, "fit", fake_train)
     inputs, labels = torch.randn(16, 3, 12, 12), torch.randint(0, 3, (16,))
     loader = DataLoader(TensorDataset(inputs, labels), batch_size=8)
     ctx = sconce.Context(data=sconce.Data(train=loader, test=loader), finetune_epochs=2.0,

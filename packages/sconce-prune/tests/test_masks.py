@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sconce.errors import TechniqueError
-from sconce_prune.masks import KeepMasks, MaskSet, global_counts, nm_mask, round_counts
+from sconce_prune.masks import MaskSet, global_counts, nm_mask, round_counts
 from sconce_prune.targets import find_targets
 
 
@@ -23,7 +23,7 @@ def test_masks_hold_exactly_through_momentum_and_weight_decay() -> None:
     masks = MaskSet(find_targets(model))
     masks.set_counts({"0": 200, "2": 128})
     pruned = {name: ~mask.clone() for name, mask in masks.masks.items()}
-    keeper = KeepMasks(masks)
+    keeper = masks.keeper()
     x, y = torch.randn(32, 16), torch.randint(0, 16, (32,))
     for optimizer in (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
                                       weight_decay=0.1),
@@ -52,7 +52,7 @@ def test_masks_hold_inside_sconce_train(data) -> None:
     masks.set_counts({t.name: t.numel // 2 for t in targets})
     before = {t.name: masks.masks[t.name].clone() for t in targets}
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
-    sconce.train(model, data, epochs=1, optimizer=opt, callbacks=[KeepMasks(masks)],
+    sconce.train(model, data, epochs=1, optimizer=opt, callbacks=[masks.keeper()],
                  progress=False, device="cpu")
     for t in targets:
         assert torch.count_nonzero(t.weight[~before[t.name]]) == 0

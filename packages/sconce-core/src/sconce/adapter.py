@@ -2,12 +2,13 @@
 
 Every technique and metric runs models only through an adapter, so models that need special
 running (a spiking network's time steps and state resets) go through the same pipeline. The
-default is :class:`ClassifierAdapter`; plugins answer ``sconce_model_adapter`` for others.
+default is :class:`ClassifierAdapter`; plugins answer ``sconce_model_adapter`` for others
+(:func:`sconce.get_adapter` asks them).
 
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> adapter = get_adapter(nn.Linear(4, 3))
+    >>> adapter = ClassifierAdapter()
     >>> outputs = adapter.forward(nn.Linear(4, 3), torch.randn(2, 4))
     >>> adapter.predict(outputs).shape
     torch.Size([2])
@@ -99,18 +100,3 @@ class ClassifierAdapter(ModelAdapter):
         >>> ClassifierAdapter().predict(torch.tensor([[0.1, 0.9]]))
         tensor([1])
     """
-
-
-def get_adapter(model: nn.Module, adapter: ModelAdapter | None = None) -> ModelAdapter:
-    """The adapter for ``model``: the one given, else a plugin's, else a classifier.
-
-    Example:
-        >>> isinstance(get_adapter(nn.Linear(2, 2)), ClassifierAdapter)
-        True
-    """
-    if adapter is not None:
-        return adapter
-    from sconce.plugins import plugin_manager
-
-    answer = plugin_manager().hook.sconce_model_adapter(model=model)
-    return answer if answer is not None else ClassifierAdapter()

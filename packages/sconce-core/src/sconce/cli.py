@@ -68,18 +68,18 @@ def cli(verbose: int, quiet: bool) -> None:
 
 
 def _load_data(name: str, batch_size: int | None) -> Any:
-    from sconce.data import Data
+    from sconce.api import get_data
     from sconce.modelspec import resolve_factory
+    from sconce.plugins import registry
 
     options = {"batch_size": batch_size} if batch_size else {}
     if ":" in name:
-        value = resolve_factory(name)(**options)
-        return Data.from_value(value)
-    return Data.from_value(name, **options)
+        return get_data(resolve_factory(name, registry().datasets)(**options))
+    return get_data(name, **options)
 
 
 def _model_kwargs(data: Any) -> dict[str, Any]:
-    shape = data.input_shape or ()
+    shape: tuple[int, ...] = data.input_shape or ()
     kwargs: dict[str, Any] = {"num_classes": data.num_classes}
     if len(shape) >= 1:
         kwargs["in_channels"] = int(shape[0])
@@ -89,9 +89,12 @@ def _model_kwargs(data: Any) -> dict[str, Any]:
 
 
 def _build(spec: str, data: Any) -> tuple[Any, dict[str, Any]]:
-    from sconce.modelspec import build_model
+    """The model a ``--model`` spec names (a saved folder is loaded) and its build arguments."""
+    from sconce.api import build_model, load
 
     kwargs = _model_kwargs(data)
+    if Path(spec).is_dir() and (Path(spec) / "model.json").is_file():
+        return load(spec), kwargs
     return build_model(spec, **kwargs), kwargs
 
 
@@ -126,12 +129,14 @@ def compress(model_spec: str | None, data_name: str | None, recipe_file: str | N
              seed: int, resume: bool, finetune_epochs: float | None, train_epochs: float,
              batch_size: int | None, no_progress: bool) -> None:
     """Compress a model and print the comparison table (no arguments: the demo)."""
+    from sconce import distributed
+    from sconce.api import train
     from sconce.pipeline import compress as run_compress
-    from sconce.recipe import Recipe
-    from sconce.train import train
+    from sconce.recipe import Constraints, Recipe
 
     if recipe_file and techniques:
         raise SconceError("give --recipe or --technique, not both")
+    options: dict[str, Any]
     recipe, constraints, options = (Recipe.from_value(list(techniques) or None), None, {})
     if recipe_file:
         recipe, constraints, options = Recipe.from_toml(recipe_file)
@@ -139,31 +144,25 @@ def compress(model_spec: str | None, data_name: str | None, recipe_file: str | N
               "target_size_mib": target_size}
     limits = {k: v for k, v in limits.items() if v is not None}
     if limits:
-        from sconce.recipe import Constraints
-
-        merged = {**(constraints.to_dict() if constraints else {}), **limits}
-        constraints = Constraints.from_value(merged)
+        constraints = Constraints.from_value({**(constraints.to_dict() if constraints else {}),
+                                              **limits})
     data = _load_data(data_name or DEMO_DATA, batch_size)
     model, kwargs = _build(model_spec or DEMO_MODEL, data)
     if train_epochs > 0:
         logger.info("training the model for %g epoch(s) before compressing", train_epochs)
         train(model, data, train_epochs, device=device, seed=seed, progress=not no_progress)
-    known_options = {"finetune_epochs", "finetune_lr", "distill", "seed", "device"}
-    unknown = set(options) - known_options
-    if unknown:
-        raise SconceError(f"unknown [options] in the recipe: {sorted(unknown)}; "
-                          f"known: {', '.join(sorted(known_options))}")
     if finetune_epochs is not None:
         options["finetune_epochs"] = finetune_epochs
     elif model_spec is None and data_name is None:
         options.setdefault("finetune_epochs", DEMO_FINETUNE_EPOCHS)
     options.setdefault("seed", seed)
     options.setdefault("device", device)
+    options.update(resume=resume, progress=not no_progress, work_dir=Path(out) / "work")
+    result = run_compress(model, data, recipe=recipe, constraints=constraints, **options)
     spec = model_spec or DEMO_MODEL
-    saved_spec = str(Path(spec).resolve()) if Path(spec).is_dir() else spec
-    result = run_compress(model, data, recipe=recipe, constraints=constraints, out=out,
-                          resume=resume, progress=not no_progress, model_spec=saved_spec,
-                          model_kwargs=kwargs, **options)
+    if distributed.is_main_process():
+        result.save(out, model_spec=str(Path(spec).resolve()) if Path(spec).is_dir() else spec,
+                    model_kwargs=kwargs)
     console = _console()
     console.print(result.report.to_rich_table())
     for line in result.report.notes_lines():
@@ -178,18 +177,11 @@ def compress(model_spec: str | None, data_name: str | None, recipe_file: str | N
 def techniques(pattern: str, as_json: bool) -> None:
     """Every installed technique, its package and its config fields."""
     from sconce.api import list_techniques
-    from sconce.config import describe_fields
-    from sconce.plugins import plugin_infos, registry
-    from sconce.technique import describe
 
-    dists = {info.name: info.distribution for info in plugin_infos()}
-    rows = []
-    for technique in list_techniques(pattern):
-        plugin = registry().origin[("techniques", technique.name)]
-        fields = describe_fields(technique.Config)
-        rows.append({"name": technique.name, "kind": technique.kind,
-                     "package": dists.get(plugin, plugin), "description": describe(technique),
-                     "config": [{"name": n, "type": t, "default": d} for n, t, d in fields]})
+    rows: list[dict[str, Any]] = [{"name": info.name, "kind": info.kind, "package": info.package,
+             "description": info.description,
+             "config": [{"name": n, "type": t, "default": d} for n, t, d in info.fields]}
+            for info in list_techniques(pattern)]
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -261,9 +253,8 @@ def datasets() -> None:
 def measure(model_spec: str, data_name: str, metric_names: tuple[str, ...], device: str,
             batch_size: int | None, as_json: bool) -> None:
     """The metrics of one model, as a table or JSON."""
-    from sconce.adapter import get_adapter
-    from sconce.context import Context
-    from sconce.metrics.measure import measure_with_context, resolve_metrics
+    from sconce.api import context, get_adapter, resolve_metrics
+    from sconce.metrics.measure import measure_with_context
     from sconce.pipeline import check_model_runs
     from sconce.report import MetricInfo, Report, StageResult
     from sconce.runtime import resolve_device
@@ -273,7 +264,7 @@ def measure(model_spec: str, data_name: str, metric_names: tuple[str, ...], devi
     adapter = get_adapter(model)
     resolved = resolve_device(device)
     check_model_runs(model, data, adapter, resolved)
-    ctx = Context(data=data, adapter=adapter, device=resolved, progress=False)
+    ctx = context(data, adapter=adapter, device=resolved, progress=False)
     metrics = resolve_metrics(list(metric_names) or None, have_data=True)
     measured = measure_with_context(model, ctx, metrics)
     if as_json:

@@ -60,13 +60,23 @@ class Config:
             key = unknown[0]
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(known)
-            raise ConfigError(f"{cls.__name__} has no field {key!r}; {hint}")
+            raise ConfigError(cls.unknown_field_message(key, hint))
         hints = typing.get_type_hints(cls)
         values = {key: _coerce(key, value, hints.get(key)) for key, value in data.items()}
         try:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+    @classmethod
+    def unknown_field_message(cls, key: str, hint: str) -> str:
+        """The error line for an unknown key (``hint``: the closest field, or all of them).
+
+        Example:
+            >>> PruneConfig.unknown_field_message("sparsty", "did you mean 'sparsity'?")
+            "PruneConfig has no field 'sparsty'; did you mean 'sparsity'?"
+        """
+        return f"{cls.__name__} has no field {key!r}; {hint}"
 
     def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed (validated again).

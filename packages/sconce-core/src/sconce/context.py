@@ -1,8 +1,31 @@
-"""The context a technique or metric runs in: data, device, adapter, fine-tuning, notes.
+"""The context a technique or metric runs in: everything it may read, use and report.
 
-The pipeline builds one :class:`Context` per run; ``sconce.measure`` builds a light one.
-Techniques read data and settings from it, fine-tune through it, and leave notes for the
-report (chosen ratios, the engine used) and a restore record for :func:`sconce.load`.
+:func:`sconce.compress` builds one :class:`Context` per run (and resets ``ctx.stage`` before
+each stage); :func:`sconce.measure` builds a light one, with example inputs and no data. A
+technique takes nothing from anywhere else: not the caller's model, not global settings.
+
+What a technique may **read**:
+    ``data`` (:class:`sconce.Data`: ``train`` / ``val`` / ``test`` / ``calibration`` loaders;
+    None under ``measure`` with example inputs), ``device``, ``seed``, ``adapter`` (run every
+    model through it: ``ctx.adapter.forward(model, inputs)``), ``constraints`` (the run's
+    :class:`sconce.Constraints`, e.g. ``max_accuracy_drop`` for a budget), ``timing``
+    (:class:`sconce.TimingSettings`, for latency-aware choices), ``finetune_epochs`` /
+    ``finetune_lr`` (the run's budget), ``progress``, ``work_dir`` (a folder it may write to).
+
+What it may **use**:
+    ``example_inputs(n)`` (n real inputs), ``calibration_inputs(max_samples)`` (input batches
+    from the calibration split, on the device), ``require_data()``, ``evaluate(model, split,
+    max_samples)`` (accuracy and loss, :class:`sconce.evaluation.EvalResult`; decisions use
+    ``"val"``, the report ``"test"``), ``finetune(model, epochs, teacher, callbacks, **options)``
+    (the core's training loop; marks the stage as fine-tuned so the pipeline does not repeat
+    it), ``teacher`` (the caller's original model, frozen: eval mode, no gradients; built on
+    first use and released when the stage ends; None when distillation is off; never modify
+    it), ``footprint(model)`` (true storage, asking the plugins that pack modules).
+
+What it **reports**:
+    ``note(key, value)`` (a fact under the report), ``artifact_path(filename)`` (where to
+    write a plot the report links), ``set_restore_record(record)`` (the JSON-able record its
+    ``restore`` reads back; see :mod:`sconce.technique`).
 
 Example:
     >>> import torch
@@ -15,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +50,10 @@ from sconce.adapter import ClassifierAdapter, ModelAdapter
 from sconce.data import Data
 from sconce.errors import DataError
 from sconce.evaluation import EvalResult, evaluate
+from sconce.footprint import Footprint, ModuleFootprint, model_footprint
 from sconce.metrics.timing import TimingSettings
 from sconce.recipe import Constraints
-from sconce.train import TrainCallback, train
+from sconce.train import TrainCallback, fit
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +75,26 @@ class StageNotes:
     finetuned: bool = False
 
 
+class _Teacher:
+    """The ``teacher`` field: a model set directly, or built by ``teacher_loader`` on first use
+    and kept until :meth:`Context.release_teacher`."""
+
+    def __get__(self, ctx: Context | None, owner: type | None = None) -> nn.Module | None:
+        if ctx is None:
+            return None  # the dataclass default
+        teacher: nn.Module | None = ctx.__dict__.get("_teacher")
+        if teacher is None and ctx.teacher_loader is not None:
+            teacher = ctx.__dict__["_teacher"] = ctx.teacher_loader()
+        return teacher
+
+    def __set__(self, ctx: Context, value: nn.Module | None) -> None:
+        # the dataclass passes this descriptor itself as the field's default
+        ctx.__dict__["_teacher"] = None if isinstance(value, _Teacher) else value
+
+
 @dataclass
 class Context:
-    """Everything a technique may use.
+    """Everything a technique may use (see the module docstring for the contract).
 
     Attributes:
         data: the run's data (None when only example inputs are known).
@@ -63,11 +104,22 @@ class Context:
         work_dir: a folder the technique may write to.
         finetune_epochs: the fine-tuning budget per stage (0 turns fine-tuning off).
         finetune_lr: learning rate for fine-tuning.
-        teacher: the original model, for distillation (None turns distillation off).
+        teacher: the original model, frozen, for distillation and accuracy budgets (None
+            turns distillation off); set directly, or built by ``teacher_loader`` on first use.
         constraints: the run's constraints, if any.
         timing: how latency is measured.
         progress: whether progress bars may show.
         measure_split: the split whose accuracy the report shows.
+        inputs: example inputs, when there is no data (:meth:`for_inputs`).
+        stage: what the current stage noted (reset by the pipeline before each stage).
+        teacher_loader: builds the teacher on demand (the pipeline's; it is released after
+            each stage by :meth:`release_teacher`).
+        module_footprint: the plugins' ``sconce_module_footprint`` hook, for :meth:`footprint`.
+
+    Example:
+        >>> ctx = Context(teacher_loader=lambda: torch.nn.Linear(2, 2))
+        >>> ctx.teacher is ctx.teacher, ctx.release_teacher()
+        (True, None)
     """
 
     data: Data | None = None
@@ -77,13 +129,16 @@ class Context:
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sconce-")))
     finetune_epochs: float = 1.0
     finetune_lr: float = 1e-3
-    teacher: nn.Module | None = None
+    teacher: _Teacher = field(default=_Teacher(), repr=False, compare=False)
     constraints: Constraints | None = None
     timing: TimingSettings = field(default_factory=TimingSettings)
     progress: bool = True
     measure_split: str = "test"
     inputs: Any = None
     stage: StageNotes = field(default_factory=StageNotes)
+    teacher_loader: Callable[[], nn.Module] | None = field(default=None, repr=False,
+                                                           compare=False)
+    module_footprint: ModuleFootprint | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def for_inputs(cls, example_inputs: Any, **fields: Any) -> Context:
@@ -153,11 +208,25 @@ class Context:
         if epochs <= 0:
             return model
         options.setdefault("lr", self.finetune_lr)
-        train(model, self.require_data(), epochs, teacher=teacher, callbacks=callbacks,
-              device=self.device, seed=self.seed, progress=self.progress,
-              adapter=self.adapter, **options)
+        fit(model, self.require_data(), epochs, teacher=teacher, callbacks=callbacks,
+            device=self.device, seed=self.seed, progress=self.progress,
+            adapter=self.adapter, **options)
         self.stage.finetuned = True
         return model
+
+    def footprint(self, model: nn.Module) -> Footprint:
+        """The true storage of ``model``: plugins answer for the modules they pack.
+
+        Example:
+            >>> Context().footprint(torch.nn.Linear(4, 2)).params
+            10
+        """
+        return model_footprint(model, self.module_footprint)
+
+    def release_teacher(self) -> None:
+        """Drop a teacher built by ``teacher_loader`` (the next use builds it again)."""
+        if self.teacher_loader is not None:
+            self.__dict__["_teacher"] = None
 
     # --- notes for the report -----------------------------------------------------------------
     def note(self, key: str, value: Any) -> None:

@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,10 +99,10 @@ class Data:
         input_shape: shape of one input sample; read from the data when not given.
     """
 
-    train: DataLoader | None = None
-    val: DataLoader | None = None
-    test: DataLoader | None = None
-    calibration: DataLoader | None = None
+    train: DataLoader[Any] | None = None
+    val: DataLoader[Any] | None = None
+    test: DataLoader[Any] | None = None
+    calibration: DataLoader[Any] | None = None
     name: str = ""
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None
@@ -126,26 +126,22 @@ class Data:
             self.num_classes = _infer_num_classes(self)
 
     @classmethod
-    def from_value(cls, value: Data | Mapping[str, Any] | str, **options: Any) -> Data:
-        """Build ``Data`` from a Data, a dict of loaders, or a registered dataset name.
+    def from_value(cls, value: Data | Mapping[str, Any]) -> Data:
+        """Build ``Data`` from a Data or a dict of loaders keyed by split.
 
-        ``options`` go to the dataset factory when ``value`` is a name (e.g. ``batch_size``).
+        Dataset *names* (``"digits"``) are looked up in the plugin registry by
+        :func:`sconce.get_data`, which the public entry points (``compress``, ``train``,
+        ``measure``) call; this layer knows no registry.
+
+        Raises:
+            DataError: an unknown split key, or a value that is neither.
 
         Example:
-            >>> Data.from_value("digits").num_classes  # doctest: +SKIP
-            10
+            >>> Data.from_value({"training": data.train}).train is data.train  # doctest: +SKIP
+            True
         """
         if isinstance(value, Data):
             return value
-        if isinstance(value, str):
-            from sconce.plugins import registry
-
-            factory = registry().lookup("datasets", value, "see `sconce datasets`")
-            data = factory(**options)
-            if not isinstance(data, Data):
-                raise DataError(f"dataset factory {value!r} returned {type(data).__name__}, "
-                                "not sconce.Data")
-            return data
         if isinstance(value, Mapping):
             loaders: dict[str, Any] = {}
             for key, loader in value.items():
@@ -156,12 +152,15 @@ class Data:
                     )
                 loaders[split] = loader
             return cls(**loaders)
+        if isinstance(value, str):
+            raise DataError(f"{value!r} is a dataset name; look it up with "
+                            f"sconce.get_data({value!r})")
         raise DataError(
             f"data must be a sconce.Data, a dict of DataLoaders or a dataset name, "
             f"got {type(value).__name__}"
         )
 
-    def loader(self, split: str) -> DataLoader:
+    def loader(self, split: str) -> DataLoader[Any]:
         """The loader for ``split``; calibration falls back to train, val to test.
 
         Example:
@@ -169,7 +168,7 @@ class Data:
             True
         """
         split = _ALIASES.get(split, split)
-        loader = getattr(self, split, None)
+        loader: DataLoader[Any] | None = getattr(self, split, None)
         if loader is None and split == "calibration":
             loader = self.train if self.train is not None else self.val
         if loader is None and split == "val":
@@ -225,12 +224,11 @@ class Data:
     def _hold_out_validation(self) -> None:
         assert self.train is not None
         dataset = self.train.dataset
-        try:
-            size = len(dataset)  # type: ignore[arg-type]
-        except TypeError:
+        if not isinstance(dataset, Sized):
             logger.info("no validation loader and the train set has no length; "
                         "decisions will use the test split")
             return
+        size = len(dataset)
         if size < 50:
             return
         held = min(5000, max(1, size // 10))
@@ -242,7 +240,8 @@ class Data:
         logger.info("held out %d of %d training samples for validation (seeded)", held, size)
 
 
-def _like(loader: DataLoader, dataset: Dataset, *, shuffle: bool) -> DataLoader:
+def _like(loader: DataLoader[Any], dataset: Dataset[Any], *, shuffle: bool
+          ) -> DataLoader[Any]:
     return DataLoader(
         dataset,
         batch_size=loader.batch_size or 1,

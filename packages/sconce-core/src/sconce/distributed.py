@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -65,10 +66,10 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
-def shard_loader(loader: DataLoader, seed: int) -> DataLoader:
+def shard_loader(loader: DataLoader[Any], seed: int) -> DataLoader[Any]:
     """A loader over the same dataset where each rank reads its own shard."""
-    sampler = DistributedSampler(
-        loader.dataset,  # type: ignore[arg-type]
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        loader.dataset,
         shuffle=isinstance(loader.sampler, RandomSampler),
         seed=seed,
         drop_last=loader.drop_last,

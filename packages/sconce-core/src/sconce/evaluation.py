@@ -23,6 +23,7 @@ from torch import nn
 
 from sconce.adapter import ModelAdapter
 from sconce.errors import DataError
+from sconce.runtime import model_device
 
 
 @dataclass(frozen=True)
@@ -48,20 +49,6 @@ class EvalResult:
     def loss(self) -> float:
         """Mean loss per sample."""
         return self.loss_sum / self.total if self.total else float("nan")
-
-
-def model_device(model: nn.Module, default: torch.device) -> torch.device:
-    """The device of the model's first tensor, or ``default`` for a model with none.
-
-    Example:
-        >>> model_device(nn.ReLU(), torch.device("cpu"))
-        device(type='cpu')
-    """
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return default
 
 
 def evaluate(

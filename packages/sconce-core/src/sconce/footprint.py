@@ -4,7 +4,9 @@ The params, non-zero params, sparsity and size metrics all read a model's
 :class:`Footprint`. Each module answers for its own tensors through the
 ``sconce_module_footprint`` hook, so a plugin whose modules pack int4 weights or keep
 compressed sparse storage reports their true bytes; modules nobody answers for are counted
-by :func:`default_module_footprint`.
+by :func:`default_module_footprint`. This module does not consult the plugins itself: callers
+pass the ``sconce_module_footprint`` hook in (``ctx.footprint(model)`` and
+:func:`sconce.model_footprint` do).
 
 Example:
     >>> import torch
@@ -15,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -137,19 +140,26 @@ def default_module_footprint(module: nn.Module, seen: set[int] | None = None) ->
     return Footprint(params, nonzero, nbytes)
 
 
-def model_footprint(model: nn.Module) -> Footprint:
-    """Sum the footprints of every module of ``model``, asking plugins first.
+ModuleFootprint = Callable[[nn.Module], Footprint | None]
+"""A plugin answer for one module (the ``sconce_module_footprint`` hook), None to pass."""
+
+
+def model_footprint(model: nn.Module, module_footprint: ModuleFootprint | None = None
+                    ) -> Footprint:
+    """Sum the footprints of every module of ``model``, asking ``module_footprint`` first.
+
+    Args:
+        model: the model to count.
+        module_footprint: answers for the modules it knows (None: every module is counted
+            by :func:`default_module_footprint`).
 
     Example:
         >>> model_footprint(nn.Sequential(nn.Linear(2, 2), nn.ReLU())).params
         6
     """
-    from sconce.plugins import plugin_manager
-
-    hook = plugin_manager().hook.sconce_module_footprint
     total = Footprint()
     seen: set[int] = set()
     for module in model.modules():
-        answer = hook(module=module)
+        answer = module_footprint(module) if module_footprint is not None else None
         total = total + (answer if answer is not None else default_module_footprint(module, seen))
     return total

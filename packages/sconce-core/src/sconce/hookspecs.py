@@ -2,7 +2,14 @@
 
 A plugin is a module (declared under the ``sconce`` entry-point group) whose functions are
 marked with :data:`hookimpl` and named after the specifications below. Registration hooks
-receive a ``register`` callback so one plugin can contribute many things.
+receive a ``register`` callback so one plugin can contribute many things; each registered
+item is checked (a technique against :func:`sconce.technique.validate_technique`), and one
+that fails is skipped with a warning naming the plugin while its other items stay.
+
+The core calls these hooks only from its top layer (:mod:`sconce.api`, the pipeline, the
+CLI): lower layers receive what the hooks answered (the model adapter, the footprint hook,
+the registered tables) as arguments. A plugin imports ``sconce`` and nothing of another
+plugin (import-linter holds both rules in the lint session).
 
 Example:
     A plugin module that adds one technique::
@@ -29,8 +36,8 @@ if TYPE_CHECKING:
     from sconce.footprint import Footprint
     from sconce.layers import ChannelwiseLayer
     from sconce.metrics.base import Metric
-    from sconce.pipeline import StageResult
-    from sconce.technique import Technique
+    from sconce.report import StageResult
+    from sconce.technique import TechniqueProtocol
 
 PROJECT = "sconce"
 
@@ -39,12 +46,15 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def sconce_register_techniques(register: Callable[[Technique], None]) -> None:
+def sconce_register_techniques(register: Callable[[TechniqueProtocol], None]) -> None:
     """Offer compression techniques.
 
     Called once, when plugins are loaded (:func:`sconce.load_plugins`). Call
-    ``register(technique)`` once per technique; registering a name twice is a
-    :class:`~sconce.errors.PluginError`. The return value is ignored.
+    ``register(technique)`` once per technique (the contract is :mod:`sconce.technique`).
+    A technique that breaks the protocol (an undotted name, an unknown kind, a Config that does
+    not build from its defaults, an ``apply`` or ``restore`` with the wrong arguments) is
+    skipped with a warning; registering a name twice is a :class:`~sconce.errors.PluginError`.
+    The return value is ignored.
     """
 
 

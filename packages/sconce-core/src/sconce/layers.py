@@ -57,8 +57,8 @@ class ChannelwiseLayer:
 
     def __post_init__(self) -> None:
         for field_name in ("per_channel", "recurrent"):
-            names = getattr(self, field_name)
-            if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+            names: object = getattr(self, field_name)  # checked as given: users pass lists
+            if not isinstance(names, tuple) or not all(isinstance(n, str) and n for n in names):
                 raise TypeError(f"{field_name} must be a tuple of attribute names, "
                                 f"got {names!r}")
         if not isinstance(self.channel_axis, int):

@@ -42,7 +42,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -89,11 +89,12 @@ class LayerInputs:
 
     def weight_matrix(self) -> torch.Tensor:
         """A float32 copy of the weight as ``(out_features, features)``, in the Hessian's order."""
-        return self.module.weight.detach().flatten(1).to(torch.float32).clone()
+        weight = cast(torch.Tensor, self.module.weight)
+        return weight.detach().flatten(1).to(torch.float32).clone()
 
     def set_weight_matrix(self, matrix: torch.Tensor) -> None:
         """Write a ``(out_features, features)`` matrix back into the layer's weight."""
-        weight = self.module.weight
+        weight = cast(torch.Tensor, self.module.weight)
         with torch.no_grad():
             weight.copy_(matrix.reshape(weight.shape).to(weight.dtype))
 
@@ -124,9 +125,9 @@ def input_rows(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """
     if isinstance(module, nn.Linear):
         return inputs.reshape(-1, inputs.shape[-1])
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, nn.Conv2d):  # supported_layer: its padding is a tuple
         patches = F.unfold(inputs, module.kernel_size, dilation=module.dilation,
-                           padding=module.padding, stride=module.stride)
+                           padding=cast(tuple[int, ...], module.padding), stride=module.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
     raise ConfigError(f"layer-wise statistics support Linear and Conv2d, not "
                       f"{type(module).__name__}")

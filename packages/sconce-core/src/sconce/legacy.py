@@ -16,15 +16,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from sconce.adapter import ModelAdapter, get_adapter
+from sconce.adapter import ModelAdapter
+from sconce.api import context, get_adapter, get_data, measure, model_footprint, resolve_metrics
+from sconce.api import train as train_model
 from sconce.data import Data
 from sconce.errors import ConfigError, ModelError, UnknownNameError
-from sconce.footprint import model_footprint
-from sconce.metrics.measure import measure
+from sconce.evaluation import evaluate as evaluate_model
+from sconce.metrics.measure import measure_with_context
 from sconce.metrics.standard import MIB
-from sconce.pipeline import DEFAULT_RECIPE_GROUPS
+from sconce.pipeline import DEFAULT_RECIPE_GROUPS, CompressionResult
+from sconce.pipeline import compress as run_compress
 from sconce.plugins import registry
 from sconce.report import MetricInfo, Report, StageResult
+from sconce.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +108,7 @@ class sconce:
     def _data(self) -> Data:
         if self.dataloader is None:
             raise ConfigError('set sconces.dataloader = {"train": ..., "test": ...} first')
-        return Data.from_value(self.dataloader)
+        return get_data(self.dataloader)
 
     def _adapter(self, model: nn.Module) -> ModelAdapter:
         adapter = get_adapter(model)
@@ -154,40 +158,33 @@ class sconce:
     # --- the original methods -----------------------------------------------------------------
     def train(self, epochs: float | None = None) -> nn.Module:
         """Train ``self.model`` in place for ``epochs`` (default ``self.epochs``)."""
-        from sconce.train import train
-
         model = self._model()
-        train(model, self._data(), self.epochs if epochs is None else epochs,
-              optimizer=self.optimizer, scheduler=self.scheduler, criterion=self.criterion,
-              device=self.device, seed=self.seed, progress=self.progress,
-              adapter=self._adapter(model))
+        train_model(model, self._data(), self.epochs if epochs is None else epochs,
+                    optimizer=self.optimizer, scheduler=self.scheduler, criterion=self.criterion,
+                    device=self.device, seed=self.seed, progress=self.progress,
+                    adapter=self._adapter(model))
         return model
 
     def evaluate(self, model: nn.Module | None = None, split: str = "test") -> float:
         """Accuracy in percent on ``split``."""
-        from sconce.evaluation import evaluate
-        from sconce.runtime import resolve_device
-
         chosen = self._model(model)
         data = self._data()
-        return evaluate(chosen, data.batches(split), self._adapter(chosen),
-                        resolve_device(self.device)).accuracy
+        return evaluate_model(chosen, data.batches(split), self._adapter(chosen),
+                              resolve_device(self.device)).accuracy
 
-    def compress(self) -> Any:
+    def compress(self) -> CompressionResult:
         """Train (``epochs``), prune (``prune_mode``), fine-tune, quantize, and print the
         comparison table. Returns the same result object as :func:`sconce.compress`."""
         from rich.console import Console
-
-        from sconce.pipeline import compress
 
         model = self._model()
         if self.epochs and self.epochs > 0:
             self.train()
         out = None if self.out_dir is None else f"{self.out_dir}/{self.experiment_name}"
-        result = compress(model, self._data(), recipe=self.recipe(),
-                          finetune_epochs=self.num_finetune_epochs, device=self.device,
-                          seed=self.seed, out=out, adapter=self._adapter(model),
-                          progress=self.progress)
+        result = run_compress(model, self._data(), recipe=self.recipe(),
+                              finetune_epochs=self.num_finetune_epochs, device=self.device,
+                              seed=self.seed, out=out, adapter=self._adapter(model),
+                              progress=self.progress)
         Console().print(result.report.to_rich_table())
         return result
 
@@ -197,7 +194,8 @@ class sconce:
         inputs = example_inputs if example_inputs is not None else self._data().example_inputs(1)
         value = measure(chosen, example_inputs=inputs, metrics=["latency"],
                         adapter=self._adapter(chosen))["latency"]
-        assert value is not None
+        if value is None:
+            raise ModelError("the latency of this model cannot be measured")
         return value
 
     def get_model_macs(self, model: nn.Module | None = None, example_inputs: Any = None) -> int:
@@ -224,15 +222,11 @@ class sconce:
         """Measure both models on this object's data and print the comparison table."""
         from rich.console import Console
 
-        from sconce.context import Context
-        from sconce.metrics.measure import measure_with_context, resolve_metrics
-        from sconce.runtime import resolve_device
-
         data = self._data()
         metrics = resolve_metrics(None, have_data=True)
         rows = []
         for model in (original, compressed):
-            ctx = Context(data=data, adapter=self._adapter(model),
+            ctx = context(data, adapter=self._adapter(model),
                           device=resolve_device(self.device), progress=False)
             rows.append(measure_with_context(model, ctx, metrics))
         report = Report(metrics=[MetricInfo.of(m, rows[0].labels.get(m.name)) for m in metrics],

@@ -1,11 +1,15 @@
-"""Build a model from a spec string: a registered name, ``pkg.module:factory``,
-``file.py:Name``, or a folder saved by sconce.
+"""Build a model from a spec string: a registered name, ``pkg.module:factory`` or
+``file.py:Name``.
 
 Factories receive the keyword arguments they accept among ``num_classes``, ``in_channels``
-and ``image_size`` (taken from the data), so one spec fits any dataset.
+and ``image_size`` (taken from the data), so one spec fits any dataset. Registered names are
+looked up in the ``registered`` table the caller passes (the plugin registry's models, for
+:func:`sconce.api.build_model`); a folder saved by sconce is opened by :func:`sconce.load`.
 
 Example:
-    >>> build_model("demo-cnn", num_classes=10, in_channels=1, image_size=8).__class__.__name__
+    >>> from sconce.models import MODEL_FACTORIES
+    >>> build_model("demo-cnn", MODEL_FACTORIES, num_classes=10, in_channels=1,
+    ...             image_size=8).__class__.__name__
     'DemoCNN'
 """
 
@@ -15,7 +19,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +27,13 @@ from torch import nn
 
 from sconce.errors import ModelError, UnknownNameError
 
+ModelFactory = Callable[..., nn.Module]
+"""Builds an untrained model from keyword arguments (``num_classes``, ``in_channels``, ...)."""
+
 
 def _call_factory(factory: Callable[..., Any], spec: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
-        parameters = inspect.signature(factory).parameters
+        parameters: Mapping[str, inspect.Parameter] = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         parameters = {}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -58,8 +65,15 @@ def _load_file_module(path: Path) -> Any:
     return module
 
 
-def resolve_factory(spec: str) -> Callable[..., Any]:
-    """The callable a spec names (registered names are looked up in the model registry)."""
+def resolve_factory(spec: str, registered: Mapping[str, Callable[..., Any]]
+                    ) -> Callable[..., Any]:
+    """The callable a spec names: ``pkg.module:attr``, ``file.py:attr``, or a name in
+    ``registered``.
+
+    Example:
+        >>> resolve_factory("torch.nn:Identity", {}).__name__
+        'Identity'
+    """
     if ":" in spec and not Path(spec).exists():
         where, _, attribute = spec.rpartition(":")
         if where.endswith(".py"):
@@ -73,38 +87,31 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
             except ImportError as exc:
                 raise ModelError(f"cannot import module {where!r} for model spec {spec!r}: "
                                  f"{exc}") from None
-        factory = getattr(module, attribute, None)
-        if factory is None:
+        found: object = getattr(module, attribute, None)
+        if found is None:
             raise ModelError(f"{where!r} has no attribute {attribute!r}")
-        if not callable(factory):
+        if not callable(found):
             raise ModelError(f"{spec!r} is not a class or function")
-        return factory
-    from sconce.plugins import registry
-
-    try:
-        return registry().lookup("models", spec)
-    except UnknownNameError as exc:
-        raise UnknownNameError(
-            "model", spec, exc.known,
-            "or give pkg.module:factory, file.py:ClassName, or a folder saved by sconce",
-        ) from None
+        return found
+    if spec in registered:
+        return registered[spec]
+    raise UnknownNameError(
+        "model", spec, registered,
+        "or give pkg.module:factory, file.py:ClassName, or a folder saved by sconce",
+    )
 
 
-def build_model(spec: str, **kwargs: Any) -> nn.Module:
+def build_model(spec: str, registered: Mapping[str, Callable[..., Any]], **kwargs: Any
+                ) -> nn.Module:
     """Build the model that ``spec`` names (see the module docstring).
 
     Raises:
         ModelError: a spec that cannot be imported, called, or does not give an nn.Module.
-        UnknownNameError: a name that no plugin registered.
+        UnknownNameError: a name that is not in ``registered``.
     """
-    path = Path(spec)
-    if path.is_dir() and (path / "model.json").is_file():
-        from sconce.serialization import load
-
-        return load(path)
-    if path.suffix in (".pt", ".pth", ".pt2") and ":" not in spec:
+    if Path(spec).suffix in (".pt", ".pth", ".pt2") and ":" not in spec:
         raise ModelError(
             f"{spec!r} is a bare weights file; give the folder sconce saved (with model.json), "
             "or pkg.module:factory / file.py:ClassName for the architecture"
         )
-    return _call_factory(resolve_factory(spec), spec, kwargs)
+    return _call_factory(resolve_factory(spec, registered), spec, kwargs)

@@ -3,6 +3,11 @@
 Each finished stage is checkpointed in the work folder (written atomically), so a run given
 ``resume=True`` restarts after the last finished stage. The caller's model is never modified.
 
+Memory: the pipeline holds one working copy of the model besides the caller's. Each stage's
+technique receives that copy (its own: nothing else references it) and the previous stages
+live in their checkpoints; the teacher (a frozen copy of the caller's model, for distillation
+and accuracy budgets) is built on first use within a stage and released when the stage ends.
+
 Example:
     >>> import sconce
     >>> result = sconce.compress(sconce.models.demo_cnn(in_channels=1), "digits",
@@ -20,7 +25,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,21 +34,29 @@ import torch
 from torch import nn
 
 from sconce import distributed
-from sconce.adapter import ModelAdapter, get_adapter
+from sconce.adapter import ModelAdapter
+from sconce.api import context, get_adapter, get_data, resolve_metrics
 from sconce.context import Context, StageNotes
 from sconce.data import Data
-from sconce.errors import ConfigError, DataError, ModelError, TechniqueError
+from sconce.errors import DataError, ModelError, TechniqueError
 from sconce.masks import KeepZeros
 from sconce.metrics.base import Metric
-from sconce.metrics.measure import measure_with_context, resolve_metrics
+from sconce.metrics.measure import measure_with_context
 from sconce.metrics.timing import TimingSettings
+from sconce.options import CompressOptions
 from sconce.plugins import plugin_manager, registry
-from sconce.recipe import Constraints, Recipe, Stage
+from sconce.recipe import Constraints, Recipe, Stage, read_recipe
 from sconce.report import MetricInfo, Report, StageResult, stage_title
 from sconce.runtime import resolve_device, seed_everything
 from sconce.serialization import Architecture, StageRecord, rebuild, save_model
-from sconce.storage import atomic_write_json, atomic_write_text, replace_dir, staging_dir
-from sconce.technique import make_config, validate_technique
+from sconce.storage import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    replace_dir,
+    staging_dir,
+)
+from sconce.technique import check_restorable, make_config, structure_of, validate_technique
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +66,7 @@ DEFAULT_RECIPE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("quant.int8", "quant.dynamic"),
 )
 FINETUNED_KINDS = ("prune", "sparsify", "search")
+"""Kinds whose stages the pipeline fine-tunes (unless the technique fine-tuned itself)."""
 
 
 @dataclass
@@ -86,17 +100,31 @@ class CompressionResult:
     example_inputs: Any = None
     artifacts: list[Path] = field(default_factory=list)
 
-    def save(self, out: str | Path) -> Path:
+    def save(self, out: str | Path, *, model_spec: str | None = None,
+             model_kwargs: Mapping[str, Any] | None = None) -> Path:
         """Write the model (``model.pt`` + ``model.json``), ``report.json``, ``report.md``,
         ``report.png`` and the stages' plots to ``out``; every file atomically.
 
+        Args:
+            out: the folder.
+            model_spec, model_kwargs: how :func:`sconce.load` rebuilds the original
+                architecture without the model object: a registered model name (or
+                ``pkg.module:factory``) and its keyword arguments (the CLI fills these).
+                Without them the folder also holds the model exported with ``torch.export``
+                (``model.pt2``), which ``sconce.load(out)`` returns.
+
         Example:
-            >>> result.save("out/")  # doctest: +SKIP
+            >>> result.save("out/", model_spec="vgg", model_kwargs={"num_classes": 10})
+            ... # doctest: +SKIP
             PosixPath('out')
         """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, out, architecture=self.architecture,
+        architecture = self.architecture
+        if model_spec is not None:
+            architecture = Architecture(model_spec, dict(model_kwargs or {}),
+                                        list(architecture.stages))
+        save_model(self.model, out, architecture=architecture,
                    example_inputs=self.example_inputs)
         for artifact in self.artifacts:
             if artifact.is_file():
@@ -110,8 +138,6 @@ class CompressionResult:
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
-    from sconce.storage import atomic_write_bytes
-
     atomic_write_bytes(target, source.read_bytes())
 
 
@@ -133,7 +159,13 @@ def default_recipe(groups: Sequence[Sequence[str]] | None = None) -> Recipe:
 
 
 def plan(recipe: Recipe) -> list[PlannedStage]:
-    """Resolve every stage's technique and validate its config before any work is done."""
+    """Resolve every stage's technique and validate its config before any work is done.
+
+    Example:
+        >>> plan(Recipe.from_value([("prune.gmp", {"sparsity": 0.8})]))[0].config.sparsity
+        ... # doctest: +SKIP
+        0.8
+    """
     planned = []
     for stage in recipe.stages:
         technique = registry().lookup(
@@ -183,9 +215,10 @@ def check_constraints(constraints: Constraints, base: Mapping[str, float | None]
         ['accuracy dropped 1.00 points (allowed 0.50)']
     """
     broken = []
-    if constraints.max_accuracy_drop is not None and None not in (
-            base.get("accuracy"), final.get("accuracy")):
-        drop = base["accuracy"] - final["accuracy"]  # type: ignore[operator]
+    base_accuracy, final_accuracy = base.get("accuracy"), final.get("accuracy")
+    if constraints.max_accuracy_drop is not None and base_accuracy is not None \
+            and final_accuracy is not None:
+        drop = base_accuracy - final_accuracy
         if drop > constraints.max_accuracy_drop + 1e-9:
             broken.append(f"accuracy dropped {drop:.2f} points "
                           f"(allowed {constraints.max_accuracy_drop:.2f})")
@@ -193,11 +226,12 @@ def check_constraints(constraints: Constraints, base: Mapping[str, float | None]
                                ("target_size_mib", "size", "MiB"),
                                ("target_macs", "macs", "MACs")):
         target = getattr(constraints, name)
-        if target is None or base.get(metric) is None or final.get(metric) is None:
+        original, value = base.get(metric), final.get(metric)
+        if target is None or original is None or value is None:
             continue
-        limit = target.limit(base[metric])  # type: ignore[arg-type]
-        if final[metric] > limit:  # type: ignore[operator]
-            broken.append(f"{metric} is {final[metric]:.4g} {unit} (target {limit:.4g})")
+        limit = target.limit(original)
+        if value > limit:
+            broken.append(f"{metric} is {value:.4g} {unit} (target {limit:.4g})")
     return broken
 
 
@@ -221,90 +255,67 @@ def _stage_dir(work_dir: Path, index: int, name: str) -> Path:
 def compress(
     model: nn.Module,
     data: Data | Mapping[str, Any] | str,
-    recipe: Recipe | Sequence[Any] | str | None = None,
+    recipe: Recipe | Sequence[Any] | str | Path | None = None,
     constraints: Constraints | Mapping[str, Any] | None = None,
-    *,
-    finetune_epochs: float = 1,
-    finetune_lr: float = 1e-3,
-    distill: bool = True,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    out: str | Path | None = None,
-    work_dir: str | Path | None = None,
-    resume: bool = False,
-    metrics: Sequence[str | Metric] | None = None,
-    adapter: ModelAdapter | None = None,
-    timing: TimingSettings | None = None,
-    progress: bool = True,
-    model_spec: str | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> CompressionResult:
     """Compress ``model`` on ``data`` and measure every stage.
 
     Args:
-        model: never modified; the pipeline works on a deep copy.
+        model: never modified; the pipeline works on its own copy.
         data: a :class:`sconce.Data`, a dict of loaders, or a registered dataset name.
-        recipe: stages (names or ``(name, config)``), a :class:`Recipe`, or None for the
-            default recipe (the best installed pruning, then int8 quantization).
+        recipe: stages (names or ``(name, config)``), a :class:`Recipe`, a recipe file
+            (``"recipe.toml"`` or a ``Path``: its stages, ``[constraints]`` and ``[options]``),
+            or None for the default recipe (the best installed pruning, then int8).
         constraints: checked on the final model; broken ones are listed in the report.
-        finetune_epochs: fine-tuning budget per pruning stage (0 turns it off).
-        finetune_lr: fine-tuning learning rate.
-        distill: distil from the original model while fine-tuning.
-        device: "auto", "cpu" or "cuda".
-        seed: seeds everything, for a reproducible run.
-        out: save the model, report.json, report.md and plots here.
-        work_dir: per-stage checkpoints (default: ``<out>/work``, or a temporary folder).
-        resume: reuse the finished stages found in ``work_dir``.
-        metrics: metric names to report (default: every default metric).
-        adapter: how to run the model (default: from plugins, else a classifier).
-        timing: latency settings.
-        progress: progress bars for fine-tuning.
-        model_spec, model_kwargs: how to rebuild the original architecture on load (the CLI
-            fills these; without them, ``sconce.load`` needs ``model=``).
+            They override the recipe file's.
+        **options: see :class:`sconce.options.CompressOptions` (``finetune_epochs``,
+            ``finetune_lr``, ``distill``, ``device``, ``seed``, ``out``, ``work_dir``,
+            ``resume``, ``metrics``, ``adapter``, ``timing``, ``progress``); they override the
+            recipe file's ``[options]``. An unknown option is a one-line ConfigError.
 
     Returns:
         A :class:`CompressionResult`.
+
+    Example:
+        >>> sconce.compress(model, "digits", "recipe.toml", finetune_epochs=0)  # doctest: +SKIP
+        CompressionResult(model=..., report=..., ...)
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    if finetune_epochs < 0:
-        raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs!r}")
-    resolved_data = Data.from_value(data)
-    constraints = Constraints.from_value(constraints)
-    given_adapter = adapter
-    adapter = get_adapter(model, given_adapter)
-    resolved = Recipe.from_value(recipe)
+    resolved, file_constraints, file_options = read_recipe(recipe)
+    opts = CompressOptions.from_dict({**file_options, **options})
+    resolved_data = get_data(data)
+    limits = Constraints.from_value(constraints) if constraints is not None else file_constraints
+    adapter = get_adapter(model, opts.adapter)  # before the recipe: it may suggest one
     nothing_installed = False
     if not resolved.stages:
         resolved = default_recipe(adapter.recipe_groups)
         nothing_installed = not resolved.stages
     planned = plan(resolved)
 
-    seed_everything(seed)
-    device = resolve_device(device)
-    try:
-        working = copy.deepcopy(model).to(device)
-    except Exception as exc:
-        raise ModelError(f"the model cannot be copied ({exc}); compress needs a deep-copyable "
-                         "module so that yours is never modified") from None
+    seed_everything(opts.seed)
+    device = resolve_device(opts.device)
+    working = _copy_of(model, device)
     check_model_runs(working, resolved_data, adapter, device)
     if nothing_installed:
         logger.warning("no compression technique is installed; the report shows the "
                        "original model only (pip install sconce-prune sconce-quant)")
 
-    if work_dir is None:
-        work_dir = (Path(out) / "work" if out is not None
-                    else Path(tempfile.mkdtemp(prefix="sconce-")))
-    work_dir = Path(work_dir)
-    ctx = Context(
-        data=resolved_data, adapter=adapter, device=device, seed=seed, work_dir=work_dir,
-        finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, constraints=constraints,
-        timing=timing or TimingSettings(), progress=progress,
+    out = Path(opts.out) if opts.out is not None else None
+    work_dir = Path(opts.work_dir if opts.work_dir is not None else (
+        out / "work" if out is not None else tempfile.mkdtemp(prefix="sconce-")))
+    ctx = context(
+        resolved_data, adapter=adapter, device=device, seed=opts.seed, work_dir=work_dir,
+        finetune_epochs=opts.finetune_epochs, finetune_lr=opts.finetune_lr,
+        constraints=limits, timing=opts.timing or TimingSettings(), progress=opts.progress,
+        teacher_loader=(lambda: _frozen_copy(model, device)) if opts.distill else None,
     )
-    metric_objects = resolve_metrics(metrics, have_data=True)
+    metric_objects = resolve_metrics(opts.metrics, have_data=True)
     hook = plugin_manager().hook
-    settings = {"seed": seed, "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
-                "distill": distill, "data": resolved_data.name, "device": device.type}
+    settings = {"seed": opts.seed, "finetune_epochs": opts.finetune_epochs,
+                "finetune_lr": opts.finetune_lr, "distill": opts.distill,
+                "data": resolved_data.name, "device": device.type}
     fingerprints = _fingerprint(working, planned, settings)
 
     baseline = measure_with_context(working, ctx, metric_objects)
@@ -314,76 +325,94 @@ def compress(
                             notes={**ctx.stage.notes, **baseline.notes})],
         run={"data": resolved_data.name or "custom", "device": device.type,
              "threads": ctx.timing.threads, "throughput_batch": ctx.timing.batch_size,
-             "seed": seed, "finetune_epochs": finetune_epochs, "torch": torch.__version__},
+             "seed": opts.seed, "finetune_epochs": opts.finetune_epochs,
+             "torch": torch.__version__},
     )
     hook.sconce_stage_finished(stage=report.stages[0], model=working, metrics=baseline.values)
-    teacher = copy.deepcopy(working).eval() if distill else None
-    ctx.teacher = teacher
-    architecture = Architecture(spec=model_spec, kwargs=dict(model_kwargs or {}))
-    original = copy.deepcopy(working) if resume else None
+    architecture = Architecture()
     artifacts: list[Path] = []
     current = working
+    del working  # the stages below hand this one copy on; nothing else may keep it alive
 
     for index, stage in enumerate(planned, start=1):
         folder = _stage_dir(work_dir, index, stage.technique.name)
         title = stage_title(stage.technique.kind, [s.title for s in report.stages])
-        if resume and _finished(folder, fingerprints[index - 1]):
-            current, result, record = _restore_stage(folder, original, architecture, device)
-            ctx.adapter = get_adapter(current, given_adapter)
+        if opts.resume and _finished(folder, fingerprints[index - 1]):
+            del current  # the stage's checkpoint replaces it
+            current, result, record = _restore_stage(folder, lambda: _copy_of(model, device),
+                                                     device)
+            ctx.adapter = get_adapter(current, opts.adapter)
             result.title = title
             logger.info("resumed: stage %d (%s) reused from %s", index, stage.label, folder)
         else:
             current, result, record = _run_stage(current, stage, ctx, title, metric_objects,
-                                                 teacher, given_adapter)
-            architecture_so_far = Architecture(architecture.spec, architecture.kwargs,
-                                               [*architecture.stages, record])
+                                                 opts.adapter)
+            architecture_so_far = Architecture(stages=[*architecture.stages, record])
             if distributed.is_main_process():
                 _checkpoint(folder, current, result, architecture_so_far, fingerprints[index - 1])
+        ctx.release_teacher()
         architecture.stages.append(record)
         artifacts += [Path(a) for a in result.artifacts]
         result.artifacts = [f"artifacts/{Path(a).name}" for a in result.artifacts]
         report.stages.append(result)
         hook.sconce_stage_finished(stage=result, model=current, metrics=result.values)
 
-    if constraints is not None and not constraints.is_empty():
-        broken = check_constraints(constraints, report.stages[0].values, report.stages[-1].values)
-        report.run["constraints"] = constraints.to_dict()
+    if limits is not None and not limits.is_empty():
+        broken = check_constraints(limits, report.stages[0].values, report.stages[-1].values)
+        report.run["constraints"] = limits.to_dict()
         report.stages[-1].notes["constraints"] = "; ".join(broken) if broken else "all met"
     report.drop_inapplicable_metrics()
     current.eval()
-    result = CompressionResult(model=current, report=report, architecture=architecture,
-                               work_dir=work_dir, example_inputs=ctx.example_inputs(1),
-                               artifacts=artifacts)
+    compressed = CompressionResult(model=current, report=report, architecture=architecture,
+                                   work_dir=work_dir, example_inputs=ctx.example_inputs(1),
+                                   artifacts=artifacts)
     if out is not None and distributed.is_main_process():
-        result.save(out)
-    return result
+        compressed.save(out)
+    return compressed
+
+
+def _copy_of(model: nn.Module, device: torch.device) -> nn.Module:
+    """The pipeline's own copy of the caller's model, on ``device``."""
+    try:
+        return copy.deepcopy(model).to(device)
+    except Exception as exc:
+        raise ModelError(f"the model cannot be copied ({exc}); compress needs a deep-copyable "
+                         "module so that yours is never modified") from None
+
+
+def _frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """The teacher: a copy of the caller's (unmodified) model, in eval mode, without grads."""
+    teacher = _copy_of(model, device).eval()
+    teacher.requires_grad_(False)
+    return teacher
 
 
 def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str,
-               metrics: Sequence[Metric], teacher: nn.Module | None,
-               given_adapter: ModelAdapter | None = None,
+               metrics: Sequence[Metric], given_adapter: ModelAdapter | None = None,
                ) -> tuple[nn.Module, StageResult, StageRecord]:
     ctx.stage = StageNotes()
     technique, config = stage.technique, stage.config
     logger.info("stage %s: applying %s %s", title, technique.name, config.to_dict())
     started = time.perf_counter()
-    compressed = technique.apply(copy.deepcopy(current), config, ctx)
+    before = structure_of(current)
+    compressed = technique.apply(current, config, ctx)
     if not isinstance(compressed, nn.Module):
         raise TechniqueError(f"technique {technique.name!r} returned "
                              f"{type(compressed).__name__} instead of an nn.Module")
     # a stage may change how the model runs (an ANN converted into a spiking network)
     ctx.adapter = get_adapter(compressed, given_adapter)
-    wants_finetune = getattr(technique, "finetune_after", technique.kind in FINETUNED_KINDS)
-    if wants_finetune and not ctx.stage.finetuned and ctx.finetune_epochs > 0 \
-            and ctx.data is not None and ctx.data.train is not None:
+    check_restorable(technique, before, structure_of(compressed))
+    if technique.kind in FINETUNED_KINDS and not ctx.stage.finetuned \
+            and ctx.finetune_epochs > 0 and ctx.data is not None and ctx.data.train is not None:
         keeper = KeepZeros.of(compressed)
-        ctx.finetune(compressed, teacher=teacher, callbacks=[keeper] if keeper else [])
+        ctx.finetune(compressed, teacher=ctx.teacher, callbacks=[keeper] if keeper else [])
     seconds = time.perf_counter() - started
     measured = measure_with_context(compressed, ctx, metrics)
     notes = {**ctx.stage.notes, **{f"{k} not measured": v for k, v in measured.notes.items()}}
     if ctx.stage.finetuned:
         notes.setdefault("fine-tuned", f"{ctx.finetune_epochs:g} epoch(s)"
-                         + (", distilled from the original" if teacher is not None else ""))
+                         + (", distilled from the original" if ctx.teacher_loader is not None
+                            else ""))
     result = StageResult(title, technique=technique.name, kind=technique.kind,
                          config=config.to_dict(), values=measured.values, notes=notes,
                          seconds=round(seconds, 3),
@@ -416,13 +445,12 @@ def _finished(folder: Path, fingerprint: str) -> bool:
         return False
 
 
-def _restore_stage(folder: Path, original: nn.Module | None, architecture: Architecture,
-                   device: torch.device) -> tuple[nn.Module, StageResult, StageRecord]:
-    assert original is not None
+def _restore_stage(folder: Path, original: Callable[[], nn.Module], device: torch.device
+                   ) -> tuple[nn.Module, StageResult, StageRecord]:
     saved = json.loads((folder / "stage.json").read_text("utf-8"))
     description = json.loads((folder / "model.json").read_text("utf-8"))
     stages = Architecture.from_dict(description).stages
-    model = rebuild(copy.deepcopy(original), stages)
+    model = rebuild(original(), stages, registry().techniques)
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
     result = StageResult.from_dict(saved["result"])
     return model.to(device).eval(), result, stages[-1]

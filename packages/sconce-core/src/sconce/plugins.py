@@ -31,6 +31,8 @@ import pluggy
 
 from sconce import hookspecs
 from sconce.errors import PluginError, UnknownNameError
+from sconce.layers import ChannelwiseLayer
+from sconce.technique import validate_technique
 
 logger = logging.getLogger(__name__)
 
@@ -303,13 +305,20 @@ def registry() -> Registry:
 
 def _run_registration(reg: Registry, kind: str, impl: pluggy.HookImpl) -> None:
     plugin = impl.plugin_name
-    if kind in ("techniques", "metrics"):
+    register: Callable[..., None]
+    if kind == "techniques":
+        def register(item: Any) -> None:
+            try:
+                validate_technique(item)
+            except PluginError as exc:  # refuse this technique, keep the plugin's others
+                logger.warning("sconce plugin %r: %s; the technique is skipped", plugin, exc)
+                return
+            reg.add(kind, item.name, item, plugin)
+    elif kind == "metrics":
         def register(item: Any) -> None:
             reg.add(kind, getattr(item, "name", ""), item, plugin)
     elif kind == "layer_rules":
-        def register(module_type: Any, rule: Any) -> None:  # type: ignore[misc]
-            from sconce.layers import ChannelwiseLayer
-
+        def register(module_type: Any, rule: Any) -> None:
             if not isinstance(module_type, type):
                 raise PluginError(f"plugin {plugin!r} described a layer rule for "
                                   f"{module_type!r}, which is not a class")
@@ -318,7 +327,7 @@ def _run_registration(reg: Registry, kind: str, impl: pluggy.HookImpl) -> None:
                                   f"{type(rule).__name__}; use sconce.ChannelwiseLayer")
             reg.add(kind, module_type, rule, plugin)
     else:
-        def register(name: str, factory: Callable[..., Any]) -> None:  # type: ignore[misc]
+        def register(name: str, factory: Callable[..., Any]) -> None:
             if not callable(factory):
                 raise PluginError(f"plugin {plugin!r} registered {kind[:-1]} {name!r} "
                                   "with a factory that is not callable")

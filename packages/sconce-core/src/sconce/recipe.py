@@ -15,6 +15,15 @@ A recipe file::
     [options]
     finetune_epochs = 2
 
+:func:`sconce.compress` takes either form: ``recipe="recipe.toml"`` (a path: a ``str``
+ending in ``.toml`` or a :class:`pathlib.Path`) reads the file, its constraints and options
+(:func:`read_recipe`).
+
+Targets use one convention everywhere, in constraints and in technique configs alike
+(:class:`Target`): ``"4x"`` is a reduction against the original model (4x smaller, faster,
+fewer MACs); a number, optionally with its unit (``"3ms"``, ``"2.5MiB"``, ``"300M"``), is an
+absolute value in the metric's unit.
+
 Example:
     >>> recipe = Recipe.from_value(["prune.gmp", ("quant.int8", {"bits": 8})])
     >>> [stage.technique for stage in recipe.stages]
@@ -92,7 +101,8 @@ class Recipe:
             elif isinstance(item, str):
                 stages.append(Stage(item))
             elif isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str):
-                stages.append(Stage(item[0], item[1]))
+                config: Any = item[1]
+                stages.append(Stage(item[0], config))
             else:
                 raise ConfigError(
                     f"recipe stage {item!r} is not a technique name or a (name, config) pair"
@@ -135,6 +145,23 @@ class Recipe:
         constraints_table = document.get("constraints")
         constraints = Constraints.from_value(constraints_table) if constraints_table else None
         return cls(tuple(stages)), constraints, dict(document.get("options", {}))
+
+
+def read_recipe(value: Recipe | str | Path | Stage | Iterable[Any] | None
+                ) -> tuple[Recipe, Constraints | None, dict[str, Any]]:
+    """A recipe with the constraints and options that came with it.
+
+    A :class:`pathlib.Path`, or a ``str`` ending in ``.toml``, is a recipe file
+    (:meth:`Recipe.from_toml`); anything else is a recipe in Python (:meth:`Recipe.from_value`),
+    with no constraints or options of its own.
+
+    Example:
+        >>> read_recipe("prune.gmp")[0].stages[0].technique
+        'prune.gmp'
+    """
+    if isinstance(value, Path) or (isinstance(value, str) and value.lower().endswith(".toml")):
+        return Recipe.from_toml(value)
+    return Recipe.from_value(value), None, {}
 
 
 _RATIO = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$", re.IGNORECASE)

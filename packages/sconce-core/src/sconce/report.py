@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sconce.storage import atomic_write_bytes
+from sconce.plotting import COLOURS, new_figure, save_png
 
 KIND_TITLES = {"prune": "Pruned", "quantize": "Quantized", "sparsify": "Sparsified",
                "search": "Searched", "convert": "Converted"}
@@ -209,26 +209,24 @@ class Report:
         )
 
     def plot(self, path: str | Path) -> Path:
-        """Write a PNG with one bar chart per metric, stages side by side."""
-        import matplotlib
+        """Write a PNG with one bar chart per metric, stages side by side.
 
-        matplotlib.use("Agg", force=False)
-        import io
-
-        import matplotlib.pyplot as plt
-
+        Example:
+            >>> report.plot("report.png")  # doctest: +SKIP
+            PosixPath('report.png')
+        """
         shown = [m for m in self.metrics if any(s.values.get(m.name) is not None
                                                 for s in self.stages)]
         columns = min(3, max(1, len(shown)))
         rows = max(1, math.ceil(len(shown) / columns))
-        figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows),
-                                    squeeze=False)
+        figure = new_figure(4.2 * columns, 3.2 * rows)
+        axes = figure.subplots(rows, columns, squeeze=False)
         titles = [s.title for s in self.stages]
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        colours = [COLOURS[i % len(COLOURS)] for i in range(len(titles))]
         for axis, info in zip(axes.flat, shown, strict=False):
             values = [s.values.get(info.name) for s in self.stages]
             heights = [0.0 if v is None else v / info.display_scale for v in values]
-            bars = axis.bar(titles, heights, color=colours[: len(titles)])
+            bars = axis.bar(titles, heights, color=colours)
             for bar, value in zip(bars, values, strict=True):
                 axis.annotate(info.format(value), (bar.get_x() + bar.get_width() / 2,
                               bar.get_height()), ha="center", va="bottom", fontsize=8)
@@ -236,13 +234,7 @@ class Report:
             axis.tick_params(axis="x", labelsize=8)
         for axis in list(axes.flat)[len(shown):]:
             axis.set_visible(False)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=110)
-        plt.close(figure)
-        path = Path(path)
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        return save_png(figure, path)
 
 
 def _short(value: Any, limit: int = 160) -> str:

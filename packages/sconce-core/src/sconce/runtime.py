@@ -45,3 +45,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def model_device(model: torch.nn.Module, default: torch.device) -> torch.device:
+    """The device of the model's first tensor, or ``default`` for a model with none.
+
+    Example:
+        >>> model_device(torch.nn.ReLU(), torch.device("cpu"))
+        device(type='cpu')
+    """
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
+    return default

@@ -2,27 +2,31 @@
 
 A saved folder holds ``model.pt`` (the state dict, loaded with ``weights_only=True``) and
 ``model.json`` (how to rebuild the architecture: the model spec and, for each stage that
-changed structure, the technique's restore record). :func:`load` rebuilds the architecture
-from the spec (or from a fresh instance the caller passes), replays each technique's
-``restore``, then loads the weights. When neither is possible, a ``model.pt2`` written with
-``torch.export`` at save time is loaded instead.
+changed structure, the technique's restore record). :func:`load_saved` rebuilds the
+architecture from a fresh instance the caller passes (or from the spec), replays each
+technique's ``restore``, then loads the weights. When neither an instance nor a spec is
+known, the folder's ``model.pt2`` (the model exported at save time, see
+:mod:`sconce.exported`) is loaded instead: a module with a dynamic batch dimension whose
+``.eval()`` / ``.train()`` / ``.to()`` work.
+
+This module knows no registry: the caller passes the installed techniques and the registered
+model factories (:func:`sconce.load` does).
 
 Example:
     >>> import tempfile, torch
     >>> from torch import nn
     >>> folder = tempfile.mkdtemp()
     >>> save_model(nn.Linear(2, 2), folder, architecture=Architecture(spec=None))
-    >>> isinstance(load(folder, model=nn.Linear(2, 2)), nn.Linear)
+    >>> isinstance(load_saved(folder, nn.Linear(2, 2), techniques={}, models={}), nn.Linear)
     True
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import json
 import logging
-import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,18 +34,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from sconce.errors import ModelError, UnknownNameError
-from sconce.storage import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from sconce.errors import ModelError
+from sconce.exported import export_program, load_program
+from sconce.modelspec import build_model
+from sconce.storage import atomic_save, atomic_torch_save, atomic_write_json
+from sconce.technique import make_config
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "sconce-model"
 FORMAT_VERSION = 1
+PROGRAM_NAME = "model.pt2"
 
 
 @dataclass
 class StageRecord:
-    """A stage as needed to rebuild its structure: technique, config, restore record."""
+    """A stage as needed to rebuild its structure: technique, config, restore record.
+
+    Example:
+        >>> StageRecord("prune.channel", {"sparsity": 0.5}, {"widths": {}}).technique
+        'prune.channel'
+    """
 
     technique: str
     config: dict[str, Any] = field(default_factory=dict)
@@ -50,18 +63,35 @@ class StageRecord:
 
 @dataclass
 class Architecture:
-    """How to rebuild a model: a spec for the original, then each stage's restore."""
+    """How to rebuild a model: a spec for the original, then each stage's restore.
+
+    Attributes:
+        spec: a registered model name or ``pkg.module:factory`` that builds the original
+            architecture (None when the model was handed over as an object).
+        kwargs: the keyword arguments the spec was built with.
+        stages: one record per stage, in order.
+
+    Example:
+        >>> Architecture.from_dict(Architecture("vgg", {"num_classes": 10}).to_dict()).spec
+        'vgg'
+    """
 
     spec: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     stages: list[StageRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-able form written to ``model.json``."""
         return {"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Architecture:
-        if data.get("format") != FORMAT:
+    def from_dict(cls, data: Mapping[str, Any]) -> Architecture:
+        """Read ``model.json``'s content back.
+
+        Raises:
+            ModelError: the data is not a sconce model description.
+        """
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             raise ModelError("model.json is not a sconce model description")
         return cls(spec=data.get("spec"), kwargs=dict(data.get("kwargs", {})),
                    stages=[StageRecord(**s) for s in data.get("stages", [])])
@@ -69,29 +99,26 @@ class Architecture:
 
 def save_model(model: nn.Module, folder: str | Path, *, architecture: Architecture,
                example_inputs: Any = None) -> None:
-    """Write ``model.pt`` and ``model.json`` (and ``model.pt2`` when no spec is known).
+    """Write ``model.pt`` and ``model.json`` (and ``model.pt2`` when no spec is known and
+    ``example_inputs`` are given), each atomically.
 
-    Each file is written atomically.
+    Example:
+        >>> save_model(model, "out/", architecture=Architecture())  # doctest: +SKIP
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(folder / "model.pt", model.state_dict())
     atomic_write_json(folder / "model.json", architecture.to_dict())
     if architecture.spec is None and example_inputs is not None:
-        _export_program(model, folder / "model.pt2", example_inputs)
+        _save_program(model, folder / PROGRAM_NAME, example_inputs)
 
 
-def _export_program(model: nn.Module, path: Path, example_inputs: Any) -> None:
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+def _save_program(model: nn.Module, path: Path, example_inputs: Any) -> None:
     was_training = model.training
     try:
         model.eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's internal chatter is not for users
-            program = torch.export.export(model, args)
-        buffer = io.BytesIO()
-        torch.export.save(program, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        program = export_program(model, example_inputs)
+        atomic_save(path, lambda handle: torch.export.save(program, handle))
     except Exception as exc:  # export is a convenience; the architecture record is the format
         logger.info("torch.export could not export the model (%s); load it with "
                     "sconce.load(folder, model=<a fresh instance of its class>)", exc)
@@ -99,21 +126,31 @@ def _export_program(model: nn.Module, path: Path, example_inputs: Any) -> None:
         model.train(was_training)
 
 
-def rebuild(base: nn.Module, stages: list[StageRecord]) -> nn.Module:
-    """Replay each stage's ``restore`` on ``base`` (a fresh original-architecture model)."""
-    from sconce.plugins import registry
-    from sconce.technique import make_config
+def rebuild(base: nn.Module, stages: list[StageRecord], techniques: Mapping[str, Any]
+            ) -> nn.Module:
+    """Replay each stage's ``restore`` on ``base`` (a fresh original-architecture model).
 
+    Args:
+        base: changed in place (and returned, or what ``restore`` returns).
+        stages: the records of the stages, in order.
+        techniques: installed techniques by name.
+
+    Raises:
+        ModelError: a technique is not installed, or its ``restore`` fails on ``base``.
+
+    Example:
+        >>> rebuild(nn.Linear(2, 2), [], {}).out_features
+        2
+    """
     model = base
     for stage in stages:
-        try:
-            technique = registry().lookup("techniques", stage.technique)
-        except UnknownNameError as exc:
+        technique = techniques.get(stage.technique)
+        if technique is None:
             raise ModelError(
                 f"this model was compressed with {stage.technique!r}, which is not installed; "
-                f"install the plugin that provides it ({exc})"
-            ) from None
-        restore = getattr(technique, "restore", None)
+                "install the plugin that provides it (see `sconce techniques`)"
+            )
+        restore: Callable[..., nn.Module] | None = getattr(technique, "restore", None)
         if restore is None:
             continue
         config = make_config(technique, stage.config)
@@ -128,41 +165,56 @@ def rebuild(base: nn.Module, stages: list[StageRecord]) -> nn.Module:
     return model
 
 
-def load(folder: str | Path, model: nn.Module | None = None, *, map_location: str = "cpu"
-         ) -> nn.Module:
-    """Load a model saved by sconce, in eval mode.
+def read_architecture(folder: str | Path) -> Architecture:
+    """The architecture record of a saved folder.
+
+    Raises:
+        ModelError: the folder has no ``model.json``, or it is damaged.
+
+    Example:
+        >>> read_architecture("out/").stages  # doctest: +SKIP
+        [StageRecord(technique='prune.channel', ...)]
+    """
+    description = Path(folder) / "model.json"
+    if not description.is_file():
+        raise ModelError(f"{str(folder)!r} has no model.json; is it a folder sconce saved?")
+    try:
+        return Architecture.from_dict(json.loads(description.read_text("utf-8")))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ModelError(f"{str(description)!r} is damaged: {exc}") from None
+
+
+def load_saved(folder: str | Path, model: nn.Module | None = None, *,
+               techniques: Mapping[str, Any], models: Mapping[str, Callable[..., nn.Module]],
+               map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a model saved by sconce, in eval mode (see the module docstring for the order).
 
     Args:
         folder: the folder ``result.save()`` or ``sconce compress`` wrote.
-        model: a fresh instance of the original architecture, when the folder has no spec
-            (models handed to the Python API as objects). It is copied, never modified.
+        model: a fresh instance of the original architecture; copied, never modified.
+        techniques: installed techniques by name (for their ``restore``).
+        models: registered model factories (for a spec that names one).
         map_location: device for the weights.
 
     Raises:
         ModelError: the folder is not a sconce model, or the architecture cannot be rebuilt.
     """
     folder = Path(folder)
-    description = folder / "model.json"
-    if not description.is_file():
-        raise ModelError(f"{str(folder)!r} has no model.json; is it a folder sconce saved?")
-    try:
-        architecture = Architecture.from_dict(json.loads(description.read_text("utf-8")))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ModelError(f"{str(description)!r} is damaged: {exc}") from None
+    architecture = read_architecture(folder)
     if model is not None:
         base = copy.deepcopy(model)
+    elif architecture.spec is not None and (Path(architecture.spec) / "model.json").is_file():
+        base = load_saved(architecture.spec, techniques=techniques, models=models)
     elif architecture.spec is not None:
-        from sconce.modelspec import build_model
-
-        base = build_model(architecture.spec, **architecture.kwargs)
-    elif (folder / "model.pt2").is_file():
-        return torch.export.load(folder / "model.pt2").module()
+        base = build_model(architecture.spec, models, **architecture.kwargs)
+    elif (folder / PROGRAM_NAME).is_file():
+        return load_program(folder / PROGRAM_NAME).to(map_location)
     else:
         raise ModelError(
             f"{str(folder)!r} does not say how to build the architecture; "
             "call sconce.load(folder, model=<a fresh instance of the original model>)"
         )
-    rebuilt = rebuild(base, architecture.stages)
+    rebuilt = rebuild(base, architecture.stages, techniques)
     state = torch.load(folder / "model.pt", map_location=map_location, weights_only=True)
     try:
         rebuilt.load_state_dict(state)

@@ -24,7 +24,15 @@ from typing import IO, Any
 import torch
 
 
-def _atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_save(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.bin"; atomic_save(p, lambda f: f.write(b"x"))
+        >>> p.read_bytes()
+        b'x'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -41,7 +49,7 @@ def _atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    _atomic(path, lambda handle: handle.write(data))
+    atomic_save(path, lambda handle: handle.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -63,7 +71,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save(obj)`` to ``path`` atomically."""
-    _atomic(path, lambda handle: torch.save(obj, handle))
+    atomic_save(path, lambda handle: torch.save(obj, handle))
 
 
 def replace_dir(staging: Path, final: Path) -> None:

@@ -1,7 +1,9 @@
 """One loop for training and fine-tuning, optionally distilling from a teacher.
 
-Techniques hook into it through callbacks (for example to keep pruned weights at zero after
-every optimizer step). Under ``torchrun`` it trains with DistributedDataParallel.
+:func:`fit` is the loop; :func:`sconce.train` (public) resolves dataset names and the model's
+adapter through the plugins and calls it, and ``ctx.finetune`` calls it with the run's
+settings. Techniques hook into it through callbacks (for example to keep pruned weights at
+zero after every optimizer step). Under ``torchrun`` it trains with DistributedDataParallel.
 
 Example:
     >>> import torch
@@ -9,7 +11,7 @@ Example:
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> ds = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
     >>> model = nn.Linear(4, 2)
-    >>> result = train(model, {"train": DataLoader(ds, batch_size=16)}, epochs=1, progress=False)
+    >>> result = fit(model, {"train": DataLoader(ds, batch_size=16)}, epochs=1, progress=False)
     >>> result.steps
     4
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 from sconce import distributed
-from sconce.adapter import ModelAdapter, get_adapter
+from sconce.adapter import ClassifierAdapter, ModelAdapter
 from sconce.config import check_positive
 from sconce.data import Data
 from sconce.errors import ConfigError, DataError
@@ -98,7 +101,8 @@ class TrainResult:
 
 def default_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW over trainable parameters, no weight decay on biases and norm weights."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.dim() <= 1 else decay).append(param)
@@ -120,9 +124,9 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train(
+def fit(
     model: nn.Module,
-    data: Data | dict[str, Any] | str | DataLoader,
+    data: Data | Mapping[str, Any] | DataLoader[Any],
     epochs: float = 1,
     *,
     lr: float = 1e-3,
@@ -146,7 +150,7 @@ def train(
 
     Args:
         model: trained in place (and moved to ``device``).
-        data: a :class:`sconce.Data`, a dict of loaders, a dataset name, or a train loader.
+        data: a :class:`sconce.Data`, a dict of loaders, or a train loader.
         epochs: passes over the training set; a fraction trains on that share of one epoch.
         lr, weight_decay: for the default optimizer (AdamW, cosine schedule per step).
         optimizer, scheduler: your own instead; a scheduler you pass steps once per epoch.
@@ -160,7 +164,8 @@ def train(
         progress: show a progress bar (rank 0 only).
         checkpoint_dir: save model/optimizer state there after every epoch (atomically).
         resume: continue from the checkpoint in ``checkpoint_dir`` when there is one.
-        adapter: how to run the model (default: from plugins, else a classifier).
+        adapter: how to run the model (default: a classifier; :func:`sconce.train` asks
+            the plugins first).
         max_grad_norm: clip gradients to this norm.
 
     Returns:
@@ -170,9 +175,7 @@ def train(
     check_positive("lr", lr)
     if not 0.0 <= distill_weight <= 1.0:
         raise ConfigError(f"distill_weight must be in [0, 1], got {distill_weight!r}")
-    if isinstance(data, DataLoader):
-        data = Data(train=data)
-    data = Data.from_value(data)
+    data = Data(train=data) if isinstance(data, DataLoader) else Data.from_value(data)
     if data.train is None:
         raise DataError("training needs a 'train' loader")
     if seed is not None:
@@ -182,7 +185,7 @@ def train(
     if use_ddp:
         device = distributed.local_device(device)
         distributed.ensure_process_group(device)
-    adapter = get_adapter(model, adapter)
+    adapter = adapter if adapter is not None else ClassifierAdapter()
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
@@ -220,8 +223,8 @@ def train(
     show = progress and distributed.is_main_process()
     for epoch in range(start_epoch, epoch_count):
         state.epoch = epoch
-        if use_ddp:
-            loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
         model.train()
         loss_sum, seen = 0.0, 0
         steps_this_epoch = min(batches_per_epoch, total_steps - state.step)

@@ -15,19 +15,10 @@ from sconce_prune.config import GMPConfig, MagnitudeConfig, NMConfig
 from sconce_prune.gmp import GradualMagnitudePruning
 from sconce_prune.magnitude import MagnitudePruning
 from sconce_prune.nm import NMPruning
-from sconce_prune.sensitivity import (
-    Allocation,
-    Sensitivity,
-    allocate,
-    choose_ratios,
-    plot_sensitivity,
-    scan_sensitivity,
-)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Allocation", "GMPConfig", "GradualMagnitudePruning", "MagnitudeConfig", "MagnitudePruning",
-    "NMConfig", "NMPruning", "Sensitivity", "__version__", "allocate", "choose_ratios",
-    "plot_sensitivity", "scan_sensitivity",
+    "GMPConfig", "GradualMagnitudePruning", "MagnitudeConfig", "MagnitudePruning", "NMConfig",
+    "NMPruning", "__version__",
 ]

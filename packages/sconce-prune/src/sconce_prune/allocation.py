@@ -1,6 +1,6 @@
 """How a magnitude technique shares its sparsity among layers: uniform, global or automatic.
 
-Automatic ratios come from :mod:`sconce_prune.sensitivity`: each layer is pruned alone at
+Automatic ratios come from the core's :mod:`sconce.sensitivity`: each layer is pruned alone at
 several ratios on a validation subset, ratios are allocated to meet the target at the
 least predicted loss, and the allocation is accepted only after it is checked with all
 layers pruned together against uniform ratios and global magnitude ranking.
@@ -26,13 +26,9 @@ from torch import nn
 
 from sconce.errors import DataError
 from sconce.evaluation import EvalResult
+from sconce.plotting import save_png
+from sconce.sensitivity import Allocation, choose_ratios, plot_sensitivity, scan_sensitivity
 from sconce_prune.masks import global_counts, magnitude_mask, round_counts
-from sconce_prune.sensitivity import (
-    Allocation,
-    choose_ratios,
-    plot_sensitivity,
-    scan_sensitivity,
-)
 from sconce_prune.targets import Target
 
 if TYPE_CHECKING:
@@ -74,7 +70,7 @@ class Plan:
 
 
 class MagnitudeEvaluator:
-    """A :data:`sconce_prune.sensitivity.Evaluator` for unstructured magnitude pruning.
+    """A :data:`sconce.sensitivity.Evaluator` for unstructured magnitude pruning.
 
     Prunes the named targets in place, evaluates on the validation split (the first
     ``samples`` samples, the same every call), and puts the weights back.
@@ -105,8 +101,8 @@ class MagnitudeEvaluator:
             return self.ctx.evaluate(self.model, split="val", max_samples=self.samples)
         finally:
             with torch.no_grad():
-                for name, weight in saved.items():
-                    self.targets[name].weight.copy_(weight)
+                for name, original in saved.items():
+                    self.targets[name].weight.copy_(original)
 
 
 def plan_allocation(model: nn.Module, targets: Sequence[Target], config: MagnitudeConfig,
@@ -146,8 +142,11 @@ def plan_allocation(model: nn.Module, targets: Sequence[Target], config: Magnitu
         sparsity=None if budget is not None else config.sparsity,
         max_accuracy_drop=budget, max_sparsity=config.max_sparsity,
         candidates={"global": global_ratios})
-    plot_sensitivity(sensitivity, ctx.artifact_path(f"{label}-sensitivity.png"), allocation,
-                     title=f"{label}: layer sensitivity")
+    title = (f"{label}: layer sensitivity - chosen: {allocation.method}, "
+             f"{allocation.sparsity:.0%} overall, {allocation.accuracy:.1f}% together before "
+             "fine-tuning (circles)")
+    save_png(plot_sensitivity(sensitivity, chosen=allocation.ratios, title=title),
+             ctx.artifact_path(f"{label}-sensitivity.png"))
     checked = ", ".join(f"{name} {c['accuracy']:.2f}%"
                         for name, c in allocation.candidates.items())
     ctx.note("allocation", f"auto: {allocation.method} ratios accepted (validation accuracy, "

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sconce.config import PruneConfig, check_choice, check_positive, check_range
+from sconce.config import Config, PruneConfig, check_choice, check_positive, check_range
 from sconce.errors import ConfigError
-from sconce_prune.sensitivity import DEFAULT_RATIOS, check_ratios
+from sconce.sensitivity import DEFAULT_RATIOS, check_ratios
 
 ALLOCATIONS: tuple[str, ...] = ("auto", "uniform", "global")
 """How sparsity is shared among layers: ``auto`` (sensitivity analysis, then ranking within
@@ -126,8 +126,10 @@ class GMPConfig(MagnitudeConfig):
 
 
 @dataclass
-class NMConfig(PruneConfig):
+class NMConfig(Config):
     """N:M semi-structured sparsity: ``n`` of every ``m`` consecutive input weights kept.
+
+    Like every ``prune.*`` config it has ``sparsity``, but optional: ``n`` and ``m`` set it.
 
     Attributes:
         sparsity: set by ``n`` and ``m`` (``1 - n/m``); leave it out, or give that value.
@@ -139,7 +141,7 @@ class NMConfig(PruneConfig):
         lr: fine-tuning learning rate; None uses the run's.
     """
 
-    sparsity: float | None = None  # type: ignore[assignment]
+    sparsity: float | None = None
     n: int = 2
     m: int = 4
     skip_layers: tuple[str, ...] | None = None
@@ -161,6 +163,7 @@ class NMConfig(PruneConfig):
     def validate(self) -> None:
         super().validate()
         expected = 1.0 - self.n / self.m
+        check_range("sparsity", float(self.sparsity or 0.0), 0.0, 1.0, high_inclusive=False)
         if abs(float(self.sparsity or 0.0) - expected) > 1e-9:
             raise ConfigError(f"sparsity {self.sparsity} does not match {self.n}:{self.m} "
                               f"(which prunes {expected:g}); leave sparsity out")

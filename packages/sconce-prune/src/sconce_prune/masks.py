@@ -1,4 +1,5 @@
-"""Pruning masks: magnitude (exact counts, per layer or global), N:M, and their enforcement.
+"""Pruning masks: magnitude (exact counts, per layer or global), N:M; held during
+fine-tuning by the core's :class:`sconce.masks.KeepZeros` (:meth:`MaskSet.keeper`).
 
 Masks are plain boolean tensors held by a :class:`MaskSet`, never registered on the model:
 weights are multiplied in place, so the model stays a plain module with no hooks, buffers or
@@ -23,12 +24,12 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from sconce.errors import TechniqueError
-from sconce.train import TrainCallback, TrainState
+from sconce.masks import KeepZeros
 from sconce_prune.targets import Target
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KeepMasks", "MaskSet", "global_counts", "magnitude_mask", "nm_mask", "round_counts"]
+__all__ = ["MaskSet", "global_counts", "magnitude_mask", "nm_mask", "round_counts"]
 
 
 def magnitude_mask(weight: torch.Tensor, pruned: int) -> torch.Tensor:
@@ -189,27 +190,17 @@ class MaskSet:
         total = self.total()
         return self.zeros() / total if total else 0.0
 
+    def keeper(self) -> KeepZeros:
+        """A training callback that holds these masks (the core's :class:`sconce.masks.KeepZeros`).
+
+        Example:
+            >>> MaskSet([]).keeper().masks
+            {}
+        """
+        return KeepZeros({t.name: (t.weight, self.masks[t.name]) for t in self.targets
+                          if t.name in self.masks})
+
     def layer_sparsity(self) -> dict[str, float]:
         """Target name -> fraction of its values that are zero."""
         with torch.no_grad():
             return {t.name: float((t.weight == 0).float().mean()) for t in self.targets}
-
-
-class KeepMasks(TrainCallback):
-    """After every optimizer step, set the masked weights back to exactly zero.
-
-    Example:
-        >>> import sconce
-        >>> callback = KeepMasks(MaskSet([]))
-        >>> isinstance(callback, sconce.TrainCallback)
-        True
-    """
-
-    def __init__(self, masks: MaskSet) -> None:
-        self.masks = masks
-
-    def on_train_begin(self, state: TrainState) -> None:
-        self.masks.apply()
-
-    def on_step_end(self, state: TrainState) -> None:
-        self.masks.apply()

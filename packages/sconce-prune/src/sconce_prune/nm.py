@@ -22,7 +22,7 @@ from sconce.errors import TechniqueError
 from sconce.technique import Technique
 from sconce_prune.allocation import note_result
 from sconce_prune.config import NMConfig
-from sconce_prune.masks import KeepMasks, MaskSet, nm_mask
+from sconce_prune.masks import MaskSet, nm_mask
 from sconce_prune.targets import find_targets, select_targets
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class NMPruning(Technique):
         epochs = ctx.finetune_epochs if config.finetune_epochs is None else config.finetune_epochs
         if epochs > 0 and ctx.data is not None and ctx.data.train is not None:
             options = {"lr": config.lr} if config.lr is not None else {}
-            ctx.finetune(model, epochs=epochs, teacher=ctx.teacher, callbacks=[KeepMasks(masks)],
+            ctx.finetune(model, epochs=epochs, teacher=ctx.teacher, callbacks=[masks.keeper()],
                          **options)
             ctx.note("fine-tuned", f"{epochs:g} epoch(s) with the {config.n}:{config.m} masks "
                      "held" + (", distilled from the original" if ctx.teacher is not None else ""))

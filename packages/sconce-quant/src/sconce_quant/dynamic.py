@@ -26,7 +26,7 @@ import copy
 import logging
 import tempfile
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from torch import nn
 from sconce.config import QuantizeConfig, check_choice, check_positive
 from sconce.context import Context
 from sconce.errors import ModelError
+from sconce.evaluation import EvalResult
+from sconce.sensitivity import Sensitivity, scan_sensitivity
 from sconce.technique import Technique
 from sconce_quant.engines.base import Built, EngineError
 from sconce_quant.engines.ort import (
@@ -306,14 +308,15 @@ class DynamicInt8(Technique):
         return engines
 
     def _sensitivity(self, model: nn.Module, config: DynamicConfig, ctx: Context
-                     ) -> dict[str, float]:
-        """Validation accuracy lost when only each layer is quantized (torch engine)."""
-        base = ctx.evaluate(model, "val", config.validation_samples).accuracy
-        drops = {}
-        for name in dynamic_layers(model, config):
-            single = torch_dynamic(copy.deepcopy(model), [name], config.per_channel)
-            drops[name] = base - ctx.evaluate(single, "val", config.validation_samples).accuracy
-        return drops
+                     ) -> Sensitivity:
+        """Each layer quantized alone (torch engine) on the validation split."""
+
+        def evaluate(chosen: Mapping[str, float]) -> EvalResult:
+            quantized = torch_dynamic(copy.deepcopy(model), list(chosen),
+                                      config.per_channel) if chosen else model
+            return ctx.evaluate(quantized, "val", config.validation_samples)
+
+        return scan_sensitivity(dynamic_layers(model, config), evaluate, ratios=(1.0,))
 
     @staticmethod
     def _note(chosen: Candidate, tried: list[Candidate], built: Built, config: DynamicConfig,

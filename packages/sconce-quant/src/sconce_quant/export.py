@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from sconce.storage import atomic_write_bytes
-from sconce_quant._tree import replace_module
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes
 
 logger = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ def float_twin(model: nn.Module) -> tuple[nn.Module, bool]:
                 linear.weight.copy_(weight.dequantize())
                 if bias is not None:
                     linear.bias.copy_(bias)
-            replace_module(twin, name, linear)
+            twin.set_submodule(name, linear)
         elif isinstance(module, RNNBase):
             float_cls = nn.LSTM if module.mode == "LSTM" else nn.GRU
             rnn = float_cls(module.input_size, module.hidden_size, module.num_layers,
@@ -120,5 +119,5 @@ def float_twin(model: nn.Module) -> tuple[nn.Module, bool]:
                     for key, tensor in group.items():
                         target = getattr(rnn, key)
                         target.copy_(tensor.dequantize() if tensor.is_quantized else tensor)
-            replace_module(twin, name, rnn)
+            twin.set_submodule(name, rnn)
     return twin.eval(), per_channel

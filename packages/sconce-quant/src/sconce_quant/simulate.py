@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sconce_quant._tree import replace_module
 from sconce_quant.calibration import RangeEstimator
 from sconce_quant.engines.base import as_args
 from sconce_quant.qparams import affine_qparams, per_channel_scales
@@ -129,7 +128,7 @@ def wrap_layers(model: nn.Module, ranges: dict[str, tuple[float, float]], *, lev
     """
     modules = dict(model.named_modules())
     for name, (low, high) in ranges.items():
-        replace_module(model, name, FakeQuantLayer(modules[name], low=low, high=high,
+        model.set_submodule(name, FakeQuantLayer(modules[name], low=low, high=high,
                                                levels=levels, per_channel=per_channel))
     return model
 
@@ -145,7 +144,7 @@ def unwrap_layers(model: nn.Module) -> nn.Module:
     """
     for name, module in list(model.named_modules()):
         if isinstance(module, FakeQuantLayer):
-            replace_module(model, name, module.layer)
+            model.set_submodule(name, module.layer)
     return model
 
 

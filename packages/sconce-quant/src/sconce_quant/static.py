@@ -28,6 +28,8 @@ from torch import nn
 from sconce.config import QuantizeConfig, check_choice, check_positive, check_range
 from sconce.context import Context
 from sconce.errors import DataError, ModelError
+from sconce.plotting import save_png
+from sconce.sensitivity import plot_sensitivity
 from sconce.technique import Technique
 from sconce_quant.calibration import CALIBRATION_METHODS
 from sconce_quant.engines import ENGINES, EngineError, StaticSettings, choose_engine, get_engine
@@ -193,33 +195,15 @@ class StaticInt8(Technique):
             ctx.note("kept in float (skip)", ", ".join(config.skip))
 
     def _note_budget(self, result: BudgetResult, ctx: Context) -> None:
-        if result.kept_float:
-            sensitivity = ", ".join(f"{name} ({result.sensitivity.get(name, 0.0):+.2f} pts)"
+        if result.kept_float and result.sensitivity is not None:
+            drops = result.sensitivity.drops()
+            sensitivity = ", ".join(f"{name} ({drops.get(name, 0.0):+.2f} pts)"
                                     for name in result.kept_float)
             ctx.note("kept in float (accuracy budget)", sensitivity)
-            _plot_sensitivity(result, ctx)
+            figure = plot_sensitivity(result.sensitivity,
+                                      chosen={name: 1.0 for name in result.kept_float},
+                                      title="int8 sensitivity per layer (red: kept in float)")
+            save_png(figure, ctx.artifact_path("quant_sensitivity.png"), dpi=120)
         status = "met" if result.met else "NOT met even with every layer listed in float"
         ctx.note("accuracy budget", f"validation accuracy {result.accuracy:.2f} vs target "
                  f"{result.target:.2f}: {status}")
-
-
-def _plot_sensitivity(result: BudgetResult, ctx: Context) -> None:
-    """A bar chart of each layer's sensitivity, the kept-float ones highlighted."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    names = list(result.sensitivity)
-    values = [result.sensitivity[n] for n in names]
-    colors = ["tab:red" if n in result.kept_float else "tab:blue" for n in names]
-    figure, axis = plt.subplots(figsize=(max(4.0, 0.4 * len(names)), 3.0))
-    axis.bar(range(len(names)), values, color=colors)
-    axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    axis.set_ylabel("val. accuracy lost (pts)")
-    axis.set_title("int8 sensitivity per layer (red: kept in float)")
-    figure.tight_layout()
-    figure.savefig(ctx.artifact_path("quant_sensitivity.png"), dpi=120)
-    plt.close(figure)

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,6 @@ from sconce.config import QuantizeConfig, check_choice, check_positive, check_ra
 from sconce.context import Context
 from sconce.layerwise import LayerInputs, run_layerwise
 from sconce.technique import Technique
-from sconce_quant._tree import replace_module
 from sconce_quant.gptq import GPTQSettings, gptq_quantize
 from sconce_quant.modules import WeightOnlyLinear
 from sconce_quant.qparams import GroupCodes, rtn_group_codes
@@ -133,11 +133,12 @@ class WeightOnly(Technique):
     def apply(self, model: nn.Module, config: WeightOnlyConfig, ctx: Context) -> nn.Module:
         targets, tied = target_layers(model, config.skip)
         if config.method == "rtn":
-            modules = dict(model.named_modules())
-            codes = {name: rtn_group_codes(modules[name].weight.detach(), config.bits,
-                                           config.group_size, symmetric=config.symmetric,
-                                           search=config.searches())
-                     for name in targets}
+            def rtn(name: str) -> GroupCodes:
+                return rtn_group_codes(model.get_submodule(name).weight.detach(), config.bits,
+                                       config.group_size, symmetric=config.symmetric,
+                                       search=config.searches())
+
+            record = self._swap(model, targets, rtn)
         else:
             batches = calibration_batches(ctx, config.calibration_samples, self.name)
             batches = [ctx.adapter.to_device(b, _device(model)) for b in batches]
@@ -150,10 +151,10 @@ class WeightOnly(Technique):
 
             codes = run_layerwise(model, batches, solve, targets=targets,
                                   forward=ctx.adapter.forward)
-        record = self._swap(model, codes)
+            record = self._swap(model, list(codes), codes.pop)
         ctx.set_restore_record(record)
         group = "per row" if config.group_size <= 0 else f"groups of {config.group_size}"
-        ctx.note("weight-only", f"{len(codes)} Linear layer(s) to int{config.bits} "
+        ctx.note("weight-only", f"{len(record['layers'])} Linear layer(s) to int{config.bits} "
                  f"({config.method.upper()}, {group}, "
                  f"{'symmetric' if config.symmetric else 'asymmetric'}"
                  f"{', ranges searched' if config.searches() else ''}); "
@@ -168,17 +169,21 @@ class WeightOnly(Technique):
         for name, shape in record["layers"].items():
             layer = WeightOnlyLinear(shape["in"], shape["out"], bits=shape["bits"],
                                      group_size=shape["group_size"], bias=shape["bias"])
-            replace_module(model, name, layer)
+            model.set_submodule(name, layer)
         return model
 
     @staticmethod
-    def _swap(model: nn.Module, codes: dict[str, GroupCodes]) -> dict[str, Any]:
-        modules = dict(model.named_modules())
+    def _swap(model: nn.Module, names: Sequence[str], code_for: Callable[[str], GroupCodes]
+              ) -> dict[str, Any]:
+        """Replace each Linear by its packed layer, one at a time (``code_for(name)`` gives its
+        codes), so the float weight and the unpacked codes of only one layer are alive
+        besides the model."""
         layers = {}
-        for name, code in codes.items():
-            linear = modules[name]
+        for name in names:
+            code = code_for(name)
+            linear = model.get_submodule(name)
             layer = WeightOnlyLinear.from_codes(code, linear.bias).to(linear.weight.device)
-            replace_module(model, name, layer)
+            model.set_submodule(name, layer)
             layers[name] = {"in": layer.in_features, "out": layer.out_features,
                             "bias": layer.bias is not None, "bits": code.bits,
                             "group_size": code.group_size}

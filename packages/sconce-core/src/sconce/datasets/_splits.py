@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 
 def loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool
-           ) -> DataLoader:
+           ) -> DataLoader[tuple[torch.Tensor, ...]]:
     """A DataLoader over in-memory tensors."""
     return DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=shuffle)
 

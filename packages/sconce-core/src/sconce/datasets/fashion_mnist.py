@@ -12,6 +12,7 @@ import gzip
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +29,12 @@ _FILES = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 _MEAN, _STD = 0.2860, 0.3530
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
+    code: np.dtype(kind) for code, kind in
+    {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.items()}
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def read_idx(path: str | Path) -> np.ndarray[Any, Any]:
     """Read an IDX file (gzip-compressed or not) into a NumPy array.
 
     Example:

@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from sconce.evaluation import evaluate, model_device
-from sconce.footprint import model_footprint
 from sconce.metrics.base import Metric, MetricUnavailable
 from sconce.metrics.timing import time_call
+from sconce.runtime import model_device
 
 if TYPE_CHECKING:
     from sconce.context import Context
@@ -42,9 +41,7 @@ class Accuracy(Metric):
     def measure(self, model: nn.Module, ctx: Context) -> float:
         if ctx.data is None:
             raise MetricUnavailable("no labelled data")
-        split = ctx.measure_split
-        result = evaluate(model, ctx.data.batches(split), ctx.adapter, ctx.device)
-        return result.accuracy
+        return ctx.evaluate(model, ctx.measure_split).accuracy
 
 
 class Latency(Metric):
@@ -118,7 +115,9 @@ class MACs(Metric):
             ) from None
         finally:
             model.train(was_training)
-        if macs == 0 and model_footprint(model).params:
+        if not isinstance(macs, int):  # a per-node table, only with a reduction we never ask
+            raise MetricUnavailable("torchprofile returned a table instead of a count")
+        if macs == 0 and ctx.footprint(model).params:
             raise MetricUnavailable("torchprofile counts no MACs for this model's operators")
         return float(macs)
 
@@ -131,7 +130,7 @@ class Params(Metric):
     display_scale, display_unit = 1e6, "M"
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
-        return float(model_footprint(model).params)
+        return float(ctx.footprint(model).params)
 
 
 class NonZeroParams(Metric):
@@ -142,7 +141,7 @@ class NonZeroParams(Metric):
     display_scale, display_unit = 1e6, "M"
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
-        return float(model_footprint(model).nonzero)
+        return float(ctx.footprint(model).nonzero)
 
 
 class Sparsity(Metric):
@@ -153,7 +152,7 @@ class Sparsity(Metric):
     digits = 1
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
-        return 100.0 * model_footprint(model).sparsity
+        return 100.0 * ctx.footprint(model).sparsity
 
 
 class Size(Metric):
@@ -162,7 +161,7 @@ class Size(Metric):
     name, label, unit = "size", "Size", "MiB"
 
     def measure(self, model: nn.Module, ctx: Context) -> float:
-        return model_footprint(model).nbytes / MIB
+        return ctx.footprint(model).nbytes / MIB
 
 
 BUILTIN_METRICS: tuple[Metric, ...] = (

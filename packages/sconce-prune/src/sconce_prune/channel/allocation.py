@@ -1,9 +1,9 @@
 """Per-group channel ratios from the package's sensitivity analysis.
 
 Each channel group is pruned alone at a few ratios on a validation subset
-(:func:`sconce_prune.sensitivity.scan_sensitivity`); the allocation removes ``sparsity`` of
+(:func:`sconce.sensitivity.scan_sensitivity`); the allocation removes ``sparsity`` of
 all channels where the loss grows least, and it is accepted only if, with every group pruned
-together, it beats uniform ratios (:func:`sconce_prune.sensitivity.choose_ratios`).
+together, it beats uniform ratios (:func:`sconce.sensitivity.choose_ratios`).
 
 Example:
     >>> channel_ratios(model, example, evaluate, sparsity=0.5)  # doctest: +SKIP
@@ -20,9 +20,9 @@ from typing import Any
 from torch import nn
 
 from sconce.evaluation import EvalResult
+from sconce.sensitivity import Allocation, choose_ratios, scan_sensitivity
 from sconce_prune.channel.graph import build_dependency_graph
 from sconce_prune.channel.pruner import prune_channels
-from sconce_prune.sensitivity import Allocation, choose_ratios, scan_sensitivity
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def channel_ratios(
         options: further :func:`prune_channels` keyword arguments (importance, round_to...).
 
     Returns:
-        The accepted :class:`~sconce_prune.sensitivity.Allocation` and the sensitivity scan.
+        The accepted :class:`~sconce.sensitivity.Allocation` and the sensitivity scan.
     """
     options = {k: v for k, v in (options or {}).items() if k != "ratios"}
     graph = build_dependency_graph(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from sconce.config import PruneConfig, check_choice, check_positive, check_range
 from sconce.errors import ConfigError
+from sconce.recipe import Target
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
 AGGREGATIONS = ("sum", "mean", "max")
@@ -40,16 +41,18 @@ class ChannelPruneConfig(PruneConfig):
         allocation: ``uniform`` (every group at ``sparsity``) or ``sensitivity``: per-group
             ratios from a sensitivity scan on the validation split, allocated to remove
             ``sparsity`` of all channels and checked with all groups pruned together
-            (:mod:`sconce_prune.sensitivity`).
+            (:mod:`sconce.sensitivity`).
         sensitivity_samples: validation samples per sensitivity evaluation.
         ratios: per-module sparsity overrides, ``{"features.3*": 0.3}`` (fnmatch patterns
             on the name of the module that produces a group's channels).
         ignored_layers: modules (fnmatch patterns) whose output channels are never pruned.
-        target_macs: instead of ``sparsity``, search the uniform ratio that keeps at most
-            this fraction of the model's MACs (e.g. 0.25).
+        target_macs: instead of ``sparsity``, search the uniform ratio that meets this MACs
+            target, written as the run's constraints are (:class:`sconce.recipe.Target`):
+            ``"4x"`` (at most a quarter of the original's MACs) or an absolute count
+            (``"300M"``, ``3e8``).
         target_latency: instead of ``sparsity``, search the uniform ratio whose deployed
-            model (BN folded, channels-last as configured) runs in at most this fraction of
-            the original's measured batch-1 latency (e.g. 0.4).
+            model (BN folded, channels-last as configured) meets this batch-1 latency:
+            ``"2.5x"`` (a speed-up over the original, measured) or milliseconds (``"0.4ms"``).
         attention: ``heads`` removes whole attention heads (``num_heads`` shrinks),
             ``dims`` removes the same dimensions from every head.
         on_unknown: an operation the engine does not know that touches prunable channels
@@ -80,8 +83,8 @@ class ChannelPruneConfig(PruneConfig):
     sensitivity_samples: int = 512
     ratios: dict[str, float] = field(default_factory=dict)
     ignored_layers: list[str] = field(default_factory=list)
-    target_macs: float | None = None
-    target_latency: float | None = None
+    target_macs: str | float | None = None
+    target_latency: str | float | None = None
     attention: str = "heads"
     on_unknown: str = "error"
     taylor_batches: int = 4
@@ -115,10 +118,11 @@ class ChannelPruneConfig(PruneConfig):
                 isinstance(p, str) for p in self.ignored_layers):
             raise ConfigError(f"ignored_layers must be a list of module-name patterns, "
                               f"got {self.ignored_layers!r}")
-        if self.target_macs is not None:
-            check_range("target_macs", self.target_macs, 0.0, 1.0, low_inclusive=False)
-        if self.target_latency is not None:
-            check_range("target_latency", self.target_latency, 0.0, 1.0, low_inclusive=False)
+        macs = Target.parse(self.target_macs, "target_macs")
+        if macs is not None and not macs.is_ratio and macs.value < 1:
+            raise ConfigError(f"target_macs {self.target_macs!r} is an absolute count of MACs; "
+                              f"for a reduction write a ratio like '{1 / macs.value:.3g}x'")
+        Target.parse(self.target_latency, "target_latency")
         if self.target_macs is not None and self.target_latency is not None:
             raise ConfigError("give target_macs or target_latency, not both")
         check_positive("taylor_batches", self.taylor_batches)

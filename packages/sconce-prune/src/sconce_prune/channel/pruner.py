@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sconce.budget import bisect
+from sconce.recipe import Target
 from sconce_prune.channel.folding import fold_batchnorms
 from sconce_prune.channel.graph import DependencyGraph, build_dependency_graph
 from sconce_prune.channel.importance import score_groups, taylor_saliency
@@ -30,6 +33,7 @@ from sconce_prune.channel.verify import verify
 logger = logging.getLogger(__name__)
 
 _MAX_ROUNDS = 8
+_MAX_RATIO = 0.95  # the largest uniform ratio a target search tries
 
 
 @dataclass
@@ -173,14 +177,15 @@ def _frozen_reasons(graph: DependencyGraph) -> dict[str, int]:
 def search_ratio(
     model: nn.Module,
     example_inputs: Any,
-    target_fraction: float,
+    target: Target,
     measure: Callable[[nn.Module], float],
     prune: Callable[[nn.Module, float], Any],
     *,
     iterations: int = 10,
 ) -> float:
-    """The smallest uniform ratio whose pruned model measures at most ``target_fraction`` of
-    the original (MACs or latency), by bisection on copies of ``model``.
+    """The smallest uniform ratio whose pruned model meets ``target`` (MACs or latency: a
+    reduction like ``"2x"`` against the original, or an absolute value), by bisection
+    (:func:`sconce.budget.bisect`) on copies of ``model``; 0.95 when even that ratio misses.
 
     ``prune(copy, ratio)`` prunes a copy in place; ``measure(model)`` returns the quantity.
 
@@ -188,21 +193,18 @@ def search_ratio(
         >>> import torch
         >>> net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 2))
         >>> params = lambda m: float(sum(p.numel() for p in m.parameters()))
-        >>> ratio = search_ratio(net, torch.randn(1, 8), 0.5, params,
+        >>> ratio = search_ratio(net, torch.randn(1, 8), Target.parse("2x"), params,
         ...                      lambda m, r: prune_channels(m, torch.randn(1, 8), sparsity=r))
         >>> 0.4 < ratio < 0.6
         True
     """
-    import copy
+    limit = target.limit(measure(model))
 
-    base = measure(model)
-    low, high = 0.0, 0.95
-    for _ in range(iterations):
-        middle = (low + high) / 2
+    def pruned(ratio: float) -> float:
         candidate = copy.deepcopy(model)
-        prune(candidate, middle)
-        if measure(candidate) <= target_fraction * base:
-            high = middle
-        else:
-            low = middle
-    return high
+        prune(candidate, ratio)
+        return measure(candidate)
+
+    found = bisect(pruned, lambda value: value <= limit, 0.0, _MAX_RATIO,
+                   want="smallest", steps=iterations)
+    return found.value if found.value is not None else _MAX_RATIO

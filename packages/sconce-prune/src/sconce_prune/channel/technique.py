@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from sconce.context import Context
+from sconce.errors import ConfigError
 from sconce.metrics.timing import TimingSettings, time_call
+from sconce.recipe import Target
 from sconce.technique import Technique
 from sconce_prune.channel.config import ChannelPruneConfig
 from sconce_prune.channel.folding import fold_batchnorms, recalibrate_batchnorms
@@ -143,13 +145,12 @@ class ChannelPruning(Technique):
                 to_channels_last(candidate)
 
         if config.target_macs is not None:
-            target, name = config.target_macs, "target_macs"
+            target, name = Target.parse(config.target_macs), "target_macs"
 
             def measure(candidate: nn.Module) -> float:
                 return float(count_macs(candidate, example))
         else:
-            assert config.target_latency is not None
-            target, name = config.target_latency, "target_latency"
+            target, name = Target.parse(config.target_latency), "target_latency"
             settings = TimingSettings(threads=ctx.timing.threads, rounds=3,
                                       round_seconds=0.05, warmup_seconds=0.05)
 
@@ -157,6 +158,8 @@ class ChannelPruning(Technique):
                 candidate.eval()
                 return time_call(lambda: ctx.adapter.forward(candidate, example), ctx.device,
                                  settings)
+        if target is None:  # pragma: no cover - apply only searches when a target is set
+            raise ConfigError("no target_macs or target_latency to search for")
         ratio = search_ratio(model, example, target, measure, prune, iterations=7)
         ctx.note(f"ratio found for {name}", round(ratio, 4))
         return ratio
@@ -164,16 +167,19 @@ class ChannelPruning(Technique):
     @staticmethod
     def _sensitivity_ratios(model: nn.Module, example: Any, config: ChannelPruneConfig,
                             ctx: Context, options: dict[str, Any]) -> dict[str, float]:
+        from sconce.plotting import save_png
+        from sconce.sensitivity import plot_sensitivity
         from sconce_prune.channel.allocation import channel_ratios
-        from sconce_prune.sensitivity import plot_sensitivity
 
         def evaluate(candidate: nn.Module) -> Any:
             return ctx.evaluate(candidate, split="val", max_samples=config.sensitivity_samples)
 
         allocation, sensitivity = channel_ratios(model, example, evaluate,
                                                  sparsity=config.sparsity, options=options)
-        plot_sensitivity(sensitivity, ctx.artifact_path("channel_sensitivity.png"), allocation,
-                         title="Channel-group sensitivity")
+        title = (f"Channel-group sensitivity - chosen: {allocation.method}, "
+                 f"{allocation.sparsity:.0%} overall (circles)")
+        save_png(plot_sensitivity(sensitivity, chosen=allocation.ratios, title=title),
+                 ctx.artifact_path("channel_sensitivity.png"))
         ctx.note("ratio allocation", f"{allocation.method} (validation accuracy with all "
                  f"groups pruned together: {allocation.accuracy:.2f}%)")
         ctx.note("per-group ratios", {k: round(v, 3) for k, v in allocation.ratios.items()})

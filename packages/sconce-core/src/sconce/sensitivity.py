@@ -1,34 +1,37 @@
-"""Per-layer sensitivity analysis and automatic per-layer pruning ratios.
+"""Per-layer sensitivity and accuracy budgets: one framework for every technique.
 
-This module knows nothing about *how* a layer is pruned: unstructured masks, N:M masks and
-channel removal all plug in through one callable that the caller supplies.
+Pruning ratios, which layers stay in float, which layers go sparse: each is a per-layer knob
+whose cost is measured by compressing one layer at a time. This module knows nothing about
+*how* a layer is compressed; the caller supplies one callable, and the rest is shared.
 
 API:
     ``evaluate(ratios: Mapping[str, float]) -> EvalResult``
-        Supplied by the caller. Prune each named layer to its ratio (layers not named stay
-        dense), measure on a fixed *validation* subset, undo the pruning, and return
+        Supplied by the caller. Compress each named layer to its ratio (the fraction of the
+        layer compressed: pruned, or 1.0 for "quantized"; layers not named stay as they are),
+        measure on a fixed *validation* subset, undo it, and return
         :class:`sconce.evaluation.EvalResult` (accuracy and loss). ``evaluate({})`` is the
-        dense baseline.
+        baseline.
 
     :func:`scan_sensitivity` ``(layers, evaluate, ratios) -> Sensitivity``
-        Each layer pruned *alone* at each ratio: one accuracy/loss curve per layer.
+        Each layer compressed *alone* at each ratio: one accuracy/loss curve per layer.
 
     :func:`allocate` ``(sensitivity, sizes, target) -> dict[str, float]``
         Per-layer ratios with ``sum(r[l] * sizes[l]) == target * sum(sizes)``, minimising
         the summed loss increase the curves predict (greedy over each curve's convex hull,
         which is optimal for that separable model). ``sizes`` says what a layer's ratio is a
-        fraction *of* (its weights for unstructured pruning; whatever your global target
-        counts for structured pruning).
+        fraction *of* (its weights for unstructured pruning; its channels for structured).
 
     :func:`choose_ratios` ``(sensitivity, sizes, evaluate, sparsity=... | max_accuracy_drop=...)``
-        The allocation, *checked with all layers pruned together* on validation: it competes
-        with uniform ratios and any extra ``candidates`` (e.g. global magnitude ranking), and
-        the most accurate one is accepted. With ``max_accuracy_drop`` instead of
-        ``sparsity``, it searches the highest global sparsity whose accepted allocation stays
-        within the budget. Returns an :class:`Allocation`.
+        The allocation, *checked with all layers compressed together* on validation: it
+        competes with uniform ratios and any extra ``candidates`` (e.g. global magnitude
+        ranking), and the most accurate one is accepted. With ``max_accuracy_drop`` instead of
+        ``sparsity``, it searches (:func:`sconce.budget.bisect`) the highest global target
+        whose accepted allocation stays within the budget. Returns an :class:`Allocation`.
 
-    :func:`plot_sensitivity` ``(sensitivity, path, allocation=None) -> Path``
-        A PNG of the curves with the chosen ratios marked.
+    :func:`plot_sensitivity` ``(sensitivity, figure=None, chosen=...) -> Figure``
+        The curves (or, for single-ratio scans, the accuracy lost per layer as bars) with the
+        chosen layers marked, drawn on a :class:`matplotlib.figure.Figure`
+        (:func:`sconce.plotting.save_png` writes it).
 
 Example:
     >>> from sconce.evaluation import EvalResult
@@ -51,16 +54,20 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sconce.budget import bisect
 from sconce.errors import ConfigError, TechniqueError
 from sconce.evaluation import EvalResult
+from sconce.plotting import COLOURS, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
 Evaluator = Callable[[Mapping[str, float]], EvalResult]
-"""Prune the named layers to their ratios, measure on validation, undo; see the module doc."""
+"""Compress the named layers to their ratios, measure on validation, undo; see the module doc."""
 
 CandidateFn = Callable[[float], Mapping[str, float]]
 """Per-layer ratios for a global target: an alternative allocation to check against."""
@@ -79,7 +86,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Curve:
-    """One layer pruned alone: validation accuracy (%) and loss at each ratio.
+    """One layer compressed alone: validation accuracy (%) and loss at each ratio.
 
     Example:
         >>> Curve("fc", (0.5, 0.9), (90.0, 70.0), (0.3, 0.9)).accuracy_at(0.7)
@@ -101,10 +108,10 @@ class Curve:
 
 @dataclass
 class Sensitivity:
-    """The dense baseline and one :class:`Curve` per layer (in the order scanned).
+    """The baseline and one :class:`Curve` per layer (in the order scanned).
 
     Attributes:
-        baseline_accuracy: accuracy (%) of the unpruned model on the same subset.
+        baseline_accuracy: accuracy (%) of the uncompressed model on the same subset.
         baseline_loss: its mean loss.
         curves: layer name -> curve.
     """
@@ -117,6 +124,16 @@ class Sensitivity:
     def layers(self) -> list[str]:
         """Layer names, in scan order."""
         return list(self.curves)
+
+    def drops(self) -> dict[str, float]:
+        """Accuracy points each layer loses at its first probed ratio (alone).
+
+        Example:
+            >>> Sensitivity(90.0, 0.3, {"fc": Curve("fc", (1.0,), (88.5,), (0.4,))}).drops()
+            {'fc': 1.5}
+        """
+        return {name: self.baseline_accuracy - curve.accuracy[0]
+                for name, curve in self.curves.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form.
@@ -134,14 +151,18 @@ class Allocation:
     """Accepted per-layer ratios and how they were checked.
 
     Attributes:
-        ratios: layer -> fraction pruned.
-        sparsity: the global fraction these ratios remove (weighted by ``sizes``).
+        ratios: layer -> fraction compressed.
+        sparsity: the global fraction these ratios compress (weighted by ``sizes``).
         method: which candidate won ("sensitivity", "uniform", or a name you passed).
-        accuracy: validation accuracy (%) with all layers pruned together.
+        accuracy: validation accuracy (%) with all layers compressed together.
         loss: the matching validation loss.
         baseline_accuracy: the dense model's accuracy on the same data.
         candidates: every candidate checked at the accepted sparsity: name -> accuracy, loss.
         probes: under an accuracy budget, each sparsity tried and its best accuracy.
+
+    Example:
+        >>> Allocation({"fc": 0.5}, 0.5, "uniform", 89.0, 0.4, 90.0).accuracy_drop
+        1.0
     """
 
     ratios: dict[str, float]
@@ -155,7 +176,7 @@ class Allocation:
 
     @property
     def accuracy_drop(self) -> float:
-        """Baseline accuracy minus accuracy with everything pruned together."""
+        """Baseline accuracy minus accuracy with everything compressed together."""
         return self.baseline_accuracy - self.accuracy
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,18 +191,18 @@ def scan_sensitivity(
     evaluate: Evaluator,
     ratios: Sequence[float] = DEFAULT_RATIOS,
 ) -> Sensitivity:
-    """Prune each layer alone at each ratio and record validation accuracy and loss.
+    """Compress each layer alone at each ratio and record validation accuracy and loss.
 
     Args:
         layers: names the ``evaluate`` callable understands.
         evaluate: see the module docstring; called ``1 + len(layers) * len(ratios)`` times.
-        ratios: increasing fractions in (0, 1).
+        ratios: increasing fractions in (0, 1] (1.0: the whole layer, e.g. quantized).
 
     Returns:
         The baseline and one curve per layer.
 
     Raises:
-        ConfigError: when ``ratios`` is empty, unsorted, or outside (0, 1), or ``layers``
+        ConfigError: when ``ratios`` is empty, unsorted, or outside (0, 1], or ``layers``
             is empty.
 
     Example:
@@ -190,9 +211,9 @@ def scan_sensitivity(
         >>> sens.curves["x"].accuracy
         (90.0,)
     """
-    grid = check_ratios(ratios)
+    grid = check_ratios(ratios, allow_whole=True)
     if not layers:
-        raise ConfigError("no layers to analyse; every prunable layer is skipped")
+        raise ConfigError("no layers to analyse; every layer is skipped")
     base = evaluate({})
     sensitivity = Sensitivity(base.accuracy, base.loss)
     for layer in layers:
@@ -284,13 +305,13 @@ def choose_ratios(
     candidates: Mapping[str, CandidateFn] | None = None,
     max_ratio: float | None = None,
 ) -> Allocation:
-    """Per-layer ratios checked with all layers pruned together on validation.
+    """Per-layer ratios checked with all layers compressed together on validation.
 
     Give exactly one of ``sparsity`` (a global target) or ``max_accuracy_drop`` (a budget in
     accuracy points: the highest sparsity up to ``max_sparsity`` that stays within it).
 
     At each sparsity the sensitivity allocation (:func:`allocate`), uniform ratios and every
-    extra candidate are evaluated together-pruned; the most accurate (then lowest-loss) one
+    extra candidate are evaluated all together; the most accurate (then lowest-loss) one
     is accepted, ties going to the earlier in that order.
 
     Args:
@@ -298,7 +319,7 @@ def choose_ratios(
         sizes: layer -> weight in the global target.
         evaluate: the same kind of callable the scan used.
         sparsity: global target in [0, 1).
-        max_accuracy_drop: accuracy points the pruned model may lose on validation.
+        max_accuracy_drop: accuracy points the compressed model may lose on validation.
         max_sparsity: upper end of the search under a budget.
         candidates: name -> function giving ratios for a target (e.g. global magnitude).
         max_ratio: cap on any layer's ratio (default: the largest probed ratio).
@@ -318,85 +339,74 @@ def choose_ratios(
     extra = dict(candidates or {})
     if sparsity is not None:
         return _best_at(sensitivity, sizes, evaluate, sparsity, extra, max_ratio)
-    assert max_accuracy_drop is not None
-    if max_accuracy_drop < 0:
+    if max_accuracy_drop is None or max_accuracy_drop < 0:
         raise ConfigError(f"max_accuracy_drop must be >= 0, got {max_accuracy_drop!r}")
     reachable = min(max_sparsity, _reachable(sensitivity, sizes, max_ratio))
-    probes: list[dict[str, Any]] = []
-
-    def probe(target: float) -> Allocation:
-        found = _best_at(sensitivity, sizes, evaluate, target, extra, max_ratio)
-        probes.append({"sparsity": round(target, 4), "accuracy": found.accuracy,
-                       "method": found.method})
-        return found
-
-    best = Allocation({name: 0.0 for name in sizes}, 0.0, "none", sensitivity.baseline_accuracy,
-                      sensitivity.baseline_loss, sensitivity.baseline_accuracy)
-    low, high = 0.0, reachable
-    top = probe(high)
-    if top.accuracy_drop <= max_accuracy_drop:
-        best = top
-    else:
-        while high - low > SEARCH_TOLERANCE:
-            middle = (low + high) / 2
-            found = probe(middle)
-            if found.accuracy_drop <= max_accuracy_drop:
-                best, low = found, middle
-            else:
-                high = middle
-    best.probes = probes
+    found = bisect(lambda target: _best_at(sensitivity, sizes, evaluate, target, extra,
+                                           max_ratio),
+                   lambda allocation: allocation.accuracy_drop <= max_accuracy_drop,
+                   0.0, reachable, tolerance=SEARCH_TOLERANCE, try_high_first=True)
+    best = found.result if found.result is not None else Allocation(
+        {name: 0.0 for name in sizes}, 0.0, "none", sensitivity.baseline_accuracy,
+        sensitivity.baseline_loss, sensitivity.baseline_accuracy)
+    best.probes = [{"sparsity": round(p.value, 4), "accuracy": p.result.accuracy,
+                    "method": p.result.method} for p in found.probes]
     logger.info("accuracy budget %.2f points: sparsity %.1f%% (%s, drop %.2f)",
                 max_accuracy_drop, 100 * best.sparsity, best.method, best.accuracy_drop)
     return best
 
 
-def plot_sensitivity(sensitivity: Sensitivity, path: str | Path,
-                     allocation: Allocation | None = None, title: str = "Layer sensitivity"
-                     ) -> Path:
-    """Draw each layer's accuracy against its ratio (pruned alone) to a PNG.
+def plot_sensitivity(sensitivity: Sensitivity, figure: Figure | None = None, *,
+                     chosen: Mapping[str, float] | None = None,
+                     title: str = "Layer sensitivity") -> Figure:
+    """Draw the scan on ``figure`` (a new one when None) and return it.
 
-    Chosen ratios, when an ``allocation`` is given, are marked on the curves.
+    Curves of validation accuracy against the ratio (each layer alone), with each layer's
+    ``chosen`` ratio circled; a scan at a single ratio (quantized or not) is drawn as bars of
+    the accuracy each layer loses alone, the ``chosen`` layers in red. Nothing global in
+    matplotlib is touched; write the figure with :func:`sconce.plotting.save_png`.
 
     Example:
-        >>> plot_sensitivity(sens, "sensitivity.png")  # doctest: +SKIP
-        PosixPath('sensitivity.png')
+        >>> sens = Sensitivity(90.0, 0.3, {"fc": Curve("fc", (0.5, 0.9), (89.0, 70.0),
+        ...                                              (0.4, 1.2))})
+        >>> len(plot_sensitivity(sens, chosen={"fc": 0.5}).axes)
+        1
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    figure, axes = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    chosen = dict(chosen or {})
+    single = all(len(curve.ratios) == 1 for curve in sensitivity.curves.values())
+    if figure is None:
+        width = max(4.0, 0.4 * len(sensitivity.curves)) if single else 7.5
+        figure = new_figure(width, 3.2 if single else 4.8)
+    axes = figure.add_subplot()
     base = sensitivity.baseline_accuracy
-    for name, curve in sensitivity.curves.items():
-        xs = [0.0, *curve.ratios]
-        line, = axes.plot([100 * x for x in xs], [base, *curve.accuracy], marker=".",
-                          label=name, linewidth=1.2)
-        if allocation is not None and name in allocation.ratios:
-            ratio = allocation.ratios[name]
-            axes.plot([100 * ratio], [curve.accuracy_at(ratio, base)], marker="o",
-                      markersize=8, markerfacecolor="none", color=line.get_color())
-    axes.axhline(base, color="grey", linestyle="--", linewidth=0.8, label="dense")
-    axes.set_xlabel("fraction of the layer pruned (%)")
-    axes.set_ylabel("validation accuracy (%)")
-    heading = title
-    if allocation is not None:
-        heading += (f" - chosen: {allocation.method}, {allocation.sparsity:.0%} overall, "
-                    f"{allocation.accuracy:.1f}% together before fine-tuning (circles)")
-    axes.set_title(heading, fontsize=9)
-    axes.legend(fontsize=7, ncol=2, loc="lower left")
+    if single:
+        names = sensitivity.layers
+        drops = sensitivity.drops()
+        axes.bar(range(len(names)), [drops[n] for n in names],
+                 color=["tab:red" if n in chosen else "tab:blue" for n in names])
+        axes.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        axes.set_ylabel("validation accuracy lost (points)")
+    else:
+        for index, (name, curve) in enumerate(sensitivity.curves.items()):
+            colour = COLOURS[index % len(COLOURS)]
+            axes.plot([0.0, *(100 * r for r in curve.ratios)], [base, *curve.accuracy],
+                      marker=".", label=name, linewidth=1.2, color=colour)
+            if name in chosen:
+                axes.plot([100 * chosen[name]], [curve.accuracy_at(chosen[name], base)],
+                          marker="o", markersize=8, markerfacecolor="none", color=colour)
+        axes.axhline(base, color="grey", linestyle="--", linewidth=0.8, label="baseline")
+        axes.set_xlabel("fraction of the layer compressed (%)")
+        axes.set_ylabel("validation accuracy (%)")
+        axes.legend(fontsize=7, ncol=2, loc="lower left")
+    axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return figure
 
 
 # --- internals ----------------------------------------------------------------------------
-def check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
-    """The ratios as a tuple, or a :class:`ConfigError` unless strictly increasing in (0, 1).
+def check_ratios(ratios: Sequence[float], *, allow_whole: bool = False) -> tuple[float, ...]:
+    """The ratios as a tuple, or a :class:`ConfigError` unless strictly increasing in (0, 1)
+    (or (0, 1] with ``allow_whole``).
 
     Example:
         >>> check_ratios([0.5, 0.9])
@@ -405,8 +415,9 @@ def check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
     grid = tuple(float(r) for r in ratios)
     if not grid:
         raise ConfigError("sensitivity ratios must not be empty")
-    if any(not 0.0 < r < 1.0 for r in grid):
-        raise ConfigError(f"sensitivity ratios must be in (0, 1), got {list(grid)}")
+    if any(not (0.0 < r < 1.0 or (allow_whole and r == 1.0)) for r in grid):
+        bound = "1]" if allow_whole else "1)"
+        raise ConfigError(f"sensitivity ratios must be in (0, {bound}, got {list(grid)}")
     if any(b <= a for a, b in pairwise(grid)):
         raise ConfigError(f"sensitivity ratios must be strictly increasing, got {list(grid)}")
     return grid
@@ -467,7 +478,7 @@ def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
 
 def _best_at(sensitivity: Sensitivity, sizes: Mapping[str, int | float], evaluate: Evaluator,
              target: float, extra: Mapping[str, CandidateFn], cap: float | None) -> Allocation:
-    """Evaluate every candidate allocation at ``target`` together-pruned; keep the best."""
+    """Evaluate every candidate allocation at ``target`` all together; keep the best."""
     options: dict[str, dict[str, float]] = {
         "sensitivity": allocate(sensitivity, sizes, target, cap),
         "uniform": {name: target for name in sizes},
@@ -482,7 +493,8 @@ def _best_at(sensitivity: Sensitivity, sizes: Mapping[str, int | float], evaluat
         if best_result is None or (result.accuracy, -result.loss) > (
                 best_result.accuracy, -best_result.loss):
             best_name, best_result = name, result
-    assert best_result is not None
+    if best_result is None:  # pragma: no cover - "sensitivity" and "uniform" always run
+        raise TechniqueError("no candidate allocation was evaluated")
     total = float(sum(sizes.values())) or 1.0
     ratios = options[best_name]
     achieved = sum(ratios.get(n, 0.0) * s for n, s in sizes.items()) / total
