@@ -245,7 +245,7 @@ def fit(
                 loss = (1 - distill_weight) * loss + distill_weight * adapter.distillation_loss(
                     outputs, teacher_outputs, temperature)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # unannotated in torch
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()

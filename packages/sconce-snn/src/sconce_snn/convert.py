@@ -54,7 +54,7 @@ from sconce_snn.steps import accuracy_by_steps, plot_accuracy_by_steps
 logger = logging.getLogger(__name__)
 
 
-class IFNeuron(snn.Leaky):
+class IFNeuron(snn.Leaky):  # type: ignore[misc]  # snntorch ships no type information
     """Integrate-and-fire (``beta = 1``, reset by subtraction), membrane starting at
     ``initial_membrane * threshold``, spikes as high as the threshold.
 
@@ -306,7 +306,7 @@ class Conversion(Technique):
     kind = "convert"
     Config = ConvertConfig
 
-    def apply(self, model: nn.Module, config: ConvertConfig, ctx: Context) -> nn.Module:  # type: ignore[override]
+    def apply(self, model: nn.Module, config: ConvertConfig, ctx: Context) -> nn.Module:
         if describe_model(model) is not None:
             raise ModelError("snn.convert converts ReLU networks; this model already spikes")
         problems = _unsupported(model)

@@ -231,7 +231,7 @@ class Int8Weights(Technique):
     kind = "quantize"
     Config = Int8WeightsConfig
 
-    def apply(self, model: nn.Module, config: Int8WeightsConfig, ctx: Context  # type: ignore[override]
+    def apply(self, model: nn.Module, config: Int8WeightsConfig, ctx: Context
               ) -> nn.Module:
         names = _targets(model, tuple(config.skip))
         if not names:

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from sconce.evaluation import model_device
 from sconce.metrics import Metric, MetricNotApplicable, MetricUnavailable
+from sconce.runtime import model_device
 from sconce_snn.activity import Activity, UncountedLayers, cached_activity
 from sconce_snn.energy import neuron_energy_pj, operation_energy_pj
 from sconce_snn.neurons import describe_model

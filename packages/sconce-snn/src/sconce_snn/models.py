@@ -75,7 +75,7 @@ class SpikingCNN(nn.Module):
         """One time step: ``(output spikes, output membrane)``."""
         x = self.lif1(self.pool1(self.conv1(x)))
         x = self.lif2(self.pool2(self.conv2(x)))
-        return self.lif3(self.fc(self.flatten(x)))  # type: ignore[no-any-return]
+        return self.lif3(self.fc(self.flatten(x)))
 
 
 def spiking_cnn(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,

@@ -141,7 +141,7 @@ class StateQuantization(Technique):
     kind = "quantize"
     Config = StateQuantConfig
 
-    def apply(self, model: nn.Module, config: StateQuantConfig, ctx: Context) -> nn.Module:  # type: ignore[override]
+    def apply(self, model: nn.Module, config: StateQuantConfig, ctx: Context) -> nn.Module:
         thresholds = quantize_states(model, config)
         ctx.note("quantized states", f"{len(thresholds)} neuron layers, {config.bits} bits")
         epochs = ctx.finetune_epochs if config.finetune_epochs is None else config.finetune_epochs

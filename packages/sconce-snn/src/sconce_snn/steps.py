@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from sconce.errors import ConfigError, DataError
-from sconce.evaluation import model_device
+from sconce.runtime import model_device
 from sconce.storage import atomic_write_bytes
 from sconce_snn.adapter import SpikeRecord, SpikingAdapter
 
