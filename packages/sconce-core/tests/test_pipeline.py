@@ -87,8 +87,9 @@ def _techniques() -> None:
 
 def _compress(model: nn.Module, loaders, **options):
     options.setdefault("finetune_epochs", 0)
-    return sconce.compress(model, loaders, metrics=METRICS, timing=FAST, progress=False,
-                           device="cpu", **options)
+    options.setdefault("metrics", METRICS)
+    return sconce.compress(model, loaders, timing=FAST, progress=False, device="cpu",
+                           **options)
 
 
 def test_the_callers_model_is_never_modified(loaders) -> None:
@@ -221,3 +222,76 @@ def test_stage_checkpoints_are_complete_folders(loaders, tmp_path: Path) -> None
     stage = tmp_path / "work" / "stages" / "01-test-zero_half"
     assert sorted(p.name for p in stage.iterdir()) == ["model.json", "model.pt", "stage.json"]
     assert not [p for p in (tmp_path / "work" / "stages").iterdir() if p.name.startswith(".")]
+
+
+class Doubled(nn.Module):
+    """Marks a model that an adapter of its own must run (its outputs doubled)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+class DoublingAdapter(sconce.ClassifierAdapter):
+    def forward(self, model: nn.Module, inputs):
+        return 2 * super().forward(model, inputs)
+
+
+class Wrap(sconce.Technique):
+    """Wrap the model into Doubled: a stage after which the model runs differently."""
+
+    name, kind, Config = "test.wrap", "convert", sconce.Config
+
+    def apply(self, model: nn.Module, config: sconce.Config, ctx: sconce.Context) -> nn.Module:
+        return Doubled(model)
+
+
+class ModelKind(sconce.Metric):
+    """1 for models run by the DoublingAdapter; not applicable to the others."""
+
+    name, label, unit = "model_kind", "Kind", ""
+
+    def measure(self, model: nn.Module, ctx: sconce.Context) -> float:
+        if not isinstance(ctx.adapter, DoublingAdapter):
+            raise sconce.MetricNotApplicable("plain model")
+        ctx.note("kind", "doubled")
+        return 1.0
+
+
+def test_each_stage_is_run_by_the_adapter_for_what_it_became(loaders) -> None:
+    plugin = types.SimpleNamespace(
+        sconce_register_techniques=sconce.hookimpl(lambda register: register(Wrap())),
+        sconce_register_metrics=sconce.hookimpl(lambda register: register(ModelKind())),
+        sconce_model_adapter=sconce.hookimpl(
+            lambda model: DoublingAdapter() if isinstance(model, Doubled) else None))
+    sconce.register_plugin(plugin, name="test-adapters")
+    result = _compress(Mlp(), loaders, recipe=["test.wrap"],
+                       metrics=["model_kind", "params"])
+    original, wrapped = result.report.stages
+    assert "model_kind" not in original.values and wrapped.values["model_kind"] == 1.0
+    assert wrapped.notes["kind"] == "doubled"
+    assert [m.name for m in result.report.metrics] == ["model_kind", "params"]
+
+
+def test_metrics_that_apply_to_no_stage_are_left_out(loaders) -> None:
+    plugin = types.SimpleNamespace(
+        sconce_register_metrics=sconce.hookimpl(lambda register: register(ModelKind())))
+    sconce.register_plugin(plugin, name="test-metric")
+    result = _compress(Mlp(), loaders, recipe=["test.zero_half"],
+                       metrics=["model_kind", "params"])
+    assert [m.name for m in result.report.metrics] == ["params"]
+    assert "model_kind" not in sconce.measure(Mlp(), loaders, metrics=["model_kind", "params"])
+
+
+def test_the_default_recipe_follows_the_adapters_groups(loaders) -> None:
+    class Suggesting(DoublingAdapter):
+        recipe_groups = (("test.missing", "test.zero_half"),)
+
+    plugin = types.SimpleNamespace(sconce_model_adapter=sconce.hookimpl(
+        lambda model: Suggesting() if isinstance(model, Doubled) else None))
+    sconce.register_plugin(plugin, name="test-suggesting")
+    result = _compress(Doubled(Mlp()), loaders)
+    assert [s.technique for s in result.report.stages] == [None, "test.zero_half"]

@@ -155,6 +155,11 @@ def test_hook_sconce_register_layer_rules() -> None:
     assert registry().layer_rule(nn.ReLU()) is None
     with pytest.raises(TypeError, match="tuple of attribute names"):
         sconce.ChannelwiseLayer(per_channel="beta")  # type: ignore[arg-type]
+    recurrent = sconce.ChannelwiseLayer(per_channel=("recurrent.bias",),
+                                        recurrent=("recurrent.weight",))
+    assert recurrent.recurrent == ("recurrent.weight",)
+    with pytest.raises(TypeError, match="recurrent must be a tuple"):
+        sconce.ChannelwiseLayer(recurrent="recurrent.weight")  # type: ignore[arg-type]
 
 
 def test_a_layer_rule_that_is_not_a_channelwise_layer_is_skipped(caplog) -> None:

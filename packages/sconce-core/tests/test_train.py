@@ -152,3 +152,19 @@ def test_torchrun_trains_with_ddp_and_ranks_agree(tmp_path: Path) -> None:
     assert rank0["steps"] == 2 * -(-single_rank_steps // 2)  # each rank reads half
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), key
+
+
+def test_a_criterion_may_be_any_callable_and_goes_through_the_adapter(loaders) -> None:
+    seen = []
+
+    class Recording(sconce.ClassifierAdapter):
+        def criterion_loss(self, criterion, outputs, targets):
+            seen.append(type(criterion).__name__)
+            return super().criterion_loss(criterion, outputs, targets)
+
+    def plain_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    sconce.train(TinyNet(), loaders, epochs=1, criterion=plain_loss, adapter=Recording(),
+                 progress=False)
+    assert seen and set(seen) == {"function"}

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from sconce.hookspecs import hookimpl, hookspec
     from sconce.layers import ChannelwiseLayer
     from sconce.legacy import sconce
-    from sconce.metrics import Metric, MetricUnavailable, TimingSettings
+    from sconce.metrics import Metric, MetricNotApplicable, MetricUnavailable, TimingSettings
     from sconce.options import CompressOptions
     from sconce.pipeline import CompressionResult, compress
     from sconce.plugins import load_plugins, plugin_infos, register_plugin, unregister_plugin
@@ -70,6 +70,7 @@ _LAZY = {
     "DataError": "sconce.errors",
     "Footprint": "sconce.footprint",
     "Metric": "sconce.metrics",
+    "MetricNotApplicable": "sconce.metrics",
     "MetricUnavailable": "sconce.metrics",
     "ModelAdapter": "sconce.adapter",
     "ModelError": "sconce.errors",
@@ -155,6 +156,7 @@ __all__ = [
     "DataError",
     "Footprint",
     "Metric",
+    "MetricNotApplicable",
     "MetricUnavailable",
     "ModelAdapter",
     "ModelError",

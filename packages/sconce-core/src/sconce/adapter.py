@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,13 @@ class ModelAdapter:
     Attributes:
         task: what the model does (``classification``, ``causal-lm``, ``embedding``, ...);
             metrics that declare ``tasks`` are measured by default only for those.
+        recipe_groups: the techniques the default recipe tries for the models this adapter
+            runs, one group per stage (the first installed technique of each group is used);
+            None: the core's :data:`sconce.pipeline.DEFAULT_RECIPE_GROUPS`.
     """
 
     task: str = "classification"
+    recipe_groups: ClassVar[tuple[tuple[str, ...], ...] | None] = None
 
     def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor | None]:
         """Split a loader's batch into ``(inputs, targets)``."""
@@ -76,6 +80,15 @@ class ModelAdapter:
             raise DataError(f"a label is not a class index of this model's "
                             f"{logits.shape[-1]} outputs ({exc}); relabel the data, or give a "
                             "model with an output per class") from None
+
+    def criterion_loss(self, criterion: Any, outputs: Any, targets: torch.Tensor
+                       ) -> torch.Tensor:
+        """The loss of a criterion the user chose (``train(criterion=...)``).
+
+        The default hands it the class scores; adapters whose raw outputs hold more (a
+        spiking network's spikes over time) pass what their kind of criterion expects.
+        """
+        return criterion(self.logits(outputs), targets)
 
     def predict(self, outputs: Any) -> torch.Tensor:
         """Predicted class indices (batch,)."""

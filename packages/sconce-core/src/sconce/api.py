@@ -174,7 +174,8 @@ def measure(
     timing: TimingSettings | None = None,
 ) -> Any:
     """Measure a model, or compare several: ``{metric name: value}`` (None where not
-    measurable) for one model; a list (or a dict by name) of them for several.
+    measurable; metrics that do not apply to this kind of model are left out) for one model;
+    a list (or a dict by name) of them for several.
 
     Several models are compared the way ``compress`` compares its stages: latency is timed
     for all of them together, interleaved round by round, so load on the machine lands on

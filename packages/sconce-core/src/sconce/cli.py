@@ -396,7 +396,8 @@ def measure(model_spec: str, data_name: str, metric_names: tuple[str, ...], devi
         return
     report = Report(metrics=[MetricInfo.of(m, measured.labels.get(m.name)) for m in metrics],
                     stages=[StageResult(model_spec, values=measured.values,
-                                        notes=measured.notes)])
+                                        notes={**ctx.stage.notes, **measured.notes})])
+    report.drop_inapplicable_metrics()
     _console().print(report.to_rich_table())
 
 

@@ -93,9 +93,10 @@ def sconce_model_adapter(model: nn.Module) -> ModelAdapter | None:
     """Return the adapter that knows how to run ``model``, or ``None`` to pass.
 
     Called once per model handed to :func:`sconce.compress`, :func:`sconce.measure` or
-    :func:`sconce.train`, unless the caller gives an adapter. The first non-``None`` answer
-    wins; when every plugin returns ``None`` the model is run as a plain classifier
-    (:class:`sconce.ClassifierAdapter`).
+    :func:`sconce.train`, and by :func:`sconce.compress` again on the model each stage
+    returns (a stage may change how the model runs: an ANN converted into a spiking network),
+    unless the caller gives an adapter. The first non-``None`` answer wins; when every plugin
+    returns ``None`` the model is run as a plain classifier (:class:`sconce.ClassifierAdapter`).
     """
 
 

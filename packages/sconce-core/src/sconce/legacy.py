@@ -24,7 +24,7 @@ from sconce.errors import ConfigError, ModelError, UnknownNameError
 from sconce.evaluation import evaluate as evaluate_model
 from sconce.metrics.measure import compare_with_context, measure_with_context
 from sconce.metrics.standard import MIB
-from sconce.pipeline import CompressionResult
+from sconce.pipeline import DEFAULT_RECIPE_GROUPS, CompressionResult
 from sconce.pipeline import compress as run_compress
 from sconce.plugins import registry
 from sconce.report import MetricInfo, Report, StageResult
@@ -75,7 +75,7 @@ class sconce:
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None
-        self.criterion: nn.Module = nn.CrossEntropyLoss()
+        self.criterion: Any = nn.CrossEntropyLoss()
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.dataloader: Any = None
@@ -133,7 +133,9 @@ class sconce:
         return name
 
     def recipe(self) -> list[str]:
-        """The stages :meth:`compress` runs: the pruning technique, then int8 if installed."""
+        """The stages :meth:`compress` runs: the pruning technique, then int8 if installed
+        (the quantization the model's adapter suggests: int8 weights for spiking networks,
+        whose neurons must keep running step by step)."""
         installed = registry().techniques
         stages = []
         prune = self.technique_for_prune_mode()
@@ -144,11 +146,15 @@ class sconce:
                     f"prune_mode={self.prune_mode!r} needs it: {_install_hint(prune)}")
             stages.append(prune)
         if self.quantize:
-            if "quant.int8" in installed:
-                stages.append("quant.int8")
+            adapter = self._adapter(self.model) if self.model is not None else None
+            groups = (adapter.recipe_groups if adapter is not None else None) or \
+                DEFAULT_RECIPE_GROUPS
+            int8 = next((name for name in groups[-1] if name in installed), None)
+            if int8 is not None:
+                stages.append(int8)
             else:
-                logger.warning("no int8 quantization installed; pip install sconce-quant "
-                               "for the Quantized column")
+                logger.warning("no int8 quantization installed; %s for the Quantized column",
+                               _install_hint(groups[-1][0]))
         return stages
 
     # --- the original methods -----------------------------------------------------------------
@@ -235,5 +241,6 @@ class sconce:
                         stages=[StageResult("Original", values=rows[0].values),
                                 StageResult("Compressed", technique="(given)",
                                             values=rows[1].values, notes=rows[1].notes)])
+        report.drop_inapplicable_metrics()
         report.print()
         return report

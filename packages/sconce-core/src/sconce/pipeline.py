@@ -181,8 +181,9 @@ def _atomic_copy(source: Path, target: Path) -> None:
     atomic_write_bytes(target, source.read_bytes())
 
 
-def default_recipe() -> Recipe:
-    """The first installed technique of each :data:`DEFAULT_RECIPE_GROUPS` group.
+def default_recipe(groups: Sequence[Sequence[str]] | None = None) -> Recipe:
+    """The first installed technique of each group (:data:`DEFAULT_RECIPE_GROUPS` unless the
+    model's adapter names its own, ``ModelAdapter.recipe_groups``).
 
     Example:
         >>> default_recipe()  # doctest: +SKIP
@@ -190,7 +191,7 @@ def default_recipe() -> Recipe:
     """
     installed = registry().techniques
     stages = []
-    for group in DEFAULT_RECIPE_GROUPS:
+    for group in groups or DEFAULT_RECIPE_GROUPS:
         chosen = next((name for name in group if name in installed), None)
         if chosen is not None:
             stages.append(Stage(chosen))
@@ -477,15 +478,15 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
               ) -> CompressionResult:
     resolved_data = get_data(data)
     limits = Constraints.from_value(constraints) if constraints is not None else file_constraints
+    adapter = get_adapter(model, opts.adapter)  # before the recipe: it may suggest one
     nothing_installed = False
     if not resolved.stages:
-        resolved = default_recipe()
+        resolved = default_recipe(adapter.recipe_groups)
         nothing_installed = not resolved.stages
     planned = plan(resolved)
 
     seed_everything(opts.seed)
     device = resolve_device(opts.device)
-    adapter = get_adapter(model, opts.adapter)
     working = _copy_of(model, device)
     check_model_runs(working, resolved_data, adapter, device)
     if nothing_installed:
@@ -525,7 +526,8 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
     baseline = measure_with_context(working, ctx, metric_objects, compared=False)
     report = Report(
         metrics=[MetricInfo.of(m, baseline.labels.get(m.name)) for m in metric_objects],
-        stages=[StageResult("Original", values=baseline.values, notes=dict(baseline.notes))],
+        stages=[StageResult("Original", values=baseline.values,
+                            notes={**ctx.stage.notes, **baseline.notes})],
         run={"data": resolved_data.name or "custom", "device": device.type,
              "threads": ctx.timing.threads, "throughput_batch": ctx.timing.batch_size,
              "seed": opts.seed, "finetune_epochs": opts.finetune_epochs,
@@ -554,11 +556,13 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
             else:
                 del current  # the stage's checkpoint replaces it
                 current, result, record = restored
+                ctx.adapter = get_adapter(current, opts.adapter)
                 result.title = title
                 logger.info("resumed: stage %d (%s) reused from %s", index, stage.label, folder)
         if not reused:
             try:
-                current, result, record = _run_stage(current, stage, ctx, title, metric_objects)
+                current, result, record = _run_stage(current, stage, ctx, title, metric_objects,
+                                                     opts.adapter)
             except SconceError:  # a user's mistake: one line (the earlier stages are in work/)
                 raise
             except Exception as exc:  # a fault in the technique: the report names the stage
@@ -595,6 +599,7 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
         broken = check_constraints(limits, report.stages[0].values, report.stages[-1].values)
         report.run["constraints"] = limits.to_dict()
         report.stages[-1].notes["constraints"] = "; ".join(broken) if broken else "all met"
+    report.drop_inapplicable_metrics()
     current.eval()
     compressed = CompressionResult(model=current, report=report, architecture=architecture,
                                    work_dir=work_dir, example_inputs=ctx.example_inputs(1),
@@ -698,7 +703,8 @@ def _time_together(original: nn.Module, device: torch.device, checkpoints: list[
 
 
 def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str,
-               metrics: Sequence[Metric]) -> tuple[nn.Module, StageResult, StageRecord]:
+               metrics: Sequence[Metric], given_adapter: ModelAdapter | None = None,
+               ) -> tuple[nn.Module, StageResult, StageRecord]:
     ctx.stage = StageNotes()
     technique, config = stage.technique, stage.config
     logger.info("stage %s: applying %s %s", title, technique.name, config.to_dict())
@@ -708,6 +714,8 @@ def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str
     if not isinstance(compressed, nn.Module):
         raise TechniqueError(f"technique {technique.name!r} returned "
                              f"{type(compressed).__name__} instead of an nn.Module")
+    # a stage may change how the model runs (an ANN converted into a spiking network)
+    ctx.adapter = get_adapter(compressed, given_adapter)
     check_restorable(technique, before, structure_of(compressed))
     wants_finetune = bool(getattr(technique, "finetune_after", technique.kind in FINETUNED_KINDS))
     if wants_finetune and not ctx.stage.finetuned \

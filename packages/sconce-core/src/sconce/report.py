@@ -153,6 +153,20 @@ class Report:
         ratio = self.ratio_text(info, stage) if index > 0 else ""
         return f"{text} ({ratio})" if ratio else text
 
+    def drop_inapplicable_metrics(self) -> None:
+        """Leave out metrics that no stage has an entry for: they applied to none of the
+        models (the spike rate of networks that do not spike). Metrics measured nowhere for
+        a reason (an entry of None, with a note) stay.
+
+        Example:
+            >>> report = Report(metrics=[MetricInfo("a", "A", "", False)],
+            ...                 stages=[StageResult("x")])
+            >>> report.drop_inapplicable_metrics(); report.metrics
+            []
+        """
+        self.metrics = [m for m in self.metrics
+                        if any(m.name in stage.values for stage in self.stages)]
+
     # --- renderings ---------------------------------------------------------------------------
     def to_rich_table(self) -> Any:
         """A rich Table in the spirit of the original sconce comparison table."""

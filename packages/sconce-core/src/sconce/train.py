@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,7 @@ def fit(
     weight_decay: float = 1e-4,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
-    criterion: nn.Module | None = None,
+    criterion: Callable[..., torch.Tensor] | None = None,
     teacher: nn.Module | None = None,
     distill_weight: float = 0.5,
     temperature: float = 4.0,
@@ -156,7 +156,8 @@ def fit(
         epochs: passes over the training set; a fraction trains on that share of one epoch.
         lr, weight_decay: for the default optimizer (AdamW, cosine schedule per step).
         optimizer, scheduler: your own instead; a scheduler you pass steps once per epoch.
-        criterion: a loss module ``criterion(logits, targets)`` instead of the adapter's.
+        criterion: a loss module instead of the adapter's; the adapter hands it what it
+            expects (class scores ``criterion(logits, targets)`` for a classifier).
         teacher: distil from this model: ``loss = (1-w) * task + w * KL(student || teacher)``.
         distill_weight, temperature: the distillation mix ``w`` and softening temperature.
         callbacks: :class:`TrainCallback` objects (mask keepers, schedules, loggers).
@@ -218,7 +219,8 @@ def fit(
         logger.info("resumed training from %s after epoch %d", checkpoint, start_epoch)
 
     runner: nn.Module = distributed.wrap_model(model, device) if use_ddp else model
-    criterion = criterion.to(device) if criterion is not None else None
+    if isinstance(criterion, nn.Module):  # plain callables (snnTorch's losses) stay as they are
+        criterion = criterion.to(device)
     for callback in callbacks:
         callback.on_train_begin(state)
     epoch_count = math.ceil(epochs)
@@ -241,7 +243,7 @@ def fit(
             inputs = adapter.to_device(inputs, device)
             targets = targets.to(device, non_blocking=True)
             outputs = adapter.forward(runner, inputs)
-            loss = (criterion(adapter.logits(outputs), targets) if criterion is not None
+            loss = (adapter.criterion_loss(criterion, outputs, targets) if criterion is not None
                     else adapter.loss(outputs, targets))
             if teacher is not None and distill_weight > 0:
                 with torch.no_grad():
@@ -249,7 +251,7 @@ def fit(
                 loss = (1 - distill_weight) * loss + distill_weight * adapter.distillation_loss(
                     outputs, teacher_outputs, temperature)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # unannotated in torch
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from sconce.metrics.base import Metric, MetricUnavailable
+from sconce.metrics.base import Metric, MetricNotApplicable, MetricUnavailable
 from sconce.metrics.timing import Timed, TimingSettings, time_call, time_interleaved
 
-__all__ = ["Metric", "MetricUnavailable", "Timed", "TimingSettings", "time_call",
-           "time_interleaved"]
+__all__ = ["Metric", "MetricNotApplicable", "MetricUnavailable", "Timed", "TimingSettings",
+           "time_call", "time_interleaved"]

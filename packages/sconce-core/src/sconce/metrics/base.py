@@ -3,7 +3,9 @@
 A metric is any object with ``name``, ``label``, ``unit``, ``higher_is_better`` and
 ``measure(model, ctx)``; :class:`Metric` is a convenience base class. ``measure`` returns a
 float, or raises :class:`MetricUnavailable` with a reason when the metric cannot be
-measured for this model (the report shows the reason instead of a number).
+measured for this model (the report shows the reason instead of a number), or
+:class:`MetricNotApplicable` when it has no meaning for this kind of model (the report omits
+it).
 
 Example:
     >>> class CountModules(Metric):
@@ -41,6 +43,19 @@ class ComparedMetric(Protocol):
 
 class MetricUnavailable(Exception):
     """Raised by ``measure`` when the metric does not apply to this model or data."""
+
+
+class MetricNotApplicable(MetricUnavailable):
+    """Raised by ``measure`` when the metric means nothing for this kind of model (the spike
+    rate of a network without spiking neurons): no value and no note are recorded, and a
+    report leaves out a metric that applied to none of its models.
+
+    Example:
+        >>> class SpikeRate(Metric):
+        ...     name = "spike_rate"
+        ...     def measure(self, model, ctx):
+        ...         raise MetricNotApplicable("not a spiking network")
+    """
 
 
 class Metric:

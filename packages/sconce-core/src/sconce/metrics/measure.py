@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sconce.metrics.base import ComparedMetric, Metric, MetricUnavailable
+from sconce.metrics.base import ComparedMetric, Metric, MetricNotApplicable, MetricUnavailable
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,7 +68,8 @@ def _label(metric: Metric, ctx: Context) -> str:
 
 def measure_with_context(model: nn.Module, ctx: Context, metrics: Sequence[Metric], *,
                          compared: bool = True) -> Measurement:
-    """Measure ``metrics`` on ``model`` within ``ctx``; unavailable ones become notes.
+    """Measure ``metrics`` on ``model`` within ``ctx``; unavailable ones become notes, and
+    ones that do not apply to this kind of model are left out.
 
     With ``compared=False`` the side-by-side metrics are left out (labels only) for
     :func:`compare_with_context` to measure later with the models they are compared with.
@@ -80,6 +81,8 @@ def measure_with_context(model: nn.Module, ctx: Context, metrics: Sequence[Metri
             continue
         try:
             result.values[metric.name] = float(metric.measure(model, ctx))
+        except MetricNotApplicable:
+            continue
         except MetricUnavailable as exc:
             result.values[metric.name] = None
             result.notes[metric.name] = str(exc)
