@@ -179,8 +179,8 @@ def torch_dynamic(model: nn.Module, layers: Sequence[str], per_channel: bool) ->
             else default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return plain_state_rnns(quantize_dynamic(model.eval(), spec, dtype=torch.qint8,
-                                                 inplace=True))
+        return plain_state_rnns(quantize_dynamic(  # type: ignore[no-untyped-call]  # untyped in torch
+            model.eval(), spec, dtype=torch.qint8, inplace=True))
 
 
 class OrtDynamicEngine:

@@ -118,7 +118,7 @@ def float_twin(model: nn.Module) -> tuple[nn.Module, bool]:
     per_channel = False
     for name, module in list(twin.named_modules()):
         if isinstance(module, DynamicLinear):
-            weight, bias = module.weight(), module.bias()
+            weight, bias = module.weight(), module.bias()  # type: ignore[no-untyped-call]  # untyped in torch
             per_channel |= weight.qscheme() in (torch.per_channel_affine,
                                                 torch.per_channel_symmetric)
             linear = nn.Linear(module.in_features, module.out_features, bias=bias is not None)
@@ -132,7 +132,7 @@ def float_twin(model: nn.Module) -> tuple[nn.Module, bool]:
             rnn = float_cls(module.input_size, module.hidden_size, module.num_layers,
                             bias=module.bias, batch_first=module.batch_first,
                             dropout=float(module.dropout), bidirectional=module.bidirectional)
-            values = module._weight_bias()
+            values = module._weight_bias()  # type: ignore[no-untyped-call]  # untyped in torch
             with torch.no_grad():
                 for group in values.values():
                     for key, tensor in group.items():

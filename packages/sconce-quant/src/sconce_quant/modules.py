@@ -142,7 +142,8 @@ def _tracing(x: torch.Tensor) -> bool:
     dequantizing code)."""
     from torch._subclasses.fake_tensor import is_fake
 
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    return bool(torch.jit.is_tracing()  # type: ignore[attr-defined, no-untyped-call]  # torch: untyped, implicit re-export
+                or torch.onnx.is_in_onnx_export()
                 or torch.compiler.is_compiling() or torch.compiler.is_exporting()
                 or is_fake(x) or type(x) is not torch.Tensor)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -68,9 +68,10 @@ class QuantizationAwareTraining(StaticInt8):
     kind = "quantize"
     Config = QATConfig
 
-    def prepare_float(self, model: nn.Module, config: QATConfig, ctx: Context,
+    def prepare_float(self, model: nn.Module, config: Int8Config, ctx: Context,
                       batches: Sequence[Any]) -> nn.Module:
         """Fine-tune ``model`` with its layers simulated in int8; return it in float."""
+        config = cast(QATConfig, config)  # this technique's Config: apply() is given a QATConfig
         epochs = ctx.finetune_epochs if config.epochs is None else config.epochs
         if epochs <= 0 or ctx.data is None or ctx.data.train is None:
             ctx.note("quantization-aware training", "skipped (no fine-tuning budget or no "
@@ -83,7 +84,7 @@ class QuantizationAwareTraining(StaticInt8):
                                   percentile=settings.percentile)
                   for name, est in estimators.items() if not est.empty}
         teacher = ctx.teacher if config.distill else None
-        options = {} if config.lr is None else {"lr": config.lr}
+        options: dict[str, Any] = {} if config.lr is None else {"lr": config.lr}
         with simulated(model, ranges, levels=256, per_channel=settings.per_channel):
             ctx.finetune(model, epochs=epochs, teacher=teacher, **options)
         ctx.note("quantization-aware training",

@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -33,7 +33,7 @@ def _plain_class(base: type) -> type:
     """The subclass of a dynamic recurrent class with a plain-tensor state dict."""
     if base not in _CLASSES:
 
-        class PlainStateRNN(base):  # type: ignore[misc, valid-type]
+        class PlainStateRNN(base):  # type: ignore[misc]  # base is a runtime class argument
             """A dynamic int8 recurrent layer saved as plain tensors."""
 
             def _save_to_state_dict(self, destination: dict[str, Any], prefix: str,
@@ -65,7 +65,7 @@ def _hide_packed(module: nn.Module) -> None:
     """Keep the packed weights as a plain list, so the state dict does not recurse into them."""
     packed = module._modules.pop("_all_weight_values", None)
     if packed is not None:
-        module.__dict__["_all_weight_values"] = list(packed)
+        module.__dict__["_all_weight_values"] = list(cast(nn.ModuleList, packed))
 
 
 def plain_state_rnns(model: nn.Module) -> nn.Module:

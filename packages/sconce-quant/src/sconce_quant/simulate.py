@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ class FakeQuantLayer(nn.Module):
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight as the int8 engine will see it (fake-quantized)."""
-        weight = self.layer.weight
+        weight = cast(torch.Tensor, self.layer.weight)
         if self.per_channel:
             scales = per_channel_scales(weight).detach()
             zeros = torch.zeros(scales.shape, dtype=torch.int32, device=weight.device)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -165,12 +165,14 @@ class WeightOnly(Technique):
         tied_embeddings = _tied_embeddings(model, tied) if config.tied == "int8" else {}
 
         def rtn(name: str) -> GroupCodes:
-            return rtn_group_codes(model.get_submodule(name).weight.detach(), config.bits,
+            weight = cast(torch.Tensor, model.get_submodule(name).weight)
+            return rtn_group_codes(weight.detach(), config.bits,
                                    config.group_size, symmetric=config.symmetric,
                                    search=config.searches())
 
         def tied_rtn(name: str) -> GroupCodes:  # int8: the codes serve lookups and the output
-            return rtn_group_codes(model.get_submodule(name).weight.detach(), 8,
+            weight = cast(torch.Tensor, model.get_submodule(name).weight)
+            return rtn_group_codes(weight.detach(), 8,
                                    config.group_size, symmetric=config.symmetric)
 
         if config.method == "rtn":
@@ -239,7 +241,7 @@ class WeightOnly(Technique):
         layers = {}
         for name in names:
             code = code_for(name)
-            linear = model.get_submodule(name)
+            linear = cast(nn.Linear, model.get_submodule(name))
             layer = WeightOnlyLinear.from_codes(code, linear.bias, accuracy_level=accuracy_level
                                                 ).to(linear.weight.device)
             model.set_submodule(name, layer)
@@ -303,8 +305,11 @@ def per_token_seconds(layers: list[WeightOnlyLinear], threads: int) -> dict[str,
                 x = torch.randn(1, layer.in_features)
                 for kernel in KERNELS:
                     layer.kernel = kernel
-                    ms = time_call(lambda layer=layer, x=x: layer(x), torch.device("cpu"),
-                                   one_round)
+
+                    def call(layer: WeightOnlyLinear = layer, x: torch.Tensor = x) -> Any:
+                        return layer(x)
+
+                    ms = time_call(call, torch.device("cpu"), one_round)
                     best[key, kernel] = min(best[key, kernel], ms / 1e3)
     finally:
         for layer in layers:

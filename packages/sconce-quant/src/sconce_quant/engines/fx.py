@@ -150,11 +150,15 @@ def qconfig_mapping(settings: StaticSettings, skip: Collection[str] = ()) -> Any
         weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     with _quiet():
         mapping = get_default_qconfig_mapping("x86")
-    mapping.set_global(QConfig(activation=activation, weight=weight))
+    qconfig_global = QConfig(activation=activation,  # type: ignore[no-untyped-call]  # untyped in torch
+                             weight=weight)
+    mapping.set_global(qconfig_global)
     for key, qconfig in list(mapping.object_type_qconfigs.items()):
-        constructor = getattr(qconfig.activation, "p", None)
+        constructor = getattr(qconfig.activation, "p", None) if qconfig is not None else None
         if qconfig is not None and getattr(constructor, "func", None) is HistogramObserver:
-            mapping.set_object_type(key, QConfig(activation=activation, weight=qconfig.weight))
+            replaced = QConfig(activation=activation,  # type: ignore[no-untyped-call]  # untyped in torch
+                               weight=qconfig.weight)
+            mapping.set_object_type(key, replaced)
     for name in skip:
         mapping.set_module_name(name, None)
     return mapping

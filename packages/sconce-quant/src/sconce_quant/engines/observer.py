@@ -43,7 +43,7 @@ def estimator_observer(base: type) -> type:
         True
     """
 
-    class SconceObserver(base):  # type: ignore[misc, valid-type]
+    class SconceObserver(base):  # type: ignore[misc]  # base is a runtime class argument
         """Activation observer: sconce's histogram, and min-max / percentile / MSE ranges."""
 
         def __init__(self, method: str = "mse", percentile: float = 99.99,

@@ -50,6 +50,8 @@ class OrtModule(nn.Module):
         tensor([[0., 2.]])
     """
 
+    onnx_model: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, onnx_bytes: bytes, *, input_names: Sequence[str],
                  output_names: Sequence[str]) -> None:
         super().__init__()
@@ -224,7 +226,8 @@ def _export(model: nn.Module, args: tuple[Any, ...]) -> bytes:
                 warnings.simplefilter("ignore")
                 kwargs: dict[str, Any] = ({"dynamo": True, "dynamic_shapes": shapes} if dynamo
                                           else {"dynamo": False, "dynamic_axes": axes})
-                torch.onnx.export(wrapped, args, buffer, input_names=input_names,
+                torch.onnx.export(wrapped, args, buffer,  # type: ignore[arg-type]  # takes a BytesIO
+                                  input_names=input_names,
                                   output_names=output_names, opset_version=OPSET,
                                   do_constant_folding=True, **kwargs)
             return buffer.getvalue()

@@ -173,8 +173,11 @@ def choose_engine(
             module = candidate.built.module.eval()
             for batch_size, inputs in timing_inputs.items():
                 args = as_args(inputs)
-                candidate.latency_ms[batch_size] = time_call(
-                    lambda module=module, args=args: module(*args), torch.device("cpu"), timing)
+
+                def call(module: nn.Module = module, args: tuple[Any, ...] = args) -> Any:
+                    return module(*args)
+
+                candidate.latency_ms[batch_size] = time_call(call, torch.device("cpu"), timing)
         best = {b: min(c.latency_ms[b] for c in working) for b in timing_inputs}
         chosen = min(working, key=lambda c: sum(c.latency_ms[b] / best[b] for b in best))
     else:
