@@ -11,15 +11,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import sconce
 from sconce.plugins import reset_plugins
+from sconce.progress import set_progress
 
 
 @pytest.fixture(autouse=True)
 def _fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test starts with plugins unloaded and progress bars off."""
+    """Every test starts with plugins unloaded and progress bars off (by the environment; the
+    switch an in-process ``sconce --quiet`` turns off is turned back on)."""
     monkeypatch.setenv("SCONCE_NO_PROGRESS", "1")
     reset_plugins()
+    set_progress(True)
     yield
     reset_plugins()
+    set_progress(True)
 
 
 class TinyNet(nn.Module):

@@ -298,6 +298,6 @@ def read_weights(path: Path, map_location: str | torch.device = "cpu") -> dict[s
     except Exception as exc:  # torch raises several types for a bad archive
         raise ModelError(f"{str(path)!r} is damaged or not a weights file (torch.load "
                          f"refused it: {type(exc).__name__}); save the model again") from None
-    if not isinstance(state, Mapping):
+    if not isinstance(state, dict):
         raise ModelError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
-    return dict(state)
+    return state  # as loaded: its ``_metadata`` (module versions) must reach load_state_dict
