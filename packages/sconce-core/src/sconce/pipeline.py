@@ -556,7 +556,7 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
             else:
                 del current  # the stage's checkpoint replaces it
                 current, result, record = restored
-                ctx.adapter = get_adapter(current, opts.adapter)
+                ctx.adapter = adapter_after_stage(current, ctx.adapter, opts.adapter)
                 result.title = title
                 logger.info("resumed: stage %d (%s) reused from %s", index, stage.label, folder)
         if not reused:
@@ -702,6 +702,23 @@ def _time_together(original: nn.Module, device: torch.device, checkpoints: list[
                             + ", ".join(report.stages[i].title for i in columns))
 
 
+def adapter_after_stage(model: nn.Module, current: ModelAdapter,
+                        given: ModelAdapter | None = None) -> ModelAdapter:
+    """The adapter that runs ``model`` after a stage: a stage may change how the model runs
+    (an ANN converted into a spiking network), so the plugins are asked again; an adapter of
+    the same kind as before is kept, with its state (e.g. the reference model an encoder's
+    ``embedding_cosine`` compares with).
+
+    Example:
+        >>> from sconce.adapter import ClassifierAdapter
+        >>> kept = ClassifierAdapter()
+        >>> adapter_after_stage(nn.Linear(2, 2), kept) is kept
+        True
+    """
+    found = get_adapter(model, given)
+    return current if type(found) is type(current) else found
+
+
 def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str,
                metrics: Sequence[Metric], given_adapter: ModelAdapter | None = None,
                ) -> tuple[nn.Module, StageResult, StageRecord]:
@@ -714,8 +731,7 @@ def _run_stage(current: nn.Module, stage: PlannedStage, ctx: Context, title: str
     if not isinstance(compressed, nn.Module):
         raise TechniqueError(f"technique {technique.name!r} returned "
                              f"{type(compressed).__name__} instead of an nn.Module")
-    # a stage may change how the model runs (an ANN converted into a spiking network)
-    ctx.adapter = get_adapter(compressed, given_adapter)
+    ctx.adapter = adapter_after_stage(compressed, ctx.adapter, given_adapter)
     check_restorable(technique, before, structure_of(compressed))
     wants_finetune = bool(getattr(technique, "finetune_after", technique.kind in FINETUNED_KINDS))
     if wants_finetune and not ctx.stage.finetuned \
