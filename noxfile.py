@@ -46,8 +46,9 @@ def _with_shared_torch(session: nox.Session) -> None:
         session.run_install("python", "-m", "pip", "install", "--quiet", "--target",
                             str(SHARED_TORCH), TORCH_PIN)
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    purelib = session.run_install("python", "-c", code, silent=True).strip()
-    Path(purelib, "_sconce_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
+    purelib = session.run_install("python", "-c", code, silent=True)
+    if purelib is not None:  # None under --no-install (-R): the reused env already has the .pth
+        Path(purelib.strip(), "_sconce_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
 
 
 def _install(session: nox.Session, *requirements: str) -> None:
