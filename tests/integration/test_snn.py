@@ -129,11 +129,14 @@ def test_channel_pruning_slices_per_channel_neuron_parameters(trained, data,
     original, pruned = result.report.stages
     model = result.model
     assert model.conv1.out_channels < 16 and model.conv2.out_channels < 32
+    kept_inputs: list[int] | None = None  # conv2's inputs are the channels conv1 kept
     for conv, lif, before_conv, before_lif in ((model.conv1, model.lif1, trained.conv1,
                                                 trained.lif1),
                                                (model.conv2, model.lif2, trained.conv2,
                                                 trained.lif2)):
-        kept = _rows_of(before_conv.weight[:, :1], conv.weight[:, :1])  # channels it kept
+        before = before_conv.weight if kept_inputs is None else before_conv.weight[:, kept_inputs]
+        kept = _rows_of(before.flatten(1), conv.weight.flatten(1))  # the channels it kept
+        kept_inputs = kept
         assert lif.beta.shape == lif.threshold.shape == (conv.out_channels, 1, 1)
         assert torch.equal(lif.beta, before_lif.beta[kept])  # each channel keeps its own
         assert torch.equal(lif.threshold, before_lif.threshold[kept])
