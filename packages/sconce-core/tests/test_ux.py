@@ -218,3 +218,18 @@ def test_a_count_quantization_keeps_is_carried_with_its_reason(tiny, data) -> No
     assert quantized.values["ops"] == 7.0
     assert "carried from Original" in quantized.notes["ops"]
     assert "cannot trace" in quantized.notes["ops"] and "ops not measured" not in quantized.notes
+
+
+def test_notes_are_printed_as_written_not_as_markup() -> None:
+    """A note's square brackets (a pip extra) are text, not rich markup to strip."""
+    import io
+
+    from rich.console import Console
+
+    note = "torchao is not installed; pip install 'sconce-quant[pt2e]'"
+    report = Report(metrics=[MetricInfo("size", "Size", "MiB", False)],
+                    stages=[StageResult("Original", values={"size": 4.0},
+                                        notes={"engine": note})])
+    out = io.StringIO()
+    report.print(Console(file=out, width=200))
+    assert note in out.getvalue()

@@ -188,7 +188,7 @@ class Report:
         out = out if out is not None else console()
         out.print(self.to_rich_table())
         for line in self.notes_lines():
-            out.print(f"  {line}", highlight=False)
+            out.print(f"  {line}", highlight=False, markup=False)
 
     def notes_lines(self) -> list[str]:
         """Human-readable notes, whole: per-stage facts and unmeasurable metrics."""
