@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_flags
 from quant_timing import interleaved_latency
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -76,15 +77,6 @@ DEFAULTS = ChannelPruneConfig()
 FINETUNE_LR = 1e-3 * DEFAULTS.finetune_lr_scale
 
 
-def cpu_flags() -> str:
-    """The SIMD flags that decide which int8/fp32 kernels run (quoted beside every figure)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    found = sorted({flag for flag in ("avx512_vnni", "avx_vnni", "avx2")
-                    if f" {flag}" in text})
-    return " ".join(found) or "none of avx2/avx_vnni/avx512_vnni"
 
 
 # --- the two tools ------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tarfile
@@ -38,6 +37,8 @@ import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+
+from machine import cpu_flags
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -49,14 +50,6 @@ CASES = ("runtime only", "model loaded", "+ one deepcopy", "sconce.compress",
          "compress before issue 8")
 
 
-def cpu_flags() -> str:
-    """The SIMD flags that decide int8/int4 speed here (avx512_vnni, avx_vnni, avx2)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    found = sorted(set(re.findall(r"\b(avx512_vnni|avx_vnni|avx2)\b", text)))
-    return " ".join(found) or "none of avx2/avx_vnni/avx512_vnni"
 
 
 def _status(field: str) -> int:

@@ -47,7 +47,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from channel_pruning import accuracy, dense_vgg, load_data
-from memory import cpu_flags
+from machine import cpu_flags
 from quant_timing import interleaved_latency
 
 import sconce

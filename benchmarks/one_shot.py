@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_flags
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -51,11 +52,6 @@ SECTIONS = ("cnn", "minilm", "smollm")
 SCONCE_METHODS = ("magnitude", "wanda", "sparsegpt", "obc")
 
 
-def cpu_flags() -> str:
-    """The CPU's int8/vector flags (the README quotes them beside every figure)."""
-    text = Path("/proc/cpuinfo").read_text(errors="ignore")
-    found = sorted(set(re.findall(r"\b(avx512_vnni|avx_vnni|avx2)\b", text)))
-    return " ".join(found) or "none of avx2/avx_vnni/avx512_vnni"
 
 
 def peak_rss_mib() -> float:

@@ -44,8 +44,9 @@ from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import cpu_flags
 from quant_limit import measure_limit, print_limit
-from quant_timing import cpu_flags, interleaved_latency
+from quant_timing import interleaved_latency
 
 import sconce
 from sconce.context import Context

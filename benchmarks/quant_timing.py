@@ -8,7 +8,6 @@ the round's median latency (:func:`sconce.metrics.timing.time_call`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,12 +41,3 @@ def interleaved_latency(
     return best
 
 
-def cpu_flags() -> str:
-    """The SIMD flags that decide which int8 kernels run, as
-    ``grep -o 'avx512_vnni\\|avx_vnni\\|avx2' /proc/cpuinfo | sort -u`` prints them."""
-    try:
-        words = set(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore").split())
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    found = sorted(flag for flag in ("avx2", "avx512_vnni", "avx_vnni") if flag in words)
-    return " ".join(found) or "none of avx2 / avx512_vnni / avx_vnni"

@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 from gmp import load_data  # Fashion-MNIST, or its subsets with --quick
+from machine import cpu_flags
 from quant_timing import interleaved_latency
 from torch import nn
 
@@ -64,14 +65,6 @@ METRICS = ["accuracy", "params", "nonzero_params", "size", "spike_rate", "synops
 CPU = torch.device("cpu")
 
 
-def cpu_flags() -> str:
-    """The SIMD flags of this CPU that matter for its kernels (quoted beside every figure)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    found = sorted({flag for flag in ("avx512_vnni", "avx_vnni", "avx2") if f" {flag}" in text})
-    return " ".join(found) or "none of avx2/avx_vnni/avx512_vnni"
 
 
 def cached_training(tag: str, model: nn.Module, data: sconce.Data, epochs: float, lr: float,

@@ -47,6 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import cpu_flags
 from quant_timing import interleaved_latency
 
 import sconce
@@ -69,14 +70,6 @@ TARGETS = {"engine_vs_dense": 0.95, "mlp90_b64": 2.5, "mlp95_b1": 1.8, "block90_
            "size_fp32": 0.15, "size_int8": 0.06}
 
 
-def cpu_flags() -> str:
-    """The SIMD flags this benchmark's figures depend on."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = sorted({f for f in ("avx512_vnni", "avx_vnni", "avx2") if f" {f}" in text})
-    return ", ".join(flags) or "none of avx2 / avx_vnni / avx512_vnni"
 
 
 def file_size(model: nn.Module) -> int:
