@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import snntorch.functional as SF
 import torch
 from snn_helpers import Net, tiny_data
@@ -10,8 +12,9 @@ from sconce import sconce
 from sconce_snn import SpikingAdapter
 
 
-def _sconces(model: torch.nn.Module) -> sconce:
+def _sconces(model: torch.nn.Module, out_dir: Path | None = None) -> sconce:
     sconces = sconce()
+    sconces.out_dir = None if out_dir is None else str(out_dir)  # never the test's cwd
     sconces.model = model
     sconces.dataloader = {"train": tiny_data().train, "test": tiny_data().test}
     sconces.snn = True
@@ -40,8 +43,8 @@ def test_num_steps_reaches_the_adapter(monkeypatch) -> None:
     assert sconces.evaluate() >= 85.0
 
 
-def test_compress_prunes_and_reports_snn_metrics(trained_snn) -> None:
-    sconces = _sconces(trained_snn)
+def test_compress_prunes_and_reports_snn_metrics(trained_snn, tmp_path) -> None:
+    sconces = _sconces(trained_snn, tmp_path)
     sconces.epochs = 0
     sconces.prune_mode = ""  # no pruning plugin in this package's tests
     sconces.num_finetune_epochs = 0
@@ -50,3 +53,4 @@ def test_compress_prunes_and_reports_snn_metrics(trained_snn) -> None:
     assert result.report.value("Original", "spike_rate") is not None
     assert result.report.value("Original", "accuracy") >= 85.0
     assert result.report.value("Quantized", "size") < result.report.value("Original", "size")
+    assert (tmp_path / "sconce" / "model.json").is_file()  # saved under experiment_name

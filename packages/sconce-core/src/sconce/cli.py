@@ -72,13 +72,14 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 class _LazyGroup(click.Group):
-    """The ``sconce`` group: the core's commands at once, plugins' commands on demand."""
+    """The ``sconce`` group: the core's commands at once, plugins' commands on demand.
+
+    ``sconce --help`` lists plugins' commands with the short help the manifest saved, so it
+    answers without importing any plugin (or torch); running one loads the plugins.
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        names = set(super().list_commands(ctx))
-        if set(_listing()["commands"]) - names:
-            _add_plugin_commands(self)
-        return sorted(super().list_commands(ctx))
+        return sorted(set(super().list_commands(ctx)) | set(_listing()["commands"]))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
@@ -86,6 +87,22 @@ class _LazyGroup(click.Group):
             _add_plugin_commands(self)
             command = super().get_command(ctx, cmd_name)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        saved_help: dict[str, str] = _listing()["commands"]
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name)
+            if command is None:
+                rows.append((name, saved_help.get(name, "")))
+            elif not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=_SHORT_HELP_LIMIT)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+_SHORT_HELP_LIMIT = 200  # a command's first sentence, whole (the formatter wraps it)
 
 
 _plugin_commands_added: list[bool] = []
@@ -135,7 +152,8 @@ def _listing() -> dict[str, Any]:
         "models": {name: str(reg.origin[("models", name)]) for name in sorted(reg.models)},
         "datasets": {name: str(reg.origin[("datasets", name)]) for name in sorted(reg.datasets)},
         "plugins": [asdict(info) for info in plugin_infos()],
-        "commands": sorted(set(cli.commands) - builtin),
+        "commands": {name: cli.commands[name].get_short_help_str(limit=_SHORT_HELP_LIMIT)
+                     for name in sorted(set(cli.commands) - builtin)},
     }
     if not loaded:
         write_manifest(content)

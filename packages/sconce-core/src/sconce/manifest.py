@@ -33,7 +33,7 @@ from sconce.storage import atomic_write_json
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "sconce"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: commands carry their short help
 
 
 def _package_files(top: str) -> tuple[int, float]:

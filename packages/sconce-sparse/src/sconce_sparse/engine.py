@@ -112,7 +112,7 @@ class SparseEngine(SparseStorage):
         layers: dict[str, SparseLayer | SparseQuantized] = {}
         records: dict[str, dict[str, Any]] = {}
         decisions: dict[str, str] = {}
-        for candidate in found.layers:
+        for candidate in ctx.track(found.layers, description="sparse engine: measuring layers"):
             layer = to_sparse(candidate, encoding=config.encoding)
             record = layer_record(layer)
             if isinstance(layer, SparseLayer) and candidate.runs_sparse:
