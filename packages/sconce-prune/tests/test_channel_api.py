@@ -248,6 +248,26 @@ def test_target_macs_and_latency_through_the_technique() -> None:
     assert 0.0 < ratio <= 0.95
     with pytest.raises(ConfigError, match="not both"):
         ChannelPruneConfig(target_macs="2x", target_latency="2x")
+
+
+def test_the_runs_target_macs_reaches_the_technique() -> None:
+    """One meaning per constraint: the run's target_macs, as a stage's own, unless the stage
+    sets its own."""
+    model = sconce.models.vgg(num_classes=10, in_channels=1, image_size=28,
+                              widths=(16, "M", 32, "M", 32), hidden_features=32)
+    x = torch.randn(1, 1, 28, 28)
+    before = count_macs(model, x)
+    result = sconce.compress(copy.deepcopy(model), _loaders((1, 28, 28)),
+                             recipe=[("prune.channel", {"round_to": 1})],
+                             constraints={"target_macs": "2.5x"}, finetune_epochs=0, **FAST)
+    assert 0.25 * before < count_macs(result.model, x) <= 0.4 * before
+    notes = result.report.stages[-1].notes
+    assert notes["target_macs"] == "2.5x (the run's constraint)"
+    assert notes["constraints"] == "all met"
+    own = sconce.compress(copy.deepcopy(model), _loaders((1, 28, 28)),
+                          recipe=[("prune.channel", {"round_to": 1, "target_macs": "1.5x"})],
+                          constraints={"target_macs": "2.5x"}, finetune_epochs=0, **FAST)
+    assert count_macs(own.model, x) > 0.4 * before  # the stage's own target wins
     with pytest.raises(ConfigError, match="write a ratio like '2.5x'"):
         ChannelPruneConfig(target_macs=0.4)  # the old fraction: one unit convention now
     assert ChannelPruneConfig.from_dict({"target_macs": "300M"}).target_macs == "300M"

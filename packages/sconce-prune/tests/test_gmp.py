@@ -114,6 +114,29 @@ def test_accuracy_budget_finds_a_sparsity_within_it(trained, data) -> None:
     assert "sparsity found" in ctx.stage.notes
 
 
+def test_the_runs_accuracy_budget_reaches_the_allocation(trained, data) -> None:
+    """The run's max_accuracy_drop means points lost against the original (the teacher): a
+    stage whose input already lost some has only the rest."""
+    limits = sconce.Constraints(max_accuracy_drop=2.0)
+    config = MagnitudeConfig(allocation="auto", sensitivity_samples=128,
+                             sensitivity_ratios=(0.5, 0.8, 0.95))
+    ctx = Context(data=data, finetune_epochs=0, progress=False, constraints=limits,
+                  teacher=trained)
+    base = ctx.evaluate(trained, max_samples=128).accuracy
+    model = MagnitudePruning().apply(copy.deepcopy(trained), config, ctx)
+    assert base - ctx.evaluate(model, max_samples=128).accuracy <= 2.0
+    assert "the run's max_accuracy_drop" in ctx.stage.notes["sparsity found"]
+    damaged = copy.deepcopy(trained)
+    with torch.no_grad():
+        for target in find_targets(damaged):
+            target.weight.mul_(torch.rand_like(target.weight) > 0.5)
+    spent = base - ctx.evaluate(damaged, max_samples=128).accuracy
+    assert spent > 0
+    left = ctx.accuracy_budget(damaged, max_samples=128)
+    assert left == pytest.approx(max(0.0, 2.0 - spent))
+    assert ctx.accuracy_budget(damaged, own=0.5) == 0.5  # a stage's own budget counts from it
+
+
 def test_every_layer_kind_is_covered() -> None:
     class Zoo(nn.Module):
         def __init__(self) -> None:

@@ -48,16 +48,18 @@ from torch import nn
 
 from sconce.adapter import ClassifierAdapter, ModelAdapter
 from sconce.data import Data
-from sconce.errors import DataError
+from sconce.errors import ConfigError, DataError
 from sconce.evaluation import EvalResult, evaluate
 from sconce.footprint import Footprint, ModuleFootprint, model_footprint
 from sconce.metrics.timing import TimingSettings
 from sconce.progress import track
-from sconce.recipe import Constraints
+from sconce.recipe import Constraints, Target
 from sconce.train import TrainCallback, fit
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+CONSTRAINT_NAMES = ("max_accuracy_drop", "target_latency", "target_size_mib", "target_macs")
+"""The constraints of a run (:class:`sconce.Constraints`' fields)."""
 
 
 @dataclass
@@ -179,6 +181,67 @@ class Context:
         if not yielded:
             raise DataError("the calibration data is empty; give a non-empty "
                             "'calibration' or 'train' loader")
+
+    # --- constraints ------------------------------------------------------------------------
+    def limit(self, name: str, own: float | str | Target | None = None) -> float | Target | None:
+        """A constraint as a technique should apply it: the stage's ``own`` config value when
+        set, else the run's constraint of that name (None when neither is set).
+
+        One convention for every technique: ``max_accuracy_drop`` is accuracy points lost
+        against the original model; ``target_latency`` / ``target_size_mib`` / ``target_macs``
+        are :class:`sconce.recipe.Target` values (``"4x"`` a reduction against the original,
+        else an absolute value in the metric's unit), whichever of the two gave them.
+
+        Raises:
+            ConfigError: an unknown constraint name, or an invalid ``own`` value.
+
+        Example:
+            >>> ctx = Context(constraints=Constraints(target_macs="4x"))
+            >>> ctx.limit("target_macs"), ctx.limit("target_macs", "2x")
+            (Target(value=4.0, is_ratio=True), Target(value=2.0, is_ratio=True))
+            >>> ctx.limit("max_accuracy_drop") is None
+            True
+        """
+        if name not in CONSTRAINT_NAMES:
+            raise ConfigError(f"unknown constraint {name!r}; known: "
+                              f"{', '.join(CONSTRAINT_NAMES)}")
+        if own is not None:
+            if name != "max_accuracy_drop":
+                return Target.parse(own, name)
+            if isinstance(own, bool) or not isinstance(own, (int, float)):
+                raise ConfigError(f"max_accuracy_drop must be a number >= 0, got {own!r}")
+            return Constraints(max_accuracy_drop=float(own)).max_accuracy_drop
+        return getattr(self.constraints, name) if self.constraints is not None else None
+
+    def accuracy_budget(self, model: nn.Module, own: float | None = None,
+                        max_samples: int | None = None) -> float | None:
+        """The accuracy points a stage may still lose, against its input ``model``.
+
+        ``own`` (the stage's config) counts from ``model``, as before. The run's
+        ``max_accuracy_drop`` counts from the original model (the ``teacher``): what earlier
+        stages already lost on validation is taken off, so a budget means the same in every
+        stage. Without a teacher (distillation off) the stage's input stands for the original.
+
+        Example:
+            >>> Context(constraints=Constraints(max_accuracy_drop=1.0)).accuracy_budget(
+            ...     torch.nn.Linear(2, 2), own=0.5)
+            0.5
+        """
+        if own is not None:
+            return float(own)
+        budget = self.limit("max_accuracy_drop")
+        if not isinstance(budget, float):
+            return None
+        teacher = self.teacher
+        if teacher is None or teacher is model or self.data is None:
+            return budget
+        spent = (self.evaluate(teacher, "val", max_samples).accuracy
+                 - self.evaluate(model, "val", max_samples).accuracy)
+        left = max(0.0, budget - max(0.0, spent))
+        if spent > 0:
+            logger.info("accuracy budget: %.2f of %.2f points already lost by earlier stages",
+                        spent, budget)
+        return left
 
     # --- running ----------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, split: str = "val",

@@ -140,7 +140,8 @@ def plan_allocation(model: nn.Module, targets: Sequence[Target], config: Magnitu
         counts = global_counts(targets, round(sparsity * total))
         return {name: counts[name] / sizes[name] for name in sizes}
 
-    budget = config.max_accuracy_drop
+    # the stage's own budget, else what is left of the run's max_accuracy_drop
+    budget = ctx.accuracy_budget(model, config.max_accuracy_drop, config.sensitivity_samples)
     allocation = choose_ratios(
         sensitivity, sizes, evaluator,
         sparsity=None if budget is not None else config.sparsity,
@@ -157,8 +158,10 @@ def plan_allocation(model: nn.Module, targets: Sequence[Target], config: Magnitu
              f"all layers pruned together, before fine-tuning: {checked}; dense "
              f"{allocation.baseline_accuracy:.2f}%)")
     if budget is not None:
+        source = "the stage's" if config.max_accuracy_drop is not None else "the run's"
         ctx.note("sparsity found", f"{allocation.sparsity:.1%} of the pruned layers' weights "
-                 f"within a {budget:g}-point budget (validation, before fine-tuning)")
+                 f"within a {budget:.3g}-point budget ({source} max_accuracy_drop; "
+                 "validation, before fine-tuning)")
     ctx.note("per-layer ratios", {name: round(r, 4) for name, r in allocation.ratios.items()})
     ctx.note("sensitivity evaluations", evaluator.calls)
     return Plan(f"auto: {allocation.method}", allocation.sparsity, dict(allocation.ratios),

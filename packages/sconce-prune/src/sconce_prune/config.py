@@ -59,7 +59,10 @@ class MagnitudeConfig(PruneConfig):
             first and the last prunable layer; ``[]`` prunes every layer.
         max_accuracy_drop: with ``allocation="auto"``: instead of ``sparsity``, find the
             highest sparsity (up to ``max_sparsity``) whose pruned model, before any
-            fine-tuning, loses at most this many accuracy points on validation.
+            fine-tuning, loses at most this many accuracy points on validation. Unset, the
+            run's ``max_accuracy_drop`` constraint applies (what earlier stages lost against
+            the original taken off, :meth:`sconce.Context.accuracy_budget`); ``uniform`` or
+            ``global`` allocation keeps ``sparsity`` under a run's budget.
         max_sparsity: upper end of that search.
         sensitivity_ratios: per-layer ratios probed by the sensitivity analysis.
         sensitivity_samples: validation samples each probe evaluates.

@@ -325,8 +325,8 @@ class DynamicInt8(Technique):
                                           threads=ctx.timing.threads)
         assert chosen.built is not None and chosen.prepared is not None
         built = chosen.built
-        budget = ctx.constraints.max_accuracy_drop if ctx.constraints is not None else None
-        if budget is not None and ctx.data is not None:
+        budget = ctx.limit("max_accuracy_drop")  # points lost against the original
+        if isinstance(budget, float) and ctx.data is not None:
             prepared = chosen.prepared
             result = fit_budget(
                 model, ctx, lambda extra: prepared.build([*config.skip, *extra]), built,

@@ -129,8 +129,8 @@ class StaticInt8(Technique):
         chosen, tried = self._choose(model, config, ctx, batches, settings)
         assert chosen.built is not None and chosen.prepared is not None
         built = chosen.built
-        budget = ctx.constraints.max_accuracy_drop if ctx.constraints is not None else None
-        if budget is not None and ctx.data is not None:
+        budget = ctx.limit("max_accuracy_drop")  # points lost against the original
+        if isinstance(budget, float) and ctx.data is not None:
             prepared = chosen.prepared
             levels = 128 if settings.reduce_range and chosen.engine.name == "fx" else 256
             result = fit_budget(

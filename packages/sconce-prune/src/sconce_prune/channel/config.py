@@ -53,7 +53,8 @@ class ChannelPruneConfig(PruneConfig):
             target, written as the run's constraints are (:class:`sconce.recipe.Target`):
             ``"4x"`` (at most a quarter of the original's MACs) or an absolute count
             (``"300M"``, ``3e8``); with ``allocation="sensitivity"``, the per-group ratios of
-            the sensitivity allocation that meet it.
+            the sensitivity allocation that meet it. Unset (and no ``target_latency``), the
+            run's ``target_macs`` constraint applies (quantization after it keeps the MACs).
         target_latency: instead of ``sparsity``, search the uniform ratio whose deployed
             model (BN folded, channels-last as configured) meets this batch-1 latency:
             ``"2.5x"`` (a speed-up over the original, measured) or milliseconds (``"0.4ms"``).

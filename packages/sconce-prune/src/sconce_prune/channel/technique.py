@@ -92,12 +92,17 @@ class ChannelPruning(Technique):
         options = pruning_options(config)
         sparsity = config.sparsity
         by_sensitivity = config.allocation == "sensitivity"
-        if config.target_latency is not None or (config.target_macs is not None
-                                                 and not by_sensitivity):
-            sparsity = self._search_ratio(model, example, config, ctx, options)
+        # the stage's own target, else the run's target_macs (pruning alone sets the MACs; a
+        # run's latency or size target is end-to-end, met by the planner, not by one stage)
+        macs = None if config.target_latency is not None else ctx.limit("target_macs",
+                                                                        config.target_macs)
+        if isinstance(macs, Target) and config.target_macs is None:
+            ctx.note("target_macs", f"{macs} (the run's constraint)")
+        if config.target_latency is not None or (macs is not None and not by_sensitivity):
+            sparsity = self._search_ratio(model, example, config, ctx, options, macs)
         if by_sensitivity:
             options["ratios"] = {**self._sensitivity_ratios(model, example, config, ctx,
-                                                            options), **config.ratios}
+                                                            options, macs), **config.ratios}
         report = self._prune_and_finetune(model, example, sparsity, options, config, ctx)
         folded = report.folded
         if config.fold_bn and not folded:  # fold last, with the final statistics
@@ -154,7 +159,7 @@ class ChannelPruning(Technique):
 
     @staticmethod
     def _search_ratio(model: nn.Module, example: Any, config: ChannelPruneConfig,
-                      ctx: Context, options: dict[str, Any]) -> float:
+                      ctx: Context, options: dict[str, Any], macs: Any) -> float:
         """The uniform ratio that meets ``target_macs`` or ``target_latency``."""
         search = {**options, "importance": "l2" if config.importance in GRADIENT_CRITERIA
                   else config.importance}
@@ -165,8 +170,8 @@ class ChannelPruning(Technique):
             if config.channels_last:
                 to_channels_last(candidate)
 
-        if config.target_macs is not None:
-            target, name = Target.parse(config.target_macs), "target_macs"
+        if config.target_latency is None:
+            target, name = macs, "target_macs"
 
             def measure(candidate: nn.Module) -> float:
                 return float(count_macs(candidate, example))
@@ -187,7 +192,8 @@ class ChannelPruning(Technique):
 
     @staticmethod
     def _sensitivity_ratios(model: nn.Module, example: Any, config: ChannelPruneConfig,
-                            ctx: Context, options: dict[str, Any]) -> dict[str, float]:
+                            ctx: Context, options: dict[str, Any], macs: Any
+                            ) -> dict[str, float]:
         from sconce.plotting import save_png
         from sconce.sensitivity import plot_sensitivity
         from sconce_prune.channel.allocation import channel_ratios
@@ -197,8 +203,7 @@ class ChannelPruning(Technique):
 
         allocation, sensitivity = channel_ratios(model, example, evaluate,
                                                  sparsity=config.sparsity, options=options,
-                                                 target_macs=Target.parse(config.target_macs,
-                                                                          "target_macs"))
+                                                 target_macs=macs)
         title = (f"Channel-group sensitivity - chosen: {allocation.method}, "
                  f"{allocation.sparsity:.0%} overall (circles)")
         save_png(plot_sensitivity(sensitivity, chosen=allocation.ratios, title=title),
