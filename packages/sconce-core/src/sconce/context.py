@@ -119,6 +119,7 @@ class Context:
         teacher_loader: builds the teacher on demand (the pipeline's; it is released after
             each stage by :meth:`release_teacher`).
         module_footprint: the plugins' ``sconce_module_footprint`` hook, for :meth:`footprint`.
+        guards: callbacks added to every :meth:`finetune` (the planner's stop on a NaN loss).
 
     Example:
         >>> ctx = Context(teacher_loader=lambda: torch.nn.Linear(2, 2))
@@ -143,6 +144,7 @@ class Context:
     teacher_loader: Callable[[], nn.Module] | None = field(default=None, repr=False,
                                                            compare=False)
     module_footprint: ModuleFootprint | None = field(default=None, repr=False, compare=False)
+    guards: tuple[TrainCallback, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def for_inputs(cls, example_inputs: Any, **fields: Any) -> Context:
@@ -274,7 +276,8 @@ class Context:
             return model
         options.setdefault("lr", self.finetune_lr)
         options.setdefault("progress_label", "fine-tuning")
-        fit(model, self.require_data(), epochs, teacher=teacher, callbacks=callbacks,
+        fit(model, self.require_data(), epochs, teacher=teacher,
+            callbacks=[*callbacks, *self.guards],
             device=self.device, seed=self.seed, progress=self.progress,
             adapter=self.adapter, **options)
         self.stage.finetuned = True

@@ -52,6 +52,7 @@ from sconce.metrics.base import Metric
 from sconce.metrics.measure import compare_with_context, is_compared, measure_with_context
 from sconce.metrics.timing import TimingSettings
 from sconce.options import CompressOptions
+from sconce.planning import AutoPlan, choose_techniques, plan_run
 from sconce.plugins import plugin_manager, registry
 from sconce.recipe import Constraints, Recipe, Stage, read_recipe
 from sconce.report import MetricInfo, Report, StageResult, stage_title
@@ -446,7 +447,9 @@ def compress(
         data: a :class:`sconce.Data`, a dict of loaders, or a registered dataset name.
         recipe: stages (names or ``(name, config)``), a :class:`Recipe`, a recipe file
             (``"recipe.toml"`` or a ``Path``: its stages, ``[constraints]`` and ``[options]``),
-            or None for the default recipe (the best installed pruning, then int8).
+            or None: the planner chooses the stages and their strength from the installed
+            techniques by measuring (:mod:`sconce.planning`), within ``constraints`` (at most
+            1 accuracy point lost when none is given); the report's notes explain the plan.
         constraints: checked on the final model; broken ones are listed in the report.
             They override the recipe file's.
         **options: see :class:`sconce.options.CompressOptions` (``finetune_epochs``,
@@ -479,19 +482,16 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
     resolved_data = get_data(data)
     limits = Constraints.from_value(constraints) if constraints is not None else file_constraints
     adapter = get_adapter(model, opts.adapter)  # before the recipe: it may suggest one
-    nothing_installed = False
-    if not resolved.stages:
-        resolved = default_recipe(adapter.recipe_groups)
-        nothing_installed = not resolved.stages
-    planned = plan(resolved)
+    automatic = not resolved.stages  # no recipe: the planner chooses by measuring
+    if automatic and not choose_techniques(registry().techniques, adapter.recipe_groups):
+        raise ConfigError("no compression technique is installed to plan with; "
+                          "pip install sconce-prune sconce-quant, or give a recipe")
+    planned = [] if automatic else plan(resolved)
 
     seed_everything(opts.seed)
     device = resolve_device(opts.device)
     working = _copy_of(model, device)
     check_model_runs(working, resolved_data, adapter, device)
-    if nothing_installed:
-        logger.warning("no compression technique is installed; the report shows the "
-                       "original model only (pip install sconce-prune sconce-quant)")
 
     out = Path(opts.out) if opts.out is not None else None
     work_dir = Path(opts.work_dir if opts.work_dir is not None else (
@@ -520,6 +520,14 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
     if distributed.is_main_process():
         atomic_write_json(work_dir / RUN_FILE, {"identity": json.loads(
             json.dumps(identity, sort_keys=True, default=str))})
+    auto_plan: AutoPlan | None = None
+    if automatic:
+        auto_plan = _auto_plan(working, ctx, limits, adapter, work_dir, identity, opts.resume)
+        planned = plan(auto_plan.recipe())
+        ctx.constraints = auto_plan.technique_constraints()
+        limits = Constraints.from_value({**(limits.to_dict() if limits else {}),
+                                         "max_accuracy_drop": auto_plan.budget})
+        seed_everything(opts.seed)  # the stages start as a resumed run's do
     fingerprints = _fingerprint(identity, planned)
 
     together = ctx.footprint(working).nbytes * (len(planned) + 1) <= TOGETHER_BYTES
@@ -527,7 +535,8 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
     report = Report(
         metrics=[MetricInfo.of(m, baseline.labels.get(m.name)) for m in metric_objects],
         stages=[StageResult("Original", values=baseline.values,
-                            notes={**ctx.stage.notes, **baseline.notes})],
+                            notes={**ctx.stage.notes, **baseline.notes,
+                                   **(auto_plan.notes() if auto_plan else {})})],
         run={"data": resolved_data.name or "custom", "device": device.type,
              "threads": ctx.timing.threads, "throughput_batch": ctx.timing.batch_size,
              "seed": opts.seed, "finetune_epochs": opts.finetune_epochs,
@@ -607,6 +616,33 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
     if out is not None and distributed.is_main_process():
         compressed.save(out)
     return compressed
+
+
+PLAN_FILE = "plan.json"
+
+
+def _auto_plan(model: nn.Module, ctx: Context, limits: Constraints | None,
+               adapter: ModelAdapter, work_dir: Path, identity: Mapping[str, Any],
+               resume: bool) -> AutoPlan:
+    """The planner's stages for a run without a recipe: measured now, or, when resuming,
+    read back from the work folder's ``plan.json`` (written by this same run), so a resumed
+    run follows the same plan."""
+    path = work_dir / PLAN_FILE
+    same = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    if resume and path.is_file():
+        try:
+            saved = json.loads(path.read_text("utf-8"))
+            if saved.get("identity") == same:
+                logger.info("resumed: the plan saved in %s", path)
+                return AutoPlan.from_dict(saved["plan"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            logger.warning("the saved plan cannot be reused (%s); planning again", exc)
+    logger.info("planning: measuring candidates on the validation split")
+    chosen = plan_run(model, ctx, registry().techniques, limits,
+                      groups=adapter.recipe_groups)
+    if distributed.is_main_process():
+        atomic_write_json(path, {"identity": same, "plan": chosen.to_dict()})
+    return chosen
 
 
 def _one_line(exc: BaseException) -> str:

@@ -91,6 +91,27 @@ class TrainCallback:
         """After the last step."""
 
 
+class NonFiniteLoss(ArithmeticError):
+    """Training met a NaN or infinite loss (raised by :class:`StopOnNonFinite`)."""
+
+
+class StopOnNonFinite(TrainCallback):
+    """Stop training at the first NaN or infinite loss, instead of training on garbage.
+
+    Example:
+        >>> state = TrainState(model=torch.nn.Linear(1, 1), optimizer=None, loss=float("nan"))
+        >>> StopOnNonFinite().on_step_end(state)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sconce.train.NonFiniteLoss: the training loss became nan at step 0 ...
+    """
+
+    def on_step_end(self, state: TrainState) -> None:
+        if not math.isfinite(state.loss):
+            raise NonFiniteLoss(f"the training loss became {state.loss} at step {state.step} "
+                                f"of {state.total_steps}")
+
+
 @dataclass
 class TrainResult:
     """The trained model (the same object that was passed in) and per-epoch history."""
