@@ -82,6 +82,20 @@ def test_the_demo_without_plugins_says_what_to_install(capsys, tmp_path, monkeyp
         "pip install sconce-prune sconce-quant, or give a recipe"]
 
 
+def test_log_json_writes_one_json_object_per_line(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCONCE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    code, _, err = run(["--log-json", "compress", "--model", "demo-cnn", "--train-epochs",
+                        "0.05", "--out", "out"], capsys)
+    assert code == 2  # no technique to plan with: the error stays one plain line
+    lines = err.strip().splitlines()
+    events = [json.loads(line) for line in lines[:-1]]
+    assert events and all(set(e) >= {"time", "level", "logger", "message"} for e in events)
+    assert any(e["logger"] == "sconce.cli" and e["message"].startswith("training the model")
+               for e in events)
+    assert lines[-1].startswith("sconce: error: no compression technique is installed")
+
+
 def test_listings(capsys) -> None:
     code, out, _ = run(["plugins", "--json"], capsys)
     assert code == 0 and "sconce.builtin.metrics" in out

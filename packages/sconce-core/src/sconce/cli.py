@@ -56,15 +56,15 @@ class _OwnInfo(logging.Filter):
         return record.levelno >= (self.level if own else max(self.level, logging.WARNING))
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+def _setup_logging(verbose: int, quiet: bool, log_json: bool = False) -> None:
     from sconce.progress import set_progress
-    from sconce.verbosity import disable_default_handler
+    from sconce.verbosity import JsonLines, disable_default_handler
 
     disable_default_handler()  # the command line's own handler below shows plugins' lines too
-    set_progress(not quiet)
+    set_progress(not quiet, lines_only=log_json)  # progress reaches machines as log lines
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("sconce: %(message)s"))
+    handler.setFormatter(JsonLines() if log_json else logging.Formatter("sconce: %(message)s"))
     handler.addFilter(_OwnInfo(level))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -171,10 +171,12 @@ def _jsonable(value: Any) -> Any:
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--log-json", is_flag=True,
+              help="Log lines (stages, epochs, progress, the plan) as JSON objects on stderr.")
 @click.version_option(package_name="sconce-core", prog_name="sconce")
-def cli(verbose: int, quiet: bool) -> None:
+def cli(verbose: int, quiet: bool, log_json: bool) -> None:
     """Compress PyTorch models and prove the gains with measured numbers."""
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, log_json)
 
 
 def _load_data(name: str, batch_size: int | None) -> Any:
@@ -227,6 +229,7 @@ _TRUST_CODE_HELP = ("Let a saved folder given as --model run the code its model.
 @click.option("--max-accuracy-drop", type=float, default=None, help="Accuracy points allowed.")
 @click.option("--target-latency", default=None, help="ms/sample at batch 1, or a ratio like 2x.")
 @click.option("--target-size", default=None, help="MiB, or a ratio like 4x.")
+@click.option("--target-macs", default=None, help="MACs per sample (300M), or a ratio like 2x.")
 @click.option("--out", default="sconce-out", show_default=True, type=click.Path(file_okay=False),
               help="Output folder.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
@@ -248,24 +251,30 @@ _TRUST_CODE_HELP = ("Let a saved folder given as --model run the code its model.
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def compress(model_spec: str | None, data_name: str | None, recipe_file: str | None,
              techniques: tuple[str, ...], max_accuracy_drop: float | None,
-             target_latency: str | None, target_size: str | None, out: str, device: str,
-             seed: int, resume: bool, trust_code: bool, wait_for_out: bool,
+             target_latency: str | None, target_size: str | None, target_macs: str | None,
+             out: str, device: str, seed: int, resume: bool, trust_code: bool,
+             wait_for_out: bool,
              finetune_epochs: float | None, train_epochs: float, batch_size: int | None,
              no_progress: bool) -> None:
-    """Compress a model and print the comparison table (no arguments: the demo)."""
+    """Compress a model and print the comparison table (no arguments: the demo).
+
+    Without --recipe or --technique the stages are planned from the installed techniques by
+    measuring, within the constraints (at most 1 accuracy point lost when none is given).
+    """
     from sconce.storage import folder_lock
 
     # the output folder is checked writable and locked before any compute, for the whole run
     with folder_lock(out, wait=wait_for_out):
         _compress(model_spec, data_name, recipe_file, techniques, max_accuracy_drop,
-                  target_latency, target_size, out, device, seed, resume, trust_code,
-                  finetune_epochs, train_epochs, batch_size, no_progress)
+                  target_latency, target_size, target_macs, out, device, seed, resume,
+                  trust_code, finetune_epochs, train_epochs, batch_size, no_progress)
 
 
 def _compress(model_spec: str | None, data_name: str | None, recipe_file: str | None,
               techniques: tuple[str, ...], max_accuracy_drop: float | None,
-              target_latency: str | None, target_size: str | None, out: str, device: str,
-              seed: int, resume: bool, trust_code: bool, finetune_epochs: float | None,
+              target_latency: str | None, target_size: str | None, target_macs: str | None,
+              out: str, device: str, seed: int, resume: bool, trust_code: bool,
+              finetune_epochs: float | None,
               train_epochs: float, batch_size: int | None, no_progress: bool) -> None:
     from sconce import distributed
     from sconce.api import train
@@ -280,7 +289,7 @@ def _compress(model_spec: str | None, data_name: str | None, recipe_file: str | 
     if recipe_file:
         recipe, constraints, options = Recipe.from_toml(recipe_file)
     limits = {"max_accuracy_drop": max_accuracy_drop, "target_latency": target_latency,
-              "target_size_mib": target_size}
+              "target_size_mib": target_size, "target_macs": target_macs}
     limits = {k: v for k, v in limits.items() if v is not None}
     if limits:
         constraints = Constraints.from_value({**(constraints.to_dict() if constraints else {}),

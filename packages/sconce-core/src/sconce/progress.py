@@ -31,14 +31,16 @@ LOG_EVERY_SECONDS = 10.0
 _switch = {"on": True}
 
 
-def set_progress(enabled: bool) -> None:
-    """Turn every progress bar and progress line of this process on or off (``--quiet``).
+def set_progress(enabled: bool, *, lines_only: bool = False) -> None:
+    """Turn every progress bar and progress line of this process on or off (``--quiet``);
+    ``lines_only`` shows progress as log lines even on a terminal (``--log-json``).
 
     Example:
         >>> set_progress(False); progress_enabled(), set_progress(True)
         (False, None)
     """
     _switch["on"] = enabled
+    _switch["lines_only"] = lines_only
 
 
 def progress_enabled(requested: bool = True) -> bool:
@@ -54,7 +56,7 @@ def progress_enabled(requested: bool = True) -> bool:
 
 def on_terminal() -> bool:
     """Whether stderr is a terminal (a live bar) rather than a log, a pipe or a file."""
-    return sys.stderr.isatty()
+    return sys.stderr.isatty() and not _switch.get("lines_only", False)
 
 
 def track(items: Iterable[T], *, total: int | None = None, description: str = "",

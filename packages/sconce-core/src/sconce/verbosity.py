@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -99,3 +100,25 @@ def disable_default_handler() -> None:
         root.removeHandler(handler)
     _handlers.clear()
     root.setLevel(logging.NOTSET)
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log record, for machines reading a run's progress
+    (``sconce --log-json``): ``time`` (Unix seconds), ``level``, ``logger``, ``message``, and
+    ``error`` with the exception's type and message when the record carries one.
+
+    Example:
+        >>> record = logging.LogRecord("sconce.pipeline", logging.INFO, __file__, 1,
+        ...                            "stage %s", ("Pruned",), None)
+        >>> line = json.loads(JsonLines().format(record))
+        >>> line["level"], line["logger"], line["message"]
+        ('info', 'sconce.pipeline', 'stage Pruned')
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = {"time": round(record.created, 3), "level": record.levelname.lower(),
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            event["error"] = f"{type(error).__name__}: {error}"
+        return json.dumps(event, default=str)
