@@ -98,6 +98,8 @@ class Timed:
             timed back to back), relative to their median.
         remeasured: disturbed rounds that were measured again.
         cpu_share: the process's CPU time over (wall time x threads) while timing.
+        threads: the thread count timed with; ``busy`` says why it is not the one asked for.
+        contended: the share was low (< 90%) while other processes' threads were runnable.
 
     Example:
         >>> Timed(ms=2.0, rounds=[2.0], ratio=1.0).describe()
@@ -112,6 +114,7 @@ class Timed:
     cpu_share: float = 1.0
     threads: int = 0
     busy: str = ""
+    contended: bool = False
 
     def describe(self) -> str:
         """The ratio and how stable it was, in words."""
@@ -121,7 +124,7 @@ class Timed:
             text += f", {self.remeasured} disturbed round(s) measured again"
         if self.busy:
             text += f"; timed with {self.threads} thread(s): {self.busy}"
-        if self.cpu_share < 0.9:
+        if self.contended:
             text += (f"; the process got {100 * self.cpu_share:.0f}% of its threads' CPU time "
                      "(another process was using the cores)")
         return text
@@ -186,12 +189,15 @@ def time_interleaved(calls: Sequence[Callable[[], object]], device: torch.device
                     break
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     share = min(1.0, cpu / max(1e-9, wall * threads)) if device.type == "cpu" else 1.0
+    # a low share alone may be single-threaded kernels; only other runnable threads show a
+    # competing process
+    contended = share < 0.9 and (_runnable_others() or 0) > 0
     kept = _least_disturbed(measured, settings.outlier, settings.rounds)
     remeasured = len(measured) - len(kept)
     results = [_summary(kept, position, remeasured, share) for position in range(len(calls))]
     for result in results:
-        result.threads, result.busy = threads, busy
-    if share < 0.7 and device.type == "cpu":
+        result.threads, result.busy, result.contended = threads, busy, contended
+    if share < 0.7 and contended:
         logger.info("timing got %.0f%% of its %d thread(s)' CPU time: another process is "
                        "using the cores, so absolute latencies are inflated (ratios are "
                        "compared round by round)", 100 * share, threads)
