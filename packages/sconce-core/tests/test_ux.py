@@ -80,6 +80,14 @@ def test_a_disturbed_round_is_measured_again(monkeypatch) -> None:
     assert "disturbed round(s) measured again" in timed[1].describe()
 
 
+def test_figures_never_rest_on_one_or_two_lucky_rounds() -> None:
+    steady = [[1.0, 1.0]] * 5
+    assert timing._least_disturbed([*steady, [1.0, 20.0]], 1.3, 5) == steady  # burst left out
+    noisy = [[1.0, 1.0], [1.0, 3.0], [1.0, 0.3], [1.0, 1.1], [1.0, 2.0], [1.0, 0.5]]
+    kept = timing._least_disturbed(noisy, 1.3, 5)  # only 2 rounds within 1.3x of typical
+    assert len(kept) == 5 and [1.0, 0.3] not in kept  # the 5 that stray least
+
+
 def _recording(monkeypatch) -> list[int]:
     counts: list[int] = []
     real = standard.time_interleaved

@@ -5,9 +5,11 @@ together: after a warm-up that really warms (each call's first run, where oneDNN
 primitives and ONNX Runtime builds its session, is excluded; then every call runs until its
 times settle), round after round each call runs for ``round_seconds`` in turn, the order
 rotating every round, so a burst of load on a shared machine lands on all of them alike.
-Each call's time is the median of its round medians; a round where any call's median is far
-from that call's median (a disturbed round) is measured again, and rounds continue until
-every ratio to the first call is stable within ``tolerance`` (or ``max_rounds``). The result
+Each call's time is the median of its round medians. A round where any call's median is far
+from that call's median over all rounds (a disturbed round) is left out and another is
+measured; rounds continue until there are ``rounds`` undisturbed ones and every ratio to the
+first call is stable within ``tolerance``, or ``max_rounds`` is reached (then the ``rounds``
+least disturbed rounds count, never one or two lucky ones). The result
 says how stable each ratio was and how much of its threads' CPU time the process got
 (a value well under 100% means another process was competing for the cores).
 
@@ -90,11 +92,14 @@ class Timed:
     Attributes:
         ms: milliseconds per call: the median of the kept rounds' medians.
         rounds: each kept round's median, in milliseconds.
-        ratio: the first call's ``ms`` over this one's (> 1: this one is faster).
+        ratio: the first call's ``ms`` over this one's (> 1: this one is faster), as in the
+            report's table.
         spread: half the interquartile range of the per-round ratios (each round's pair
             timed back to back), relative to their median.
         remeasured: disturbed rounds that were measured again.
         cpu_share: the process's CPU time over (wall time x threads) while timing.
+        threads: the thread count timed with; ``busy`` says why it is not the one asked for.
+        contended: the share was low (< 90%) while other processes' threads were runnable.
 
     Example:
         >>> Timed(ms=2.0, rounds=[2.0], ratio=1.0).describe()
@@ -109,6 +114,7 @@ class Timed:
     cpu_share: float = 1.0
     threads: int = 0
     busy: str = ""
+    contended: bool = False
 
     def describe(self) -> str:
         """The ratio and how stable it was, in words."""
@@ -118,7 +124,7 @@ class Timed:
             text += f", {self.remeasured} disturbed round(s) measured again"
         if self.busy:
             text += f"; timed with {self.threads} thread(s): {self.busy}"
-        if self.cpu_share < 0.9:
+        if self.contended:
             text += (f"; the process got {100 * self.cpu_share:.0f}% of its threads' CPU time "
                      "(another process was using the cores)")
         return text
@@ -168,8 +174,7 @@ def time_interleaved(calls: Sequence[Callable[[], object]], device: torch.device
         for call in calls:
             _warm_up(call, synchronize, settings)
         wall, cpu = time.perf_counter(), time.process_time()
-        kept: list[list[float]] = []
-        remeasured = 0
+        measured: list[list[float]] = []
         for index in range(max(settings.rounds, settings.max_rounds)):
             order = list(range(len(calls)))
             shift = index % len(calls)
@@ -177,19 +182,22 @@ def time_interleaved(calls: Sequence[Callable[[], object]], device: torch.device
             medians = [0.0] * len(calls)
             for position in order:
                 medians[position] = _round(calls[position], synchronize, settings)
-            kept.append(medians)
-            if len(kept) >= settings.rounds:
-                clean = _drop_disturbed(kept, settings.outlier)
-                remeasured += len(kept) - len(clean)
-                kept = clean
-                if len(kept) >= settings.rounds and _stable(kept, settings.tolerance):
+            measured.append(medians)
+            if len(measured) >= settings.rounds:
+                clean = _drop_disturbed(measured, settings.outlier)
+                if len(clean) >= settings.rounds and _stable(clean, settings.tolerance):
                     break
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     share = min(1.0, cpu / max(1e-9, wall * threads)) if device.type == "cpu" else 1.0
+    # a low share alone may be single-threaded kernels; only other runnable threads show a
+    # competing process
+    contended = share < 0.9 and (_runnable_others() or 0) > 0
+    kept = _least_disturbed(measured, settings.outlier, settings.rounds)
+    remeasured = len(measured) - len(kept)
     results = [_summary(kept, position, remeasured, share) for position in range(len(calls))]
     for result in results:
-        result.threads, result.busy = threads, busy
-    if share < 0.7 and device.type == "cpu":
+        result.threads, result.busy, result.contended = threads, busy, contended
+    if share < 0.7 and contended:
         logger.info("timing got %.0f%% of its %d thread(s)' CPU time: another process is "
                        "using the cores, so absolute latencies are inflated (ratios are "
                        "compared round by round)", 100 * share, threads)
@@ -277,13 +285,31 @@ def _round(call: Callable[[], object], synchronize: Callable[[], object],
     return statistics.median(samples)
 
 
+def _deviation(medians: list[float], typical: list[float]) -> float:
+    """How far a round strays: the largest factor between a call's median and its typical."""
+    return max(max(v / t, t / v) if v > 0 and t > 0 else float("inf")
+               for v, t in zip(medians, typical, strict=True))
+
+
+def _typical(rounds: list[list[float]]) -> list[float]:
+    return [statistics.median(r[i] for r in rounds) for i in range(len(rounds[0]))]
+
+
 def _drop_disturbed(rounds: list[list[float]], factor: float) -> list[list[float]]:
-    """The rounds in which no call's median is more than ``factor`` away from its median."""
-    typical = [statistics.median(r[i] for r in rounds) for i in range(len(rounds[0]))]
-    clean = [r for r in rounds
-             if all(value <= factor * typical[i] and value * factor >= typical[i]
-                    for i, value in enumerate(r))]
-    return clean or rounds  # nothing is typical: keep them all (the spread shows it)
+    """The rounds in which no call's median is more than ``factor`` away from its median
+    over all ``rounds``."""
+    typical = _typical(rounds)
+    return [r for r in rounds if _deviation(r, typical) <= factor]
+
+
+def _least_disturbed(rounds: list[list[float]], factor: float, keep: int) -> list[list[float]]:
+    """The undisturbed rounds, or (when fewer than ``keep`` are) the ``keep`` rounds that
+    stray least: a figure never rests on one or two lucky rounds."""
+    clean = _drop_disturbed(rounds, factor)
+    if len(clean) >= min(keep, len(rounds)):
+        return clean
+    typical = _typical(rounds)
+    return sorted(rounds, key=lambda r: _deviation(r, typical))[:keep]
 
 
 def _ratios(rounds: list[list[float]], position: int) -> list[float]:
@@ -305,10 +331,10 @@ def _stable(rounds: list[list[float]], tolerance: float) -> bool:
 def _summary(rounds: list[list[float]], position: int, remeasured: int, share: float) -> Timed:
     mine = [r[position] * 1e3 for r in rounds]
     ms = statistics.median(mine)
-    ratios = _ratios(rounds, position)
     first = statistics.median(r[0] * 1e3 for r in rounds)
     return Timed(ms=ms, rounds=mine, ratio=first / ms if ms > 0 else 1.0,
-                 spread=_spread(ratios), remeasured=remeasured, cpu_share=share)
+                 spread=_spread(_ratios(rounds, position)), remeasured=remeasured,
+                 cpu_share=share)
 
 
 def _no_op() -> None:
