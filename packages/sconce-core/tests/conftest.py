@@ -69,3 +69,26 @@ def data(loaders: dict[str, DataLoader]) -> sconce.Data:
 def tiny() -> TinyNet:
     torch.manual_seed(0)
     return TinyNet()
+
+
+class RoundToHalf(sconce.Technique):
+    """A real, tiny 'quantization' for core-only CLI runs: weights rounded to float16 values."""
+
+    name, kind, Config = "test.round_half", "quantize", sconce.QuantizeConfig
+
+    def apply(self, model: nn.Module, config: sconce.QuantizeConfig,
+              ctx: sconce.Context) -> nn.Module:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.copy_(param.half().float())
+        return model
+
+
+@pytest.fixture
+def round_half() -> None:
+    """Register :class:`RoundToHalf`, so a run without a recipe has a technique to plan with
+    when the plugins are off."""
+    import types
+
+    sconce.register_plugin(types.SimpleNamespace(sconce_register_techniques=sconce.hookimpl(
+        lambda register: register(RoundToHalf()))), name="test-round-half")

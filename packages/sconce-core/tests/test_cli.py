@@ -114,7 +114,7 @@ def test_measure_json(capsys) -> None:
     assert values["params"] > 0 and values["macs"] > 0
 
 
-def test_measure_of_a_saved_folder(capsys, tmp_path, monkeypatch) -> None:
+def test_measure_of_a_saved_folder(capsys, tmp_path, monkeypatch, round_half) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SCONCE_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert run(["compress", "--out", "o"], capsys)[0] == 0

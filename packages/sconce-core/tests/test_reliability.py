@@ -170,7 +170,7 @@ def test_resume_with_another_model_is_refused(loaders, tiny, tmp_path) -> None:
                   out=tmp_path, resume=True)
 
 
-def test_cli_resume_after_other_training_is_refused(tmp_path, capsys, monkeypatch) -> None:
+def test_cli_resume_after_other_training_is_refused(tmp_path, capsys, monkeypatch, round_half) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SCONCE_DISABLE_PLUGIN_AUTOLOAD", "1")
     base = ["compress", "--model", "demo-cnn", "--out", "o", "--finetune-epochs", "0"]
@@ -186,7 +186,7 @@ def _without_timings(report: dict) -> list[dict]:
             for stage in report["stages"]]
 
 
-def test_the_same_command_twice_gives_the_same_report(tmp_path, capsys, monkeypatch) -> None:
+def test_the_same_command_twice_gives_the_same_report(tmp_path, capsys, monkeypatch, round_half) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SCONCE_DISABLE_PLUGIN_AUTOLOAD", "1")
     reports = []
