@@ -204,10 +204,19 @@ def test_the_same_command_twice_gives_the_same_report(tmp_path, capsys, monkeypa
 # --- one run per output folder ------------------------------------------------------------------
 def test_two_concurrent_runs_into_one_folder_never_both_succeed(tmp_path) -> None:
     (tmp_path / "slowdata.py").write_text(textwrap.dedent("""
-        import time
+        import time, types
         import sconce
 
+        class Half(sconce.Technique):  # something to plan with, the plugins being off
+            name, kind, Config = "test.half", "quantize", sconce.QuantizeConfig
+
+            def apply(self, model, config, ctx):
+                return model.half().float()
+
         def digits(batch_size=64):
+            sconce.register_plugin(types.SimpleNamespace(
+                sconce_register_techniques=sconce.hookimpl(lambda register: register(Half()))),
+                name="test-half")
             time.sleep(6)  # both runs are alive at once
             return sconce.get_data("digits", batch_size=batch_size)
     """))
