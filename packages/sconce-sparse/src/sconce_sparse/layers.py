@@ -396,7 +396,7 @@ class SparseConv(SparseLayer):
             weight = self.kernel("dense").weight.reshape(self.out_channels, self.in_channels,
                                                          *kernel_size)
             prepared = self._kernels["dense_conv"] = (weight, stride, padding, dilation)
-        return prepared  # type: ignore[no-any-return]
+        return prepared
 
     def _direct(self, x: torch.Tensor, padding: tuple[int, int], stride: tuple[int, int],
                 out_size: tuple[int, int]) -> torch.Tensor:
