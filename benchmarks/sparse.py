@@ -303,7 +303,7 @@ def mlp_checks(rows: list[dict[str, Any]], sizes: list[dict[str, Any]]
 def fashion(quick: bool) -> sconce.Data:
     from torch.utils.data import DataLoader, Subset
 
-    data = sconce.Data.from_value("fashion-mnist", batch_size=128)
+    data = sconce.get_data("fashion-mnist", batch_size=128)
     if not quick:
         return data
 
@@ -547,23 +547,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare:
         vgg_models(fashion(args.quick), args.quick)
         return 0
-    results: dict[str, Any] = {
-        "machine": {"cpu_flags": cpu_flags(), "threads": args.threads,
-                    "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "quick": args.quick},
-    }
-    checks: list[tuple[str, bool, str]] = []
+    out = RESULTS / ("sparse-quick.json" if args.quick else "sparse.json")
+    # sections run separately (--sections) add to the same file; each is saved when it ends
+    results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    results["machine"] = {"cpu_flags": cpu_flags(), "threads": args.threads,
+                          "processor": platform.processor() or platform.machine(),
+                          "torch": torch.__version__, "quick": args.quick}
     for name in args.sections.split(","):
         started = time.perf_counter()
         results[name], section_checks = SECTIONS[name](args)
         results[name]["seconds"] = round(time.perf_counter() - started, 1)
-        checks += section_checks
+        results[name]["targets"] = [{"target": t, "met": ok, "value": v}
+                                    for t, ok, v in section_checks]
+        atomic_write_json(out, results)
     print("\nTargets")
-    for text, ok, value in checks:
-        print(f"  [{'met' if ok else 'MISSED'}] {text}: {value}")
-    results["targets"] = [{"target": t, "met": ok, "value": v} for t, ok, v in checks]
-    out = RESULTS / ("sparse-quick.json" if args.quick else "sparse.json")
-    atomic_write_json(out, results)
+    for name in SECTIONS:
+        for target in results.get(name, {}).get("targets", []):
+            print(f"  [{'met' if target['met'] else 'MISSED'}] {target['target']}: "
+                  f"{target['value']}")
     print(f"\nwrote {out}")
     return 0
 

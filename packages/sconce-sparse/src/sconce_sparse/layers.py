@@ -81,6 +81,7 @@ class SparseLayer(nn.Module):
                  bias: bool = False) -> None:
         super().__init__()
         self.plan = _check_plan(plan)
+        self.dense_only = all(name == "dense" for _, name in self.plan)
         self.encoding = encoding
         for name in encoding_keys(encoding):
             self.register_buffer(_PREFIX + name, torch.zeros(0))
@@ -182,6 +183,7 @@ class SparseLayer(nn.Module):
     def set_plan(self, plan: Sequence[Sequence[Any]]) -> None:
         """Use another plan (kernels are rebuilt as needed)."""
         self.plan = _check_plan(plan)
+        self.dense_only = all(name == "dense" for _, name in self.plan)
         self._kernels.clear()
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
@@ -221,8 +223,10 @@ class SparseLayer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            return self.run(x, "dense")  # the sparse kernels are inference-only; weights frozen
+        # dense only: no per-call planning (its Python cost showed at batch 1); the sparse
+        # kernels are inference-only, so an input that needs gradients runs dense too
+        if self.dense_only or (x.requires_grad and torch.is_grad_enabled()):
+            return self.run(x, "dense")
         return self.run(x, self.format_for(self.rows(x)))
 
     def extra_repr(self) -> str:
@@ -265,6 +269,8 @@ class SparseLinear(SparseLayer):
 
     def run(self, x: torch.Tensor, name: str) -> torch.Tensor:
         kernel: Kernel = self.kernel(name)
+        if name == "dense":  # F.linear takes any leading dimensions: no reshapes
+            return kernel.linear(x)
         out = kernel.linear(x.reshape(-1, self.in_features))
         return out.reshape(*x.shape[:-1], self.out_features)
 
@@ -366,14 +372,14 @@ class SparseConv(SparseLayer):
 
     def run(self, x: torch.Tensor, name: str) -> torch.Tensor:
         x2 = x.unsqueeze(2) if self.dims == 1 else x
+        if name == "dense":
+            weight, stride, padding, dilation = self._dense_conv()
+            out = F.conv2d(x2, weight, self.bias, stride, padding, dilation)
+            return out.squeeze(2) if self.dims == 1 else out
         kernel_size, stride, padding, dilation = self._geometry()
         n = x2.shape[0]
         out_h, out_w = self._output_size(x2.shape[2], x2.shape[3])
-        if name == "dense":
-            weight = self.kernel("dense").weight.reshape(self.out_channels, self.in_channels,
-                                                         *kernel_size)
-            out = F.conv2d(x2, weight, self.bias, stride, padding, dilation)
-        elif name == "numba_direct":
+        if name == "numba_direct":
             out = self._direct(x2, padding, stride, (out_h, out_w))
         else:
             cols = F.unfold(x2, kernel_size, dilation, padding, stride)
@@ -381,6 +387,16 @@ class SparseConv(SparseLayer):
             yt = self.kernel(name).matmul_t(xt)
             out = yt.reshape(self.out_channels, n, out_h, out_w).transpose(0, 1).contiguous()
         return out.squeeze(2) if self.dims == 1 else out
+
+    def _dense_conv(self) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """The 4-D dense weight and the 2-D stride, padding and dilation (built once)."""
+        prepared = self._kernels.get("dense_conv")
+        if prepared is None:
+            kernel_size, stride, padding, dilation = self._geometry()
+            weight = self.kernel("dense").weight.reshape(self.out_channels, self.in_channels,
+                                                         *kernel_size)
+            prepared = self._kernels["dense_conv"] = (weight, stride, padding, dilation)
+        return prepared
 
     def _direct(self, x: torch.Tensor, padding: tuple[int, int], stride: tuple[int, int],
                 out_size: tuple[int, int]) -> torch.Tensor:
