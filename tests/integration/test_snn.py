@@ -173,10 +173,11 @@ def test_prune_int8_and_state_quantization_in_one_recipe(trained, data, tmp_path
     _same_outputs(sconce.load(tmp_path, model=SpikingConvNet()), result.model, data)
 
 
-def test_the_original_api_with_snn_true(trained, data) -> None:
+def test_the_original_api_with_snn_true(trained, data, tmp_path) -> None:
     from sconce import sconce as legacy
 
     sconces = legacy()
+    sconces.out_dir = str(tmp_path)  # the original API saves under out_dir/experiment_name
     sconces.model = copy.deepcopy(trained)
     sconces.dataloader = {"train": data.train, "test": data.test}
     sconces.snn, sconces.num_steps = True, STEPS
@@ -186,3 +187,4 @@ def test_the_original_api_with_snn_true(trained, data) -> None:
     assert [s.technique for s in result.report.stages] == [None, "prune.magnitude",
                                                            "snn.int8_weights"]
     assert result.report.value("Quantized", "spike_rate") is not None
+    assert (tmp_path / "sconce" / "report.json").is_file()
