@@ -109,17 +109,6 @@ def test_unstructured_pruning_of_an_snn(technique: str, config: dict, trained, d
     _same_outputs(sconce.load(tmp_path, model=SpikingConvNet()), result.model, data)
 
 
-def _channel_pruning_reads_plugin_layer_rules() -> bool:
-    """Whether the installed prune.channel consults ``sconce_register_layer_rules`` (the
-    sconce-prune that does exports ``register_rule`` from ``sconce_prune.channel``)."""
-    import sconce_prune.channel
-
-    return hasattr(sconce_prune.channel, "register_rule")
-
-
-@pytest.mark.skipif(not _channel_pruning_reads_plugin_layer_rules(),
-                    reason="this sconce-prune's prune.channel does not read the layer rules "
-                           "plugins register, so it cannot trace snnTorch neurons")
 def test_channel_pruning_slices_per_channel_neuron_parameters(trained, data,
                                                               tmp_path) -> None:
     # fold_bn off: there is no batch norm, and the folding pass traces the model without
@@ -143,6 +132,87 @@ def test_channel_pruning_slices_per_channel_neuron_parameters(trained, data,
     assert pruned.values["params"] < original.values["params"]
     assert pruned.values["synops"] < original.values["synops"]
     _same_outputs(sconce.load(tmp_path, model=SpikingConvNet()), model, data)
+
+
+class RecurrentSpikingNet(nn.Module):
+    """Every recurrent style snnTorch has: a convolutional all-to-all RLeaky, a one-to-one
+    RLeaky with a learnable per-channel ``V``, a linear all-to-all RSynaptic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        grad = snn.surrogate.fast_sigmoid(slope=25)
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.lif1 = snn.RLeaky(beta=torch.full((8, 1, 1), 0.7), conv2d_channels=8,
+                               kernel_size=3, spike_grad=grad, init_hidden=True)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.lif2 = snn.RLeaky(beta=0.8, V=torch.rand(16, 1, 1), all_to_all=False,
+                               learn_recurrent=True, spike_grad=grad, init_hidden=True)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(16 * 2 * 2, 12)
+        self.lif3 = snn.RSynaptic(alpha=0.9, beta=torch.full((12,), 0.8), linear_features=12,
+                                  spike_grad=grad, init_hidden=True)
+        self.fc2 = nn.Linear(12, 4)
+        self.lif4 = snn.Leaky(beta=0.9, spike_grad=grad, init_hidden=True, output=True)
+
+    def forward(self, x: torch.Tensor):
+        x = self.pool(self.lif1(self.conv1(x)))
+        x = self.lif2(self.pool(self.conv2(x)))
+        return self.lif4(self.fc2(self.lif3(self.fc1(self.flatten(x)))))
+
+
+def _silence(model: RecurrentSpikingNet, dead: dict[str, list[int]]) -> None:
+    """Zero every weight into and out of the ``dead`` channels: they never spike, so
+    removing them must leave the network's output exactly as it was."""
+    with torch.no_grad():
+        for producer, neuron, consumer, per_unit in (("conv1", "lif1", "conv2", 1),
+                                                     ("conv2", "lif2", "fc1", 4),
+                                                     ("fc1", "lif3", "fc2", 1)):
+            for c in dead[neuron]:
+                getattr(model, producer).weight[c] = 0
+                getattr(model, producer).bias[c] = 0
+                getattr(model, consumer).weight[:, c * per_unit:(c + 1) * per_unit] = 0
+                recurrent = getattr(model, neuron).recurrent
+                if isinstance(recurrent, (nn.Linear, nn.Conv2d)):
+                    recurrent.weight[c] = 0
+                    recurrent.weight[:, c] = 0
+                    recurrent.bias[c] = 0
+                else:
+                    getattr(model, neuron).V[c] = 0
+
+
+def test_channel_pruning_of_recurrent_neurons_slices_their_recurrent_weights(data,
+                                                                            tmp_path) -> None:
+    torch.manual_seed(0)
+    model = RecurrentSpikingNet()
+    dead = {"lif1": [1, 3, 5, 7], "lif2": list(range(0, 16, 2)), "lif3": [0, 2, 4, 6, 8, 10]}
+    _silence(model, dead)
+    recipe = [("prune.channel", {"sparsity": 0.5, "fold_bn": False, "round_to": 1,
+                                 "finetune": False})]
+    result = _compress(copy.deepcopy(model), data, recipe, tmp_path, finetune_epochs=0)
+    pruned = result.model
+    live = {name: [c for c in range(n) if c not in dead[name]]
+            for name, n in (("lif1", 8), ("lif2", 16), ("lif3", 12))}
+    recurrent_conv, recurrent_linear = pruned.lif1.recurrent, pruned.lif3.recurrent
+    assert (recurrent_conv.in_channels, recurrent_conv.out_channels) == (4, 4)
+    assert (recurrent_linear.in_features, recurrent_linear.out_features) == (6, 6)
+    assert torch.equal(recurrent_conv.weight,
+                       model.lif1.recurrent.weight[live["lif1"]][:, live["lif1"]])
+    assert torch.equal(recurrent_linear.weight,
+                       model.lif3.recurrent.weight[live["lif3"]][:, live["lif3"]])
+    assert torch.equal(pruned.lif1.beta, model.lif1.beta[live["lif1"]])
+    assert torch.equal(pruned.lif3.beta, model.lif3.beta[live["lif3"]])
+    # the one-to-one V: the neuron and its recurrent module still hold one tensor
+    assert pruned.lif2.recurrent.V is pruned.lif2.V
+    assert torch.equal(pruned.lif2.V, model.lif2.V[live["lif2"]])
+    x = next(iter(data.test))[0]
+    adapter = SpikingAdapter(num_steps=STEPS)
+    before, after = adapter.forward(model, x), adapter.forward(pruned, x)
+    assert after.spikes.sum() > 0  # the live channels do spike
+    torch.testing.assert_close(after.spikes, before.spikes, rtol=0, atol=0)
+    # sums over fewer terms round differently: equal to float32 precision
+    torch.testing.assert_close(after.membrane, before.membrane, rtol=1e-5, atol=1e-6)
+    _same_outputs(sconce.load(tmp_path, model=RecurrentSpikingNet()), pruned, data)
 
 
 def _rows_of(full: torch.Tensor, part: torch.Tensor) -> list[int]:
@@ -173,10 +243,11 @@ def test_prune_int8_and_state_quantization_in_one_recipe(trained, data, tmp_path
     _same_outputs(sconce.load(tmp_path, model=SpikingConvNet()), result.model, data)
 
 
-def test_the_original_api_with_snn_true(trained, data) -> None:
+def test_the_original_api_with_snn_true(trained, data, tmp_path) -> None:
     from sconce import sconce as legacy
 
     sconces = legacy()
+    sconces.out_dir = str(tmp_path)  # the original API saves under out_dir/experiment_name
     sconces.model = copy.deepcopy(trained)
     sconces.dataloader = {"train": data.train, "test": data.test}
     sconces.snn, sconces.num_steps = True, STEPS
@@ -186,3 +257,4 @@ def test_the_original_api_with_snn_true(trained, data) -> None:
     assert [s.technique for s in result.report.stages] == [None, "prune.magnitude",
                                                            "snn.int8_weights"]
     assert result.report.value("Quantized", "spike_rate") is not None
+    assert (tmp_path / "sconce" / "report.json").is_file()

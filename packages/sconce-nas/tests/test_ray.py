@@ -32,3 +32,23 @@ def test_two_ray_workers_search_exactly_like_one_process(trained_supernet):
     assert not ray.is_initialized()  # the executor stops the Ray it started
     assert [c.to_dict() for c in on_ray.candidates] == [c.to_dict() for c in local.candidates]
     assert [c.number for c in on_ray.front] == [c.number for c in local.front]
+
+
+def test_ray_that_cannot_start_is_one_clear_error(trained_supernet, monkeypatch):
+    from sconce_nas.executors import RayExecutor, RayUnavailable
+
+    def node_start_timeout(*args, **kwargs):  # what Ray raises when its node is too slow
+        raise Exception("The current node timed out during startup. This could happen "
+                        "because some of the raylet failed to startup or the GCS has "
+                        "become overloaded.\nmore lines")
+
+    monkeypatch.setattr(ray, "init", node_start_timeout)
+    evaluator = CandidateEvaluator(trained_supernet,
+                                   EvalBatches.from_data(tiny_data(), 2, 96))
+    with pytest.raises(RayUnavailable) as caught:
+        RayExecutor(evaluator, workers=2)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "a local Ray node could not start 2 worker(s)" in message
+    assert "timed out during startup" in message and "workers=1" in message
+    assert not ray.is_initialized()

@@ -82,6 +82,25 @@ def test_synops_and_spike_rates_on_a_planted_spike_train() -> None:
     assert activity.ann_macs == {"1": 2 * 4 * 4, "4": 3 * 8}
 
 
+def test_synops_of_a_one_to_one_recurrent_connection() -> None:
+    """An RLeaky's one-to-one recurrent connection feeds each neuron's last spike back
+    through its own weight V: one synapse per neuron, none where V is zero."""
+    neuron = snn.RLeaky(beta=0.0, threshold=0.5, V=torch.tensor([1.0, 0.0, 2.0]),
+                        all_to_all=False, reset_mechanism="none", init_hidden=True)
+    model = nn.Sequential(snn.Leaky(beta=0.0, threshold=0.5, reset_mechanism="none",
+                                    init_hidden=True), nn.Linear(3, 3, bias=False), neuron)
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(3))
+    steps = 4
+    activity = profile_activity(model, torch.tensor([[1.0, 1.0, 0.0]]),
+                                SpikingAdapter(num_steps=steps))
+    # neurons 0 and 1 spike at every step; from the second step their last spikes come
+    # back, and only neuron 0's has a synapse (V[1] = 0)
+    assert activity.spikes["2"] == steps * 2
+    assert activity.synops["2.recurrent"] == (steps - 1) * 1
+    assert activity.ann_macs["2.recurrent"] == 3
+
+
 def test_an_analog_first_layer_counts_macs_and_energy_follows_the_counts() -> None:
     model = nn.Sequential(*list(planted_network())[1:])  # the conv now sees the image
     image = torch.rand(1, 1, 3, 3) + 0.1

@@ -89,9 +89,9 @@ class _LazyGroup(click.Group):
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        saved_help: dict[str, str] = _listing()["commands"]
+        saved_help: dict[str, str] = _listing()["commands"]  # read once for names and help
         rows = []
-        for name in self.list_commands(ctx):
+        for name in sorted(set(self.commands) | set(saved_help)):
             command = self.commands.get(name)
             if command is None:
                 rows.append((name, saved_help.get(name, "")))

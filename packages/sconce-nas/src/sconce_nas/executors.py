@@ -33,6 +33,10 @@ class RayMissing(SconceError):
     """Ray was asked for but is not installed."""
 
 
+class RayUnavailable(SconceError):
+    """Ray is installed but could not start, or its cluster could not be reached."""
+
+
 def ray_available() -> bool:
     """True when ``ray`` can be imported.
 
@@ -64,6 +68,9 @@ class _Worker:
         return self.evaluator(choice)
 
 
+_START_TIMEOUT_S = 300.0  # for the workers to be ready, once Ray is up
+
+
 class RayExecutor:
     """Scores candidates on ``workers`` Ray actors of ``threads`` CPUs each.
 
@@ -75,6 +82,7 @@ class RayExecutor:
 
     Raises:
         RayMissing: when ``ray`` is not installed.
+        RayUnavailable: when Ray cannot start (or reach ``address``) and its workers.
     """
 
     def __init__(self, evaluator: CandidateEvaluator, workers: int,
@@ -87,19 +95,30 @@ class RayExecutor:
 
         self.workers = workers
         self._started = False
-        if not ray.is_initialized():
-            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                       "logging_level": logging.WARNING}
-            if address is None:
-                options["num_cpus"] = workers * evaluator.threads
-            ray.init(address=address, **options)
-            self._started = True
-        state = ray.put({k: v.detach().cpu() for k, v in evaluator.supernet.state_dict().items()})
-        batches = ray.put(evaluator.batches)
-        actor: Any = ray.remote(num_cpus=evaluator.threads)(_Worker)
-        self._actors: list[Any] = [actor.remote(evaluator.supernet.space, state, batches,
-                                                evaluator.threads) for _ in range(workers)]
-        ray.get([a.ready.remote() for a in self._actors])
+        self._actors: list[Any] = []
+        try:
+            if not ray.is_initialized():
+                options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                           "logging_level": logging.WARNING}
+                if address is None:
+                    options["num_cpus"] = workers * evaluator.threads
+                ray.init(address=address, **options)
+                self._started = True
+            state = ray.put({k: v.detach().cpu()
+                             for k, v in evaluator.supernet.state_dict().items()})
+            batches = ray.put(evaluator.batches)
+            actor: Any = ray.remote(num_cpus=evaluator.threads)(_Worker)
+            self._actors = [actor.remote(evaluator.supernet.space, state, batches,
+                                         evaluator.threads) for _ in range(workers)]
+            ray.get([a.ready.remote() for a in self._actors], timeout=_START_TIMEOUT_S)
+        except Exception as exc:  # Ray's own errors: node start-up, connection, actors
+            self.close()
+            where = f"the Ray cluster at {address}" if address else "a local Ray node"
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RayUnavailable(
+                f"{where} could not start {workers} worker(s) ({type(exc).__name__}: "
+                f"{first_line}); check `ray status`, give fewer workers, or search in this "
+                "process with workers=1") from exc
         self._pool = ActorPool(self._actors)
         logger.info("scoring candidates on %d Ray worker(s) of %d thread(s)", workers,
                     evaluator.threads)
@@ -113,10 +132,14 @@ class RayExecutor:
         import ray
 
         for actor in self._actors:
-            ray.kill(actor)
+            try:
+                ray.kill(actor)
+            except Exception:  # an actor that never started, or Ray gone
+                logger.debug("could not stop a Ray actor", exc_info=True)
         self._actors = []
         if self._started:
             ray.shutdown()
+            self._started = False
 
 
 def make_executor(evaluator: CandidateEvaluator, workers: int = 1,

@@ -33,7 +33,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,8 @@ def weight_of(module: nn.Module) -> torch.Tensor | None:
         >>> weight_of(nn.Linear(3, 2)).shape
         torch.Size([2, 3])
     """
+    if synapse_kind(module) == "elementwise":
+        return cast(torch.Tensor, module.V)
     dequantize = getattr(module, "dequantized_weight", None)
     if callable(dequantize):
         weight = dequantize()
@@ -127,12 +129,17 @@ def weight_of(module: nn.Module) -> torch.Tensor | None:
 
 
 def synapse_kind(module: nn.Module) -> str | None:
-    """``"linear"``, ``"conv"`` or None (not a synaptic layer) for ``module``.
+    """``"linear"``, ``"conv"``, ``"elementwise"`` (snnTorch's one-to-one recurrent
+    connection: each neuron's spike times its own weight ``V``) or None (not a synaptic
+    layer) for ``module``.
 
     Example:
         >>> synapse_kind(nn.Conv2d(1, 2, 3)), synapse_kind(nn.ReLU())
         ('conv', None)
     """
+    if type(module).__name__ == "RecurrentOneToOne" and isinstance(
+            getattr(module, "V", None), torch.Tensor):
+        return "elementwise"
     if isinstance(module, _CONV) or getattr(module, "synapse_kind", None) == "conv":
         return "conv"
     if isinstance(module, nn.Linear) or getattr(module, "synapse_kind", None) == "linear":
@@ -166,6 +173,8 @@ def synaptic_ops(module: nn.Module, active: torch.Tensor) -> float:
         raise UncountedLayers(type(module).__name__)
     synapses = (weight.detach() != 0).to(torch.float32)
     mask = (active.detach() != 0).to(torch.float32)
+    if synapse_kind(module) == "elementwise":  # one synapse per neuron, to itself
+        return float((mask * synapses).sum())
     if synapse_kind(module) == "linear":
         per_input = synapses.sum(dim=0)  # synapses leaving each input
         return float(mask.reshape(-1, mask.shape[-1]).sum(dim=0) @ per_input)
@@ -191,6 +200,8 @@ def ann_macs(module: nn.Module, output: torch.Tensor) -> float:
     weight = weight_of(module)
     if weight is None:
         raise UncountedLayers(type(module).__name__)
+    if synapse_kind(module) == "elementwise":
+        return float(output.numel())
     if synapse_kind(module) == "linear":
         return float(output.numel() * weight.shape[1])
     return float(output.numel() * weight[0].numel())

@@ -80,13 +80,12 @@ class SparseLayer(nn.Module):
     def __init__(self, plan: Sequence[Sequence[Any]] = DENSE_PLAN, encoding: str = "bitmask",
                  bias: bool = False) -> None:
         super().__init__()
-        self.plan = _check_plan(plan)
-        self.dense_only = all(name == "dense" for _, name in self.plan)
+        self._kernels: dict[str, Any] = {}
+        self.set_plan(plan)
         self.encoding = encoding
         for name in encoding_keys(encoding):
             self.register_buffer(_PREFIX + name, torch.zeros(0))
         self.register_buffer("bias", torch.zeros(0) if bias else None)
-        self._kernels: dict[str, Any] = {}
 
     # --- the stored weight --------------------------------------------------------------------
     @property

@@ -305,11 +305,13 @@ def _drop_disturbed(rounds: list[list[float]], factor: float) -> list[list[float
 def _least_disturbed(rounds: list[list[float]], factor: float, keep: int) -> list[list[float]]:
     """The undisturbed rounds, or (when fewer than ``keep`` are) the ``keep`` rounds that
     stray least: a figure never rests on one or two lucky rounds."""
-    clean = _drop_disturbed(rounds, factor)
+    typical = _typical(rounds)
+    deviations = [_deviation(r, typical) for r in rounds]
+    clean = [r for r, d in zip(rounds, deviations, strict=True) if d <= factor]
     if len(clean) >= min(keep, len(rounds)):
         return clean
-    typical = _typical(rounds)
-    return sorted(rounds, key=lambda r: _deviation(r, typical))[:keep]
+    ranked = sorted(range(len(rounds)), key=deviations.__getitem__)
+    return [rounds[i] for i in ranked[:keep]]
 
 
 def _ratios(rounds: list[list[float]], position: int) -> list[float]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -109,8 +109,9 @@ def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
         mask = kept(roots, gone)
         if not mask.all():
             selections[(slot.module, slot.tensor)].append((slot.dim, np.nonzero(mask)[0]))
+    replaced: dict[tuple[int, bytes], torch.Tensor] = {}  # a tensor two modules share
     for (module_name, tensor_name), cuts in selections.items():
-        _shrink(modules[module_name], tensor_name, cuts, on_resize)
+        _shrink(modules[module_name], tensor_name, cuts, on_resize, replaced)
     for count in graph.counts:
         alive = int(kept(graph.space.roots(count.ids), gone).sum())
         module = modules[count.module]
@@ -127,19 +128,30 @@ def remove_channels(model: nn.Module, graph: DependencyGraph, removed: set[int],
 
 
 def _shrink(module: nn.Module, name: str, cuts: list[tuple[int, np.ndarray]],
-            on_resize: Resize | None) -> None:
+            on_resize: Resize | None, replaced: dict[tuple[int, bytes], torch.Tensor]) -> None:
+    """Replace ``module.name`` by its kept positions; a tensor another module holds too (a
+    recurrent neuron's ``V``) is cut once and the same new tensor given to both."""
     tensor = getattr(module, name)
-    data = shrunk(tensor.detach(), cuts)
+    if not isinstance(tensor, torch.Tensor):
+        raise TechniqueError(f"{type(module).__name__}.{name} is not a tensor; prune.channel "
+                             "cannot resize it")
+    key = (id(tensor), b"".join(bytes([d % 256]) + k.tobytes() for d, k in cuts))
+    replacement = replaced.get(key)
+    if replacement is None:
+        data = shrunk(tensor.detach(), cuts)
+        if isinstance(tensor, nn.Parameter):
+            replacement = nn.Parameter(data, requires_grad=tensor.requires_grad)
+            if on_resize is not None:
+                on_resize(tensor, replacement, cuts)
+        else:
+            replacement = data
+        replaced[key] = replacement
     if name in module._parameters:
-        replacement = nn.Parameter(data, requires_grad=tensor.requires_grad)
-        module._parameters[name] = replacement
-        if on_resize is not None:
-            on_resize(tensor, replacement, cuts)
+        module._parameters[name] = cast(nn.Parameter, replacement)
     elif name in module._buffers:
-        module._buffers[name] = data
-    else:
-        raise TechniqueError(f"{type(module).__name__}.{name} is neither a parameter nor a "
-                             "buffer; prune.channel cannot resize it")
+        module._buffers[name] = replacement.detach()
+    else:  # a plain tensor attribute
+        setattr(module, name, replacement)
 
 
 def shrunk(tensor: torch.Tensor, cuts: list[tuple[int, np.ndarray]]) -> torch.Tensor:
