@@ -14,20 +14,26 @@ printed whole.
 Example:
     $ sconce compress
     $ sconce compress --model vgg --data fashion-mnist --train-epochs 2 --technique prune.gmp
+    $ sconce compress --nproc 2   # two processes under torchrun (DDP fine-tuning)
     $ sconce techniques
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sconce.errors import SconceError
+
+if TYPE_CHECKING:
+    from sconce.launch import Launch
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ def _setup_logging(verbose: int, quiet: bool, log_json: bool = False) -> None:
     disable_default_handler()  # the command line's own handler below shows plugins' lines too
     set_progress(not quiet, lines_only=log_json)  # progress reaches machines as log lines
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    if os.environ.get("RANK", "0") not in ("", "0"):  # under torchrun, rank 0 tells the story
+        level = max(level, logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines() if log_json else logging.Formatter("sconce: %(message)s"))
     handler.addFilter(_OwnInfo(level))
@@ -249,25 +257,111 @@ _TRUST_CODE_HELP = ("Let a saved folder given as --model run the code its model.
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Batch size of a named dataset.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--nproc", default=None, type=int,
+              help="Run as this many processes with torchrun (DistributedDataParallel "
+                   "fine-tuning: gloo on CPU, one GPU each on CUDA); rank 0 writes --out.")
+@click.option("--nnodes", default=None, type=int,
+              help="Machines taking part (run the same command on each; needs "
+                   "--rdzv-endpoint).")
+@click.option("--node-rank", default=None, type=int,
+              help="This machine's number for torchrun's static rendezvous (0 on the machine "
+                   "at --rdzv-endpoint).")
+@click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+              help="Where the machines meet (torchrun's --rdzv-endpoint).")
+@click.option("--rdzv-backend", default=None, metavar="NAME",
+              help="torchrun's rendezvous backend (default static; c10d numbers the machines "
+                   "itself).")
+@click.option("--rdzv-id", default=None, metavar="ID",
+              help="The job's id, the same on every machine (torchrun's --rdzv-id).")
 def compress(model_spec: str | None, data_name: str | None, recipe_file: str | None,
              techniques: tuple[str, ...], max_accuracy_drop: float | None,
              target_latency: str | None, target_size: str | None, target_macs: str | None,
              out: str, device: str, seed: int, resume: bool, trust_code: bool,
              wait_for_out: bool,
              finetune_epochs: float | None, train_epochs: float, batch_size: int | None,
-             no_progress: bool) -> None:
+             no_progress: bool, nproc: int | None, nnodes: int | None, node_rank: int | None,
+             rdzv_endpoint: str | None, rdzv_backend: str | None, rdzv_id: str | None) -> None:
     """Compress a model and print the comparison table (no arguments: the demo).
 
     Without --recipe or --technique the stages are planned from the installed techniques by
     measuring, within the constraints (at most 1 accuracy point lost when none is given).
     """
+    from sconce import distributed
+    from sconce.launch import Launch
     from sconce.storage import folder_lock
 
-    # the output folder is checked writable and locked before any compute, for the whole run
-    with folder_lock(out, wait=wait_for_out):
+    launch = Launch(nproc, nnodes, node_rank, rdzv_endpoint, rdzv_backend, rdzv_id)
+    launch.check(device)
+    if launch.wanted:
+        code = _launch(launch, out, wait_for_out)
+        if code:
+            raise click.exceptions.Exit(code)
+        return
+    # the output folder is checked writable and locked before any compute, for the whole run,
+    # by the process that writes it (rank 0 under torchrun)
+    with (folder_lock(out, wait=wait_for_out) if distributed.is_main_process()
+          else contextlib.nullcontext()):
         _compress(model_spec, data_name, recipe_file, techniques, max_accuracy_drop,
                   target_latency, target_size, target_macs, out, device, seed, resume,
                   trust_code, finetune_epochs, train_epochs, batch_size, no_progress)
+
+
+LAUNCH_OPTIONS = frozenset({"nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_backend",
+                            "rdzv_id"})
+
+
+def _launch(launch: Launch, out: str, wait_for_out: bool) -> int:
+    """Run this command under torchrun, without the launch options; torchrun's exit status.
+
+    On one machine this process locks ``out`` (refusing, or waiting with ``--wait``, before
+    anything starts) and holds the lock until torchrun ends; the processes it starts share
+    that lock (:func:`sconce.storage.lock_for_children`) instead of waiting for it. With
+    several machines nothing is locked here: whether ``out`` is one folder shared by the
+    machines or one on each is not known, so rank 0, wherever it runs, locks it as under a
+    plain torchrun.
+    """
+    from sconce.launch import run_torchrun
+    from sconce.storage import ensure_writable_dir, folder_lock, lock_for_children
+
+    arguments = _relaunched_arguments(click.get_current_context())
+    if launch.several_machines:
+        ensure_writable_dir(out)
+        return run_torchrun(launch, "sconce.cli", arguments)
+    with folder_lock(out, wait=wait_for_out) as folder:
+        shared = lock_for_children(folder)
+        return run_torchrun(launch, "sconce.cli", arguments, env=shared.env,
+                            pass_fds=(shared.fd,))
+
+
+def _relaunched_arguments(ctx: click.Context) -> list[str]:
+    """The command line as the user gave it (the group's options, the command and its
+    options), without the launch options: what every launched process runs."""
+    from click.core import ParameterSource
+
+    arguments: list[str] = []
+    for context in (ctx.parent, ctx):
+        if context is None:
+            continue
+        if context is ctx:
+            arguments.append(ctx.info_name or "compress")
+        for param in context.command.params:
+            name = param.name or ""
+            value = context.params.get(name)
+            if (name in LAUNCH_OPTIONS or value is None or not isinstance(param, click.Option)
+                    or context.get_parameter_source(name) in (None, ParameterSource.DEFAULT,
+                                                              ParameterSource.DEFAULT_MAP)):
+                continue
+            flag = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+            if param.count:
+                arguments += [flag] * int(value)
+            elif param.is_flag:
+                arguments += [flag] if value else []
+            elif param.multiple:
+                for item in value:
+                    arguments += [flag, str(item)]
+            else:
+                arguments += [flag, str(value)]
+    return arguments
 
 
 def _compress(model_spec: str | None, data_name: str | None, recipe_file: str | None,
@@ -317,16 +411,18 @@ def _compress(model_spec: str | None, data_name: str | None, recipe_file: str | 
     options.update(resume=resume, progress=not no_progress, work_dir=Path(out) / "work")
     result = run_compress(model, data, recipe=recipe, constraints=constraints, **options)
     spec = model_spec or DEMO_MODEL
-    if distributed.is_main_process():
+    main = distributed.is_main_process()  # under torchrun, rank 0 writes and prints
+    if main:
         result.save(out, model_spec=str(Path(spec).resolve()) if Path(spec).is_dir() else spec,
                     model_kwargs=kwargs)
-    console = _console()
-    result.report.print(console)
-    console.print(f"saved to {out}/ (model.pt, model.json, report.json, report.md, report.png)",
-                  highlight=False)
+        console = _console()
+        result.report.print(console)
+        console.print(f"saved to {out}/ (model.pt, model.json, report.json, report.md, "
+                      "report.png)", highlight=False)
     if result.failed is not None:
-        click.echo(f"sconce: error: {result.failed}; the stages before it are saved in {out}/",
-                   err=True)
+        if main:
+            click.echo(f"sconce: error: {result.failed}; the stages before it are saved in "
+                       f"{out}/", err=True)
         raise click.exceptions.Exit(EXIT_STAGE_FAILED)
 
 

@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,12 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(
         os.environ.get("RANK", "0")
     )
+
+
+def world_size() -> int:
+    """How many processes take part (1 outside torchrun)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(
+        os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:
@@ -93,3 +99,22 @@ def broadcast_buffers(model: nn.Module) -> None:
     """
     for buffer in model.buffers():
         dist.broadcast(buffer.data, src=0)
+
+
+T = TypeVar("T")
+
+
+def from_rank0(value: T, device: torch.device) -> T:
+    """Rank 0's ``value`` on every rank (``value`` itself outside torchrun), so that a decision
+    taken on a measurement only rank 0 makes (a latency) is the same on every rank.
+
+    Example:
+        >>> from_rank0(1.5, torch.device("cpu"))  # not under torchrun
+        1.5
+    """
+    if not is_distributed():
+        return value
+    ensure_process_group(local_device(device))
+    box: list[Any] = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

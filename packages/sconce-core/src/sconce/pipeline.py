@@ -538,6 +538,7 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
                             notes={**ctx.stage.notes, **baseline.notes,
                                    **(auto_plan.notes() if auto_plan else {})})],
         run={"data": resolved_data.name or "custom", "device": device.type,
+             "processes": distributed.world_size(),
              "threads": ctx.timing.threads, "throughput_batch": ctx.timing.batch_size,
              "seed": opts.seed, "finetune_epochs": opts.finetune_epochs,
              "torch": torch.__version__},
@@ -687,12 +688,14 @@ def _carry_kept_values(result: StageResult, before: StageResult, metrics: Sequen
 def _keep_for_timing(folder: Path, model: nn.Module, result: StageResult, ctx: Context,
                      metrics: Sequence[Metric], together: bool) -> Path | None:
     """The checkpoint the end-of-run timing reloads a finished stage's model from; when the
-    models are too large to hold together (or this process writes no checkpoint) the model is
-    timed now, alone, and None returned."""
+    models are too large to hold together the model is timed now, alone, and None returned.
+    Under torchrun only rank 0 times (another rank timing too would slow it down)."""
+    if not distributed.is_main_process():
+        return None
     if together and (folder / "stage.json").is_file():
         return folder
     reason = ("the models are too large to hold together" if not together
-              else "this process writes no checkpoint to reload it from")
+              else "its checkpoint is missing")
     measured = measure_with_context(model, ctx, [m for m in metrics if is_compared(m)])
     result.values.update(measured.values)
     for name in measured.values:
@@ -707,8 +710,8 @@ def _time_together(original: nn.Module, device: torch.device, checkpoints: list[
     """Time the original, every checkpointed stage's model (reloaded) and the final model
     together, interleaved, at the end of the run, so that background load lands on every
     column alike; fill the report."""
-    if not any(is_compared(m) for m in metrics):
-        return
+    if not any(is_compared(m) for m in metrics) or not distributed.is_main_process():
+        return  # under torchrun rank 0 times alone: the other ranks would slow it down
     reference = _copy_of(original, device).eval()  # the caller's model is never timed in place
     columns, chosen = [0], [reference]
     for column, folder in enumerate(checkpoints, start=1):

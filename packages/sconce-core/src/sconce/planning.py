@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sconce import distributed
 from sconce.budget import bisect
 from sconce.context import Context, StageNotes
 from sconce.errors import ConfigError, SconceError
@@ -276,9 +277,12 @@ class _Planner:
         settings = TimingSettings(threads=self.ctx.timing.threads, rounds=3,
                                   round_seconds=0.05, warmup_seconds=0.05)
         model.eval()
-        with torch.no_grad():
-            return time_call(lambda: self.ctx.adapter.forward(model, example), self.ctx.device,
-                             settings)
+        measured = math.nan
+        if distributed.is_main_process():  # under torchrun rank 0 times, alone, for every rank
+            with torch.no_grad():
+                measured = time_call(lambda: self.ctx.adapter.forward(model, example),
+                                     self.ctx.device, settings)
+        return distributed.from_rank0(measured, self.ctx.device)
 
     def run_trial(self, stages: Sequence[tuple[str, dict[str, Any]]], purpose: str,
                   epochs: float, *, evaluate: bool = True, measure: bool = False) -> Trial:

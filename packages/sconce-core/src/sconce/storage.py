@@ -18,19 +18,21 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple, TextIO
 
 from sconce.errors import ConfigError
 
 LOCK_NAME = ".sconce.lock"
+LOCK_TOKEN_ENV = "SCONCE_LOCK_TOKEN"
 _umask_lock = threading.Lock()
 _held_lock = threading.Lock()
-_held: dict[Path, int] = {}
 
 
 def atomic_save(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -153,6 +155,19 @@ def ensure_writable_dir(folder: str | Path, what: str = "output folder") -> Path
     return folder
 
 
+@dataclass
+class _Held:
+    """A folder lock this process holds: how often it is entered, the open lock file and the
+    token written in it (``None`` when shared from the launcher that started this process)."""
+
+    count: int
+    handle: TextIO
+    token: str | None
+
+
+_held: dict[Path, _Held] = {}
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | Path, *, wait: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (a ``.sconce.lock`` file in it) while the block
@@ -160,7 +175,11 @@ def folder_lock(folder: str | Path, *, wait: bool = False) -> Iterator[Path]:
 
     The lock is the operating system's (``flock``): it is released when the process ends,
     even when killed. Within one process the lock is re-entrant (the CLI and the pipeline
-    both hold it).
+    both hold it). A process started by the run that holds the lock (``sconce compress
+    --nproc``: see :func:`lock_for_children`) shares it instead of waiting for it: the holder
+    writes a random token into the lock file and hands it over in the environment
+    (``SCONCE_LOCK_TOKEN``); a process whose token matches the file's while the lock is held
+    goes ahead without taking it (and never waits for its own launcher).
 
     Args:
         folder: created (and checked writable) if needed.
@@ -178,33 +197,97 @@ def folder_lock(folder: str | Path, *, wait: bool = False) -> Iterator[Path]:
     """
     folder = ensure_writable_dir(folder).resolve()
     with _held_lock:
-        if folder in _held:
-            _held[folder] += 1
-            reentered = True
-        else:
-            reentered = False
-    if reentered:
+        held = _held.get(folder)
+        if held is not None:
+            held.count += 1
+    if held is not None:
         try:
             yield folder
         finally:
             with _held_lock:
-                _held[folder] -= 1
+                held.count -= 1
         return
-    handle = open(folder / LOCK_NAME, "a")  # held open for the whole run
+    handle = open(folder / LOCK_NAME, "a+")  # held open for the whole run
     try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise ConfigError(
-                f"another sconce run is writing into {str(folder)!r}; wait for it to finish "
-                "or choose another folder (--out)") from None
+        acquired = _flock(handle, wait=False)
+        token: str | None = None  # None: adopted, the launcher of this process holds it
+        if acquired or not _launched_by_holder(handle):
+            if not acquired and not wait:
+                raise ConfigError(
+                    f"another sconce run is writing into {str(folder)!r}; wait for it to "
+                    "finish or choose another folder (--out)")
+            if not acquired:
+                _flock(handle, wait=True)
+            token = _write_token(handle)
         with _held_lock:
-            _held[folder] = 1
+            _held[folder] = _Held(1, handle, token)
         try:
             yield folder
         finally:
             with _held_lock:
                 del _held[folder]
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if token is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     finally:
         handle.close()
+
+
+class SharedLock(NamedTuple):
+    """What a process started by the lock's holder needs to share it (:func:`lock_for_children`).
+
+    Attributes:
+        env: environment entries for the started process (the lock file's token).
+        fd: the lock file's descriptor, for ``subprocess.Popen(pass_fds=...)``: the lock then
+            lasts while the started process lives, even if this one is killed.
+    """
+
+    env: dict[str, str]
+    fd: int
+
+
+def lock_for_children(folder: str | Path) -> SharedLock:
+    """Let the processes this one starts share its lock on ``folder`` (see :func:`folder_lock`).
+
+    Raises:
+        RuntimeError: this process does not hold the lock itself (a programming error).
+
+    Example:
+        >>> import tempfile
+        >>> with folder_lock(tempfile.mkdtemp()) as locked:
+        ...     list(lock_for_children(locked).env)
+        ['SCONCE_LOCK_TOKEN']
+    """
+    with _held_lock:
+        held = _held.get(Path(folder).resolve())
+    if held is None or held.token is None:
+        raise RuntimeError(f"this process does not hold the lock on {str(folder)!r}")
+    return SharedLock({LOCK_TOKEN_ENV: held.token}, held.handle.fileno())
+
+
+def _flock(handle: TextIO, *, wait: bool) -> bool:
+    """Take the exclusive lock on ``handle``'s file; False when another holds it (no wait)."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _write_token(handle: TextIO) -> str:
+    """A fresh random token in the lock file just taken (any older one is stale)."""
+    token = secrets.token_hex(16)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(token)
+    handle.flush()
+    return token
+
+
+def _launched_by_holder(handle: TextIO) -> bool:
+    """True when the lock file holds the token this process was started with: the lock's
+    holder launched it (and holds the lock for it)."""
+    expected = os.environ.get(LOCK_TOKEN_ENV, "").strip()
+    if not expected:
+        return False
+    handle.seek(0)
+    return handle.read().strip() == expected
