@@ -35,7 +35,12 @@ def rank() -> int:
 
 
 def world_size() -> int:
-    """How many processes take part (1 outside torchrun)."""
+    """How many processes take part (1 outside torchrun).
+
+    Example:
+        >>> world_size()  # not under torchrun
+        1
+    """
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(
         os.environ.get("WORLD_SIZE", "1"))
 

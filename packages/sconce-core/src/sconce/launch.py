@@ -139,9 +139,9 @@ class Launch:
             return  # auto means the CPU here: gloo, any number of processes
         count = torch.cuda.device_count()
         if (self.nproc or 1) > count:
+            way_out = f"--nproc {count} or fewer, or --device cpu" if count else "--device cpu"
             raise LaunchError(f"--nproc {self.nproc or 1} on CUDA needs a GPU per process and "
-                              f"torch sees {count} here; use --nproc {max(count, 1)} or fewer, "
-                              "or --device cpu")
+                              f"torch sees {count} here; use {way_out}")
 
     def torchrun_options(self) -> list[str]:
         """torchrun's options for this launch (before the command)."""
