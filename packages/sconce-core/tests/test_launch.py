@@ -57,9 +57,10 @@ metrics = ["accuracy", "params", "size"]
 """
 
 # Two processes read half the training set each and average their gradients: half the
-# optimizer steps of twice the batch, so the result is close to, not equal to, one process's.
-# Measured on this machine (digits test split, 359 images): the two runs' final accuracies
-# differed by TODO points; 3 points (about 11 images) bounds that with room for another CPU.
+# optimizer steps of twice the batch at the same learning rate, so the result is close to, not
+# equal to, one process's. Measured on this machine (digits test split, 359 images; seeds 0-3):
+# two processes ended 1.12, 1.11, 1.67 and 1.67 points below one (95.3-95.8 % against
+# 96.9-97.2 %); 3 points (about 11 images) bounds that with room for another CPU's rounding.
 ACCURACY_TOLERANCE = 3.0
 EPOCH_LINE = re.compile(r"fine-tuning epoch 1/2: loss [\d.]+, (\d+) steps")
 
@@ -81,7 +82,7 @@ def _one_error_line(err: str) -> str:
     (["--nnodes", "2", "--rdzv-endpoint", "head:29400", "--node-rank", "2"],
      "--node-rank must be 0 to 1"),
     (["--nproc", "2", "--rdzv-endpoint", "head:29400"], "--rdzv-endpoint is for several machines"),
-    (["--nproc", str(torch.cuda.device_count() + 1), "--device", "cuda"],
+    (["--nproc", str(max(2, torch.cuda.device_count() + 1)), "--device", "cuda"],
      "needs a GPU per process and torch sees"),
 ])
 def test_launch_mistakes_are_one_line_before_anything_starts(argv, message, capsys, tmp_path,
@@ -185,7 +186,7 @@ def test_nproc_2_on_cpu_matches_one_process_and_rank_0_writes_once(tmp_path, cap
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     command = ["compress", "--model", "demo", "--data", "ddp_plugin:digits", "--recipe",
-               "recipe.toml", "--device", "cpu", "--no-progress"]
+               "recipe.toml", "--device", "cpu"]  # progress on: its epoch lines count steps
 
     assert main([*command, "--out", "one"]) == 0
     single_err = capsys.readouterr().err
