@@ -39,8 +39,8 @@ from sconce.footprint import Footprint, tensor_nbytes, tensor_nonzero
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOWBIT_BITS", "GroupCodes", "LowBitLinear", "grid_for", "lowbit_footprint",
-           "pack_int4", "quantize_to_grid", "unpack_int4"]
+__all__ = ["LOWBIT_BITS", "GroupCodes", "LowBitLinear", "dequantize_groups", "grid_for",
+           "lowbit_footprint", "pack_int4", "quantize_to_grid", "unpack_int4"]
 
 LOWBIT_BITS: tuple[int, ...] = (4, 8)
 """Bit widths :class:`LowBitLinear` stores (4: two codes per byte; 8: one)."""
@@ -146,11 +146,18 @@ class GroupCodes:
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight the codes stand for."""
-        return _dequantize(self.codes, self.scales, self.zeros, self.group_size)
+        return dequantize_groups(self.codes, self.scales, self.zeros, self.group_size)
 
 
-def _dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                group_size: int) -> torch.Tensor:
+def dequantize_groups(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                      group_size: int) -> torch.Tensor:
+    """``(codes - zeros) * scales`` with each group's parameters repeated over its columns.
+
+    Example:
+        >>> dequantize_groups(torch.tensor([[9, 7]], dtype=torch.uint8),
+        ...                   torch.tensor([[0.5]]), torch.tensor([[8]], dtype=torch.uint8), 2)
+        tensor([[ 0.5000, -0.5000]])
+    """
     cols = codes.shape[1]
     scale = scales.to(torch.float32).repeat_interleave(group_size, dim=1)[:, :cols]
     zero = zeros.to(torch.float32).repeat_interleave(group_size, dim=1)[:, :cols]

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from sconce.errors import TechniqueError
-from sconce_quant.qparams import GroupCodes, group_qparams, quantize_to_codes
+from sconce.lowbit import GroupCodes, quantize_to_grid
+from sconce_quant.qparams import group_qparams
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSet
                                                           symmetric=settings.symmetric,
                                                           search=settings.clip_search)
             values = w1[:, i]
-            q = quantize_to_codes(values.unsqueeze(1), scales[:, g], zeros[:, g],
+            q = quantize_to_grid(values.unsqueeze(1), scales[:, g], zeros[:, g],
                                   settings.bits).squeeze(1)
             codes[:, original] = q.to(torch.uint8)
             error = (values - (q - zeros[:, g]) * scales[:, g]) / h1[i, i]

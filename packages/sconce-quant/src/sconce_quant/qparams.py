@@ -1,5 +1,6 @@
 """Quantization parameters: per-channel symmetric weight scales, affine activation qparams,
-group-wise weight codes, and fake quantization with a straight-through gradient.
+group-wise weight codes (the core's :class:`sconce.lowbit.GroupCodes`, with a rounding-error
+search for their ranges), and fake quantization with a straight-through gradient.
 
 Example:
     >>> import torch
@@ -11,11 +12,12 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from sconce.lowbit import GroupCodes, quantize_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -86,37 +88,6 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, zero_point: torc
     return torch.fake_quantize_per_channel_affine(x, scale_t, zero_t, axis, qmin, qmax)
 
 
-@dataclass(frozen=True)
-class GroupCodes:
-    """Weights as unsigned integer codes with one scale and zero point per group of inputs.
-
-    ``weight ~= (codes - zeros) * scales`` where each group of ``group_size`` consecutive
-    input columns of a row shares a scale and a zero point.
-
-    Attributes:
-        codes: ``(out, in)`` uint8 codes in ``[0, 2**bits - 1]``.
-        scales: ``(out, groups)`` scales, float16.
-        zeros: ``(out, groups)`` uint8 zero points.
-        bits: 4 or 8.
-        group_size: inputs per group.
-
-    Example:
-        >>> codes = rtn_group_codes(torch.tensor([[0.0, 1.5]]), 4, 2, symmetric=False)
-        >>> codes.dequantize()  # the float16 scale 0.09998 instead of 0.1
-        tensor([[0.0000, 1.4996]])
-    """
-
-    codes: torch.Tensor
-    scales: torch.Tensor
-    zeros: torch.Tensor
-    bits: int
-    group_size: int
-
-    def dequantize(self) -> torch.Tensor:
-        """The float32 weight these codes stand for."""
-        return dequantize_groups(self.codes, self.scales, self.zeros, self.group_size)
-
-
 def group_qparams(weight: torch.Tensor, bits: int, *, symmetric: bool, search: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (float16-exact, as float32) and zero point per row of ``weight`` (one group).
@@ -180,26 +151,13 @@ def _range_qparams(low: torch.Tensor, high: torch.Tensor, bits: int, symmetric: 
 def _rounding_error(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
                     ) -> torch.Tensor:
     """Per-row sum of squared differences between ``w`` and its quantized value."""
-    codes = quantize_to_codes(w, scale, zero, bits)
+    codes = quantize_to_grid(w, scale, zero, bits)
     return ((codes - zero.unsqueeze(1)) * scale.unsqueeze(1) - w).square().sum(dim=1)
 
 
 def _stored(scale: torch.Tensor) -> torch.Tensor:
     """The scale as it is stored (float16, at least 1e-8), back in float32."""
     return scale.clamp_min(1e-8).to(torch.float16).to(torch.float32)
-
-
-def quantize_to_codes(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
-                      ) -> torch.Tensor:
-    """Round ``weight`` (rows, cols) to codes with per-row ``scale`` and ``zero`` (as float).
-
-    Example:
-        >>> quantize_to_codes(torch.tensor([[0.26, -1.0]]), torch.tensor([0.1]),
-        ...                   torch.tensor([8.0]), 4)
-        tensor([[11.,  0.]])
-    """
-    q = torch.round(weight / scale.unsqueeze(1)) + zero.unsqueeze(1)
-    return q.clamp(0, 2**bits - 1)
 
 
 def rtn_group_codes(weight: torch.Tensor, bits: int, group_size: int, *, symmetric: bool,
@@ -219,27 +177,12 @@ def rtn_group_codes(weight: torch.Tensor, bits: int, group_size: int, *, symmetr
     for start in range(0, cols, group_size):
         block = weight[:, start:start + group_size].to(torch.float32)
         scale, zero = group_qparams(block, bits, symmetric=symmetric, search=search)
-        codes[:, start:start + group_size] = quantize_to_codes(block, scale, zero, bits).to(
+        codes[:, start:start + group_size] = quantize_to_grid(block, scale, zero, bits).to(
             torch.uint8)
         scales.append(scale)
         zeros.append(zero)
     return GroupCodes(codes, torch.stack(scales, 1).to(torch.float16),
                       torch.stack(zeros, 1).to(torch.uint8), bits, group_size)
-
-
-def dequantize_groups(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                      group_size: int) -> torch.Tensor:
-    """``(codes - zeros) * scales`` with each group's parameters repeated over its columns.
-
-    Example:
-        >>> dequantize_groups(torch.tensor([[9, 7]], dtype=torch.uint8),
-        ...                   torch.tensor([[0.5]]), torch.tensor([[8]], dtype=torch.uint8), 2)
-        tensor([[ 0.5000, -0.5000]])
-    """
-    cols = codes.shape[1]
-    scale = scales.to(torch.float32).repeat_interleave(group_size, dim=1)[:, :cols]
-    zero = zeros.to(torch.float32).repeat_interleave(group_size, dim=1)[:, :cols]
-    return (codes.to(torch.float32) - zero) * scale
 
 
 @lru_cache(maxsize=1)
