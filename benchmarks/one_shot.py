@@ -23,6 +23,7 @@ pruning run is minutes long and deterministic, so the wall time of one run is qu
     python benchmarks/one_shot.py --quick            # smoke run: few samples, short text
     python benchmarks/one_shot.py --only smollm --peer-python peer/bin/python
     python benchmarks/one_shot.py --only smollm --windows 32   # fewer calibration windows
+    python benchmarks/one_shot.py --only smollm --rows "sparsegpt 50% + int4"  # one row
 
 Prints the tables and writes ``benchmarks/results/one_shot[-quick].json``.
 """
@@ -113,7 +114,7 @@ def load_section(section: str, quick: bool, samples: int) -> tuple[Any, Any, Any
 
 
 def _technique(method: str, pattern: str, bits: int | None, samples: int,
-               model: Any) -> tuple[Any, Any]:
+               model: Any, sequential: bool = False) -> tuple[Any, Any]:
     """The sconce technique and config of a row (magnitude prunes the one-shot layers)."""
     import sconce
     from sconce_prune.oneshot import choose_layers
@@ -130,7 +131,7 @@ def _technique(method: str, pattern: str, bits: int | None, samples: int,
         technique = sconce.get_technique("prune.magnitude")
         return technique, technique.Config(allocation="uniform", skip_layers=tuple(skip), **nm)
     technique = sconce.get_technique(f"prune.{method}")
-    options: dict[str, Any] = {"calibration_samples": samples, **nm}
+    options: dict[str, Any] = {"calibration_samples": samples, "sequential": sequential, **nm}
     if bits is not None:
         options["bits"] = bits
     return technique, technique.Config(**options)
@@ -170,7 +171,7 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
         model.load_state_dict(torch.load(spec["state"], weights_only=True))
     else:
         technique, config = _technique(spec["method"], spec["pattern"], spec["bits"],
-                                       spec["samples"], model)
+                                       spec["samples"], model, spec.get("sequential", False))
         ctx = sconce.Context(data=data, adapter=sconce.get_adapter(model), progress=False,
                              finetune_epochs=0)
         import gc
@@ -201,7 +202,7 @@ def child(spec: dict[str, Any], python: str, script: Path) -> dict[str, Any]:
         return json.loads(out_path.read_text())
 
 
-def plan(section: str, quick: bool) -> list[dict[str, Any]]:
+def plan(section: str, quick: bool, sequential: bool = False) -> list[dict[str, Any]]:
     patterns = ["50%", "2:4"]
     rows = [{"method": "dense", "pattern": "-", "bits": None}]
     methods = ["magnitude", "wanda", "sparsegpt"]
@@ -213,7 +214,7 @@ def plan(section: str, quick: bool) -> list[dict[str, Any]]:
     if section == "smollm":
         rows.append({"method": "sparsegpt", "pattern": "50%", "bits": 4})
     for row in rows:
-        row.update(section=section, quick=quick)
+        row.update(section=section, quick=quick, sequential=sequential)
     return rows
 
 
@@ -224,7 +225,9 @@ QUALITY = {"smollm": ("perplexity", "perplexity", False), "minilm": ("cosine", "
 def label(row: dict[str, Any]) -> str:
     name = row["method"] if not row.get("peer") else f"llm-compressor {row['method']}"
     bits = f" + int{row['bits']}" if row.get("bits") else ""
-    return f"{name} {row['pattern']}{bits}" if row["method"] != "dense" else "dense"
+    sequential = " (sequential)" if row.get("sequential") and row["method"] not in (
+        "dense", "magnitude") and not row.get("peer") else ""
+    return f"{name} {row['pattern']}{bits}{sequential}" if row["method"] != "dense" else "dense"
 
 
 def print_table(section: str, result: dict[str, Any], flags: str, threads: int) -> None:
@@ -316,7 +319,7 @@ def run_section(section: str, args: argparse.Namespace,
     samples = (8 if section == "smollm" else 16) if args.quick else 128
     if section == "smollm" and args.windows:
         samples = args.windows
-    rows = plan(section, args.quick)
+    rows = plan(section, args.quick, args.sequential)
     windows = Path(tempfile.mkdtemp(prefix="one-shot-")) / "windows.pt"
     peers = []
     if section == "smollm" and args.peer_python:
@@ -325,6 +328,8 @@ def run_section(section: str, args: argparse.Namespace,
     ordered: list[dict[str, Any]] = []
     if args.method:  # the dense row always runs: it is the reference (and writes the windows)
         rows = [r for r in rows if r["method"] in ("dense", *args.method)]
+    if args.rows:
+        rows = [r for r in rows if r["method"] == "dense" or label(r) in args.rows]
     for row in rows:  # each peer row right after the sconce row it compares with
         ordered.append(row)
         ordered += [p for p in peers if (p["method"], p["pattern"]) == (
@@ -367,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run these sections")
     parser.add_argument("--method", choices=SCONCE_METHODS, action="append",
                         help="only these methods (and dense)")
+    parser.add_argument("--rows", action="append", metavar="LABEL",
+                        help="only the rows with these labels, e.g. 'sparsegpt 50%% + int4' "
+                             "(and dense)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="sconce's one-shot rows measure each layer of a block after the "
+                             "earlier ones are pruned (true sequential)")
     parser.add_argument("--windows", type=int, default=None,
                         help="SmolLM2 calibration windows (default 128; --quick: 8)")
     parser.add_argument("--threads", type=int, default=2)

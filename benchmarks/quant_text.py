@@ -26,6 +26,7 @@ import sconce
 from sconce.adapter import ModelAdapter
 from sconce.context import Context
 from sconce_quant.dynamic import DynamicConfig, DynamicInt8
+from sconce_quant.engines.base import EngineError
 from sconce_quant.static import Int8Config, StaticInt8
 from sconce_quant.weight_only import WeightOnly, WeightOnlyConfig
 
@@ -107,6 +108,7 @@ def minilm_section(args: argparse.Namespace, flags: str
     from torch.ao.quantization import quantize_dynamic
 
     models: dict[str, nn.Module] = {"fp32": model}
+    failed: dict[str, str] = {}
     notes: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
     with warnings.catch_warnings():
@@ -124,7 +126,11 @@ def minilm_section(args: argparse.Namespace, flags: str
             ("sconce quant.dynamic [torch]", DynamicInt8(), DynamicConfig(engine="torch")),
             ("sconce quant.int8 static [auto]", StaticInt8(), Int8Config())):
         print(f"building {label}", flush=True)
-        models[label], notes[label], seconds[label] = quantize(technique, config)
+        try:
+            models[label], notes[label], seconds[label] = quantize(technique, config)
+        except EngineError as exc:  # a forced engine that cannot take this model: a row
+            failed[label] = str(exc)
+            print(f"  {label} failed: {exc}", flush=True)
 
     rows: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
@@ -158,6 +164,8 @@ def minilm_section(args: argparse.Namespace, flags: str
         print(f"{label:<36} {row['latency_b32_ms']:>9.1f} {row['speedup']:>6.2f}x "
               f"{row['vs_peer']:>6.2f}x {row['cosine_mean']:>9.4f} {row['cosine_min']:>8.4f} "
               f"{row['size_mib']:>7.2f}")
+    for label, reason in failed.items():
+        print(f"{label:<36} failed: {reason}")
     auto = rows["sconce quant.dynamic [auto]"]
     print(f"quant.dynamic auto picked: {auto['notes'].get('int8 engine', '?')} "
           f"(built in {auto['build_seconds']:.0f} s)")
@@ -183,7 +191,7 @@ def minilm_section(args: argparse.Namespace, flags: str
          f"{best_label}: {best['speedup']:.2f}x, {best['vs_peer']:.2f}x the peer, "
          f"cosine {best['cosine_mean']:.4f}"),
     ]
-    return {"rows": rows, "sentences": len(eval_ids)}, checks
+    return {"rows": rows, "failed": failed, "sentences": len(eval_ids)}, checks
 
 
 # --- SmolLM2-135M ---------------------------------------------------------------------------

@@ -76,3 +76,23 @@ def test_a_group_of_zeros_gets_a_finite_grid() -> None:
     codes = GroupCodes.quantize(weight, bits=4, group_size=4)
     assert bool(torch.isfinite(codes.scales.float()).all()) and bool((codes.scales > 0).all())
     assert torch.equal(codes.dequantize(), torch.zeros(2, 8))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_range_search_clips_outliers_keeps_zero_and_is_never_worse(symmetric: bool) -> None:
+    from sconce.lowbit import quantize_to_grid, rounding_error
+
+    torch.manual_seed(0)
+    weight = torch.randn(16, 64)
+    weight[:, 3] *= 8.0  # an outlier column
+    weight[:, ::2] = 0.0  # half pruned
+    weight[0] = 0.0  # a row of zeros
+    plain = grid_for(weight, 4, symmetric=symmetric)
+    searched = grid_for(weight, 4, symmetric=symmetric, search=True)
+    before, after = rounding_error(weight, *plain, 4), rounding_error(weight, *searched, 4)
+    assert bool((after <= before + 1e-6).all())
+    assert float(after.sum()) < float(before.sum())  # some ranges were clipped to gain
+    assert bool((searched[0] > 0).all()) and bool(torch.isfinite(searched[0]).all())
+    codes = quantize_to_grid(weight, *searched, 4)
+    zero_codes = codes[weight == 0]
+    assert torch.equal(zero_codes, searched[1].unsqueeze(1).expand_as(codes)[weight == 0])

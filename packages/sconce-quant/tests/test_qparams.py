@@ -6,15 +6,9 @@ import pytest
 import torch
 
 from sconce.errors import ConfigError
+from sconce.lowbit import dequantize_groups, pack_int4, unpack_int4
 from sconce_quant.calibration import RangeEstimator
-from sconce_quant.packing import pack_int4, unpack_int4
-from sconce_quant.qparams import (
-    affine_qparams,
-    dequantize_groups,
-    per_channel_scales,
-    qrange,
-    rtn_group_codes,
-)
+from sconce_quant.qparams import affine_qparams, per_channel_scales, qrange, rtn_group_codes
 
 
 def test_per_channel_scales_on_a_planted_tensor() -> None:

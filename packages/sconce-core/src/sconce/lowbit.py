@@ -39,8 +39,9 @@ from sconce.footprint import Footprint, tensor_nbytes, tensor_nonzero
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOWBIT_BITS", "GroupCodes", "LowBitLinear", "grid_for", "lowbit_footprint",
-           "pack_int4", "quantize_to_grid", "unpack_int4"]
+__all__ = ["CLIP_SEARCH_MAX_SHRINK", "CLIP_SEARCH_STEPS", "LOWBIT_BITS", "GroupCodes",
+           "LowBitLinear", "dequantize_groups", "grid_for", "lowbit_footprint", "pack_int4",
+           "quantize_to_grid", "rounding_error", "unpack_int4"]
 
 LOWBIT_BITS: tuple[int, ...] = (4, 8)
 """Bit widths :class:`LowBitLinear` stores (4: two codes per byte; 8: one)."""
@@ -51,37 +52,84 @@ def _check_bits(bits: int) -> None:
         raise ConfigError(f"bits must be one of {', '.join(map(str, LOWBIT_BITS))}; got {bits!r}")
 
 
-def grid_for(weight: torch.Tensor, bits: int, *, symmetric: bool = False
+def grid_for(weight: torch.Tensor, bits: int, *, symmetric: bool = False, search: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row scale and zero point (float32 tensors of shape ``(rows,)``) for a ``(rows,
     cols)`` block, from each row's range widened to include 0.
 
     Asymmetric: ``[min, max]`` onto ``[0, 2**bits - 1]``; symmetric: ``[-max|w|, max|w|]``
     with the zero point in the middle. Scales are rounded to float16, as they are stored.
+    With ``search``, each row's range is also tried shrunk (down to ``1 -``
+    :data:`CLIP_SEARCH_MAX_SHRINK` of itself) and the range with the least squared rounding
+    error is kept: clipping a few outliers buys a finer grid for every other weight. Zero
+    stays exactly representable either way (pruned weights stay pruned).
 
     Example:
         >>> grid_for(torch.tensor([[-1.0, 2.0], [0.5, 1.5]]), 4)
         (tensor([0.2000, 0.1000]), tensor([5., 0.]))
+        >>> w = torch.randn(4, 128, generator=torch.Generator().manual_seed(0))
+        >>> plain, searched = grid_for(w, 4), grid_for(w, 4, search=True)
+        >>> bool((rounding_error(w, *searched, 4) <= rounding_error(w, *plain, 4)).all())
+        True
     """
     _check_bits(bits)
     w = weight.detach().to(torch.float32)
-    top = 2**bits - 1
     if symmetric:
-        half = 2 ** (bits - 1)
-        scale = w.abs().amax(dim=1) / (half - 1)
-        zero = torch.full_like(scale, float(half))
+        high = w.abs().amax(dim=1)
+        low = -high
     else:
         low = w.amin(dim=1).clamp_max(0.0)
         high = w.amax(dim=1).clamp_min(0.0)
+    scale, zero = _range_grid(low, high, bits, symmetric)
+    if not search:
+        return scale, zero
+    best = rounding_error(w, scale, zero, bits)
+    for step in range(1, CLIP_SEARCH_STEPS + 1):
+        shrink = 1.0 - CLIP_SEARCH_MAX_SHRINK * step / CLIP_SEARCH_STEPS
+        candidate = _range_grid(low * shrink, high * shrink, bits, symmetric)
+        error = rounding_error(w, *candidate, bits)
+        better = error < best
+        best = torch.where(better, error, best)
+        scale = torch.where(better, candidate[0], scale)
+        zero = torch.where(better, candidate[1], zero)
+    return scale, zero
+
+
+CLIP_SEARCH_STEPS = 40
+"""Ranges tried by :func:`grid_for`'s search, evenly spaced."""
+CLIP_SEARCH_MAX_SHRINK = 0.5
+"""The most a row's range may shrink in the search (a fraction of it)."""
+
+
+def _range_grid(low: torch.Tensor, high: torch.Tensor, bits: int, symmetric: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row scale (float16-exact) and zero point for ``[low, high]`` (``low <= 0 <= high``;
+    symmetric: ``[-high, high]``)."""
+    top = 2**bits - 1
+    if symmetric:
+        half = 2 ** (bits - 1)
+        scale = high / (half - 1)
+    else:
         scale = (high - low) / top
-        zero = None
     scale = scale.to(torch.float16).to(torch.float32)
-    # a group of zeros (all pruned), or a range below float16's smallest step: any scale
+    # a row of zeros (all pruned), or a range below float16's smallest step: any scale
     # stores it, and 1 keeps the codes finite
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    if zero is None:
-        zero = (-low / scale).round().clamp(0, top)
-    return scale, zero + 0.0  # never -0.0
+    if symmetric:
+        return scale, torch.full_like(scale, float(2 ** (bits - 1)))
+    return scale, (-low / scale).round().clamp(0, top) + 0.0  # + 0.0: never -0.0
+
+
+def rounding_error(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+                   ) -> torch.Tensor:
+    """Per-row sum of squared differences between ``weight`` and its value on the grid.
+
+    Example:
+        >>> rounding_error(torch.tensor([[0.25, 1.0]]), torch.tensor([0.5]), torch.tensor([0.0]), 4)
+        tensor([0.0625])
+    """
+    codes = quantize_to_grid(weight.to(torch.float32), scale, zero, bits)
+    return ((codes - zero.unsqueeze(1)) * scale.unsqueeze(1) - weight).square().sum(dim=1)
 
 
 def quantize_to_grid(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
@@ -146,11 +194,18 @@ class GroupCodes:
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight the codes stand for."""
-        return _dequantize(self.codes, self.scales, self.zeros, self.group_size)
+        return dequantize_groups(self.codes, self.scales, self.zeros, self.group_size)
 
 
-def _dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                group_size: int) -> torch.Tensor:
+def dequantize_groups(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                      group_size: int) -> torch.Tensor:
+    """``(codes - zeros) * scales`` with each group's parameters repeated over its columns.
+
+    Example:
+        >>> dequantize_groups(torch.tensor([[9, 7]], dtype=torch.uint8),
+        ...                   torch.tensor([[0.5]]), torch.tensor([[8]], dtype=torch.uint8), 2)
+        tensor([[ 0.5000, -0.5000]])
+    """
     cols = codes.shape[1]
     scale = scales.to(torch.float32).repeat_interleave(group_size, dim=1)[:, :cols]
     zero = zeros.to(torch.float32).repeat_interleave(group_size, dim=1)[:, :cols]

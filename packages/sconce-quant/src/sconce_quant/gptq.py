@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from sconce.errors import TechniqueError
-from sconce_quant.qparams import GroupCodes, group_qparams, quantize_to_codes
+from sconce.lowbit import GroupCodes, grid_for, quantize_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSet
     if settings.act_order:
         order = torch.argsort(torch.diagonal(h), descending=True)
         for g in range(groups):  # static groups: parameters from the original weights
-            scales[:, g], zeros[:, g] = group_qparams(w[:, g * group:(g + 1) * group],
-                                                      settings.bits, symmetric=settings.symmetric,
-                                                      search=settings.clip_search)
+            scales[:, g], zeros[:, g] = grid_for(w[:, g * group:(g + 1) * group],
+                                                 settings.bits, symmetric=settings.symmetric,
+                                                 search=settings.clip_search)
         w = w[:, order]
         h = h[order][:, order]
     upper = _inverse_cholesky(h, settings.damp)
@@ -128,11 +128,11 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSet
             original = int(order[column])
             g = original // group
             if not settings.act_order and original % group == 0:
-                scales[:, g], zeros[:, g] = group_qparams(w1[:, i:i + group], settings.bits,
-                                                          symmetric=settings.symmetric,
-                                                          search=settings.clip_search)
+                scales[:, g], zeros[:, g] = grid_for(w1[:, i:i + group], settings.bits,
+                                                     symmetric=settings.symmetric,
+                                                     search=settings.clip_search)
             values = w1[:, i]
-            q = quantize_to_codes(values.unsqueeze(1), scales[:, g], zeros[:, g],
+            q = quantize_to_grid(values.unsqueeze(1), scales[:, g], zeros[:, g],
                                   settings.bits).squeeze(1)
             codes[:, original] = q.to(torch.uint8)
             error = (values - (q - zeros[:, g]) * scales[:, g]) / h1[i, i]

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sconce.lowbit import GroupCodes
 from sconce_quant.packing import NBitsWeight, pack_nbits
-from sconce_quant.qparams import GroupCodes
 
 logger = logging.getLogger(__name__)
 

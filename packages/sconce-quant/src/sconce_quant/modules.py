@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sconce.lowbit import GroupCodes, dequantize_groups, pack_int4, unpack_int4
 from sconce_quant.lowbit import NBitsKernel
-from sconce_quant.packing import NBitsWeight, pack_int4, pack_nbits, unpack_int4
-from sconce_quant.qparams import GroupCodes, dequantize_groups
+from sconce_quant.packing import NBitsWeight, pack_nbits
 
 KERNELS: tuple[str, ...] = ("dequantize", "onnxruntime")
 """How a :class:`WeightOnlyLinear` runs its matmul."""

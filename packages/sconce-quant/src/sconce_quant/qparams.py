@@ -1,5 +1,6 @@
 """Quantization parameters: per-channel symmetric weight scales, affine activation qparams,
-group-wise weight codes, and fake quantization with a straight-through gradient.
+group-wise weight codes (on the core's :mod:`sconce.lowbit` grids), and fake quantization
+with a straight-through gradient.
 
 Example:
     >>> import torch
@@ -11,11 +12,12 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from sconce.lowbit import GroupCodes, grid_for, quantize_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -86,126 +88,10 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, zero_point: torc
     return torch.fake_quantize_per_channel_affine(x, scale_t, zero_t, axis, qmin, qmax)
 
 
-@dataclass(frozen=True)
-class GroupCodes:
-    """Weights as unsigned integer codes with one scale and zero point per group of inputs.
-
-    ``weight ~= (codes - zeros) * scales`` where each group of ``group_size`` consecutive
-    input columns of a row shares a scale and a zero point.
-
-    Attributes:
-        codes: ``(out, in)`` uint8 codes in ``[0, 2**bits - 1]``.
-        scales: ``(out, groups)`` scales, float16.
-        zeros: ``(out, groups)`` uint8 zero points.
-        bits: 4 or 8.
-        group_size: inputs per group.
-
-    Example:
-        >>> codes = rtn_group_codes(torch.tensor([[0.0, 1.5]]), 4, 2, symmetric=False)
-        >>> codes.dequantize()  # the float16 scale 0.09998 instead of 0.1
-        tensor([[0.0000, 1.4996]])
-    """
-
-    codes: torch.Tensor
-    scales: torch.Tensor
-    zeros: torch.Tensor
-    bits: int
-    group_size: int
-
-    def dequantize(self) -> torch.Tensor:
-        """The float32 weight these codes stand for."""
-        return dequantize_groups(self.codes, self.scales, self.zeros, self.group_size)
-
-
-def group_qparams(weight: torch.Tensor, bits: int, *, symmetric: bool, search: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale (float16-exact, as float32) and zero point per row of ``weight`` (one group).
-
-    Symmetric: ``scale = max|w| / (2**(bits-1) - 1)``, zero point ``2**(bits-1)``.
-    Asymmetric: the row's ``[min, max]`` (widened to include 0) onto ``[0, 2**bits - 1]``.
-    With ``search``, each row's range is also tried shrunk (down to
-    ``1 - CLIP_SEARCH_MAX_SHRINK`` of itself) and the range with the least squared rounding
-    error is kept: clipping a few outliers buys a finer grid for all the other weights.
-
-    Example:
-        >>> group_qparams(torch.tensor([[0.0, 1.5]]), 4, symmetric=False)
-        (tensor([0.1000]), tensor([0.]))
-        >>> w = torch.randn(4, 128, generator=torch.Generator().manual_seed(0))
-        >>> minmax = group_qparams(w, 4, symmetric=False)
-        >>> searched = group_qparams(w, 4, symmetric=False, search=True)
-        >>> bool((_rounding_error(w, *searched, 4) <= _rounding_error(w, *minmax, 4)).all())
-        True
-    """
-    w = weight.detach().to(torch.float32)
-    if symmetric:
-        low = -w.abs().amax(dim=1)
-        high = -low
-    else:
-        low = w.amin(dim=1).clamp_max(0.0)
-        high = w.amax(dim=1).clamp_min(0.0)
-    scale, zero = _range_qparams(low, high, bits, symmetric)
-    if not search:
-        return scale, zero
-    best = _rounding_error(w, scale, zero, bits)
-    for step in range(1, CLIP_SEARCH_STEPS + 1):
-        shrink = 1.0 - CLIP_SEARCH_MAX_SHRINK * step / CLIP_SEARCH_STEPS
-        candidate = _range_qparams(low * shrink, high * shrink, bits, symmetric)
-        error = _rounding_error(w, *candidate, bits)
-        better = error < best
-        best = torch.where(better, error, best)
-        scale = torch.where(better, candidate[0], scale)
-        zero = torch.where(better, candidate[1], zero)
-    return scale, zero
-
-
-CLIP_SEARCH_STEPS = 40
-"""Ranges tried by :func:`group_qparams`'s search, evenly spaced."""
-CLIP_SEARCH_MAX_SHRINK = 0.5
-"""The most a group's range may shrink in the search (a fraction of it)."""
-
-
-def _range_qparams(low: torch.Tensor, high: torch.Tensor, bits: int, symmetric: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row scale and zero point for ``[low, high]`` (symmetric: ``[-high, high]``)."""
-    qmax = 2**bits - 1
-    if symmetric:
-        half = 2 ** (bits - 1)
-        scale = _stored(high / (half - 1))
-        return scale, torch.full_like(scale, float(half))
-    scale = _stored((high - low) / qmax)
-    zero = torch.round(-low / scale).clamp(0, qmax) + 0.0  # + 0.0: never -0.0
-    return scale, zero
-
-
-def _rounding_error(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
-                    ) -> torch.Tensor:
-    """Per-row sum of squared differences between ``w`` and its quantized value."""
-    codes = quantize_to_codes(w, scale, zero, bits)
-    return ((codes - zero.unsqueeze(1)) * scale.unsqueeze(1) - w).square().sum(dim=1)
-
-
-def _stored(scale: torch.Tensor) -> torch.Tensor:
-    """The scale as it is stored (float16, at least 1e-8), back in float32."""
-    return scale.clamp_min(1e-8).to(torch.float16).to(torch.float32)
-
-
-def quantize_to_codes(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
-                      ) -> torch.Tensor:
-    """Round ``weight`` (rows, cols) to codes with per-row ``scale`` and ``zero`` (as float).
-
-    Example:
-        >>> quantize_to_codes(torch.tensor([[0.26, -1.0]]), torch.tensor([0.1]),
-        ...                   torch.tensor([8.0]), 4)
-        tensor([[11.,  0.]])
-    """
-    q = torch.round(weight / scale.unsqueeze(1)) + zero.unsqueeze(1)
-    return q.clamp(0, 2**bits - 1)
-
-
 def rtn_group_codes(weight: torch.Tensor, bits: int, group_size: int, *, symmetric: bool,
                     search: bool = False) -> GroupCodes:
     """Round-to-nearest group-wise quantization of a 2-D weight (``search``: each group's
-    range chosen by :func:`group_qparams`'s rounding-error search).
+    range chosen by :func:`sconce.lowbit.grid_for`'s rounding-error search).
 
     Example:
         >>> codes = rtn_group_codes(torch.randn(4, 8), 4, 4, symmetric=False)
@@ -218,28 +104,13 @@ def rtn_group_codes(weight: torch.Tensor, bits: int, group_size: int, *, symmetr
     scales, zeros = [], []
     for start in range(0, cols, group_size):
         block = weight[:, start:start + group_size].to(torch.float32)
-        scale, zero = group_qparams(block, bits, symmetric=symmetric, search=search)
-        codes[:, start:start + group_size] = quantize_to_codes(block, scale, zero, bits).to(
+        scale, zero = grid_for(block, bits, symmetric=symmetric, search=search)
+        codes[:, start:start + group_size] = quantize_to_grid(block, scale, zero, bits).to(
             torch.uint8)
         scales.append(scale)
         zeros.append(zero)
     return GroupCodes(codes, torch.stack(scales, 1).to(torch.float16),
                       torch.stack(zeros, 1).to(torch.uint8), bits, group_size)
-
-
-def dequantize_groups(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                      group_size: int) -> torch.Tensor:
-    """``(codes - zeros) * scales`` with each group's parameters repeated over its columns.
-
-    Example:
-        >>> dequantize_groups(torch.tensor([[9, 7]], dtype=torch.uint8),
-        ...                   torch.tensor([[0.5]]), torch.tensor([[8]], dtype=torch.uint8), 2)
-        tensor([[ 0.5000, -0.5000]])
-    """
-    cols = codes.shape[1]
-    scale = scales.to(torch.float32).repeat_interleave(group_size, dim=1)[:, :cols]
-    zero = zeros.to(torch.float32).repeat_interleave(group_size, dim=1)[:, :cols]
-    return (codes.to(torch.float32) - zero) * scale
 
 
 @lru_cache(maxsize=1)

@@ -34,6 +34,7 @@ from sconce.config import QuantizeConfig, check_choice, check_positive, check_ra
 from sconce.context import Context
 from sconce.errors import TechniqueError
 from sconce.layerwise import LayerInputs, run_layerwise
+from sconce.lowbit import GroupCodes
 from sconce.metrics.timing import TimingSettings, time_call
 from sconce.technique import Technique
 from sconce_quant.engines.base import EngineError
@@ -41,7 +42,7 @@ from sconce_quant.gptq import GPTQSettings, gptq_quantize
 from sconce_quant.lowbit import nbits_unavailable
 from sconce_quant.modules import KERNELS, WeightOnlyEmbedding, WeightOnlyLinear
 from sconce_quant.packing import nbits_block_ok
-from sconce_quant.qparams import GroupCodes, rtn_group_codes
+from sconce_quant.qparams import rtn_group_codes
 from sconce_quant.static import calibration_batches
 
 logger = logging.getLogger(__name__)

@@ -113,6 +113,8 @@ class SparseGPTConfig(OneShotConfig):
             layers then store packed group-wise codes (true size).
         group_size: inputs per quantization scale / zero point.
         symmetric: symmetric quantization grids (else each group's min/max).
+        clip_search: each group's grid range chosen by the least rounding error of its
+            weights (it may clip outliers), as sconce-quant's GPTQ does; else min/max.
     """
 
     damp: float = 0.01
@@ -120,6 +122,7 @@ class SparseGPTConfig(OneShotConfig):
     bits: int | None = None
     group_size: int = 128
     symmetric: bool = False
+    clip_search: bool = True
 
     def validate(self) -> None:
         super().validate()

@@ -57,6 +57,8 @@ class SparseGPTSettings:
         bits: None, or 4 / 8 to quantize the kept weights jointly.
         group_size: inputs per quantization group.
         symmetric: symmetric quantization grids (else each group's min/max, with 0 exact).
+        clip_search: each group's range chosen by the least rounding error of its weights
+            (:func:`sconce.lowbit.grid_for`'s search) rather than its min/max.
 
     Example:
         >>> SparseGPTSettings(n=2, m=4).pruned_fraction
@@ -71,6 +73,7 @@ class SparseGPTSettings:
     bits: int | None = None
     group_size: int = 128
     symmetric: bool = False
+    clip_search: bool = True
 
     @property
     def pruned_fraction(self) -> float:
@@ -224,6 +227,7 @@ class _Quantizer:
         assert settings.bits is not None
         self.bits = settings.bits
         self.symmetric = settings.symmetric
+        self.search = settings.clip_search
         self.group = min(settings.group_size, cols)
         groups = -(-cols // self.group)
         self.values = torch.zeros(rows, cols, dtype=torch.uint8)
@@ -237,7 +241,8 @@ class _Quantizer:
         if column % self.group == 0:
             span = w1[:, i:i + self.group].masked_fill(mask[:, i:i + self.group], 0.0)
             self.scales[:, g], self.zeros[:, g] = grid_for(span, self.bits,
-                                                           symmetric=self.symmetric)
+                                                           symmetric=self.symmetric,
+                                                           search=self.search)
         scale, zero = self.scales[:, g], self.zeros[:, g]
         q = quantize_to_grid(w1[:, i:i + 1], scale, zero, self.bits).squeeze(1)
         q = torch.where(mask[:, i], zero, q)  # pruned: the zero point, exactly 0

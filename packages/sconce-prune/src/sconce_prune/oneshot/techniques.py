@@ -205,7 +205,8 @@ class SparseGPT(OneShotPruning):
         settings = SparseGPTSettings(
             sparsity=float(config.sparsity or 0.0), n=config.n, m=config.m,
             block_size=config.block_size, damp=config.damp, bits=config.bits,
-            group_size=config.group_size, symmetric=config.symmetric)
+            group_size=config.group_size, symmetric=config.symmetric,
+            clip_search=config.clip_search)
 
         def solve(weight: torch.Tensor, hessian: torch.Tensor, layer: LayerInputs
                   ) -> tuple[torch.Tensor, Any]:
@@ -230,7 +231,8 @@ class SparseGPT(OneShotPruning):
         ctx.set_restore_record({"layers": layers})
         ctx.note("quantized", f"{len(layers)} Linear layer(s) to int{config.bits} jointly "
                  f"with pruning (groups of {config.group_size}, "
-                 f"{'symmetric' if config.symmetric else 'asymmetric'}); "
+                 f"{'symmetric' if config.symmetric else 'asymmetric'}"
+                 f"{', ranges searched' if config.clip_search else ''}); "
                  "dequantized on the fly")
 
     def restore(self, model: nn.Module, config: SparseGPTConfig, record: dict[str, Any]
