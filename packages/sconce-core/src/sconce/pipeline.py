@@ -483,15 +483,16 @@ def _compress(model: nn.Module, data: Data | Mapping[str, Any] | str, resolved: 
     limits = Constraints.from_value(constraints) if constraints is not None else file_constraints
     adapter = get_adapter(model, opts.adapter)  # before the recipe: it may suggest one
     automatic = not resolved.stages  # no recipe: the planner chooses by measuring
-    if automatic and not choose_techniques(registry().techniques, adapter.recipe_groups):
-        raise ConfigError("no compression technique is installed to plan with; "
-                          "pip install sconce-prune sconce-quant, or give a recipe")
     planned = [] if automatic else plan(resolved)
 
     seed_everything(opts.seed)
     device = resolve_device(opts.device)
     working = _copy_of(model, device)
     check_model_runs(working, resolved_data, adapter, device)
+    # after the checks of what the user gave (device, data, model), so those are named first
+    if automatic and not choose_techniques(registry().techniques, adapter.recipe_groups):
+        raise ConfigError("no compression technique is installed to plan with; "
+                          "pip install sconce-prune sconce-quant, or give a recipe")
 
     out = Path(opts.out) if opts.out is not None else None
     work_dir = Path(opts.work_dir if opts.work_dir is not None else (
