@@ -114,7 +114,8 @@ def load_section(section: str, quick: bool, samples: int) -> tuple[Any, Any, Any
 
 
 def _technique(method: str, pattern: str, bits: int | None, samples: int,
-               model: Any, sequential: bool = False) -> tuple[Any, Any]:
+               model: Any, sequential: bool = False, group_size: int | None = None
+               ) -> tuple[Any, Any]:
     """The sconce technique and config of a row (magnitude prunes the one-shot layers)."""
     import sconce
     from sconce_prune.oneshot import choose_layers
@@ -134,6 +135,8 @@ def _technique(method: str, pattern: str, bits: int | None, samples: int,
     options: dict[str, Any] = {"calibration_samples": samples, "sequential": sequential, **nm}
     if bits is not None:
         options["bits"] = bits
+        if group_size:
+            options["group_size"] = group_size
     return technique, technique.Config(**options)
 
 
@@ -171,7 +174,8 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
         model.load_state_dict(torch.load(spec["state"], weights_only=True))
     else:
         technique, config = _technique(spec["method"], spec["pattern"], spec["bits"],
-                                       spec["samples"], model, spec.get("sequential", False))
+                                       spec["samples"], model, spec.get("sequential", False),
+                                       spec.get("group_size"))
         ctx = sconce.Context(data=data, adapter=sconce.get_adapter(model), progress=False,
                              finetune_epochs=0)
         import gc
@@ -336,7 +340,7 @@ def run_section(section: str, args: argparse.Namespace,
             row["method"], row["pattern"]) and row.get("bits") is None]
     for row in ordered:
         spec = {**row, "section": section, "quick": args.quick, "threads": args.threads,
-                "samples": samples, "windows": str(windows)}
+                "samples": samples, "windows": str(windows), "group_size": args.group_size}
         print(f"  {section}: {label(row)} ...", flush=True)
         started = time.perf_counter()
         if row.get("peer"):
@@ -378,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", action="store_true",
                         help="sconce's one-shot rows measure each layer of a block after the "
                              "earlier ones are pruned (true sequential)")
+    parser.add_argument("--group-size", type=int, default=None,
+                        help="inputs per quantization group of the joint rows (default 128)")
     parser.add_argument("--windows", type=int, default=None,
                         help="SmolLM2 calibration windows (default 128; --quick: 8)")
     parser.add_argument("--threads", type=int, default=2)
