@@ -457,7 +457,7 @@ def channelwise_rule(spec: ChannelwiseLayer) -> LayerRule:
                 builder.space.freeze(ids.ids, f"a fixed-size state of {name}")
         if ids is not None:
             for tensor in spec.per_channel:
-                owner, attr, value = _dotted(module, name, tensor)
+                owner, _, attr, value = _dotted(module, name, tensor)
                 if value is None or value.numel() <= 1:
                     continue  # not there, or one value shared by every channel
                 if value.shape[0] != channels:
@@ -473,16 +473,16 @@ def channelwise_rule(spec: ChannelwiseLayer) -> LayerRule:
 
 
 def _dotted(module: nn.Module, name: str, path: str
-            ) -> tuple[str, str, torch.Tensor | None]:
-    """``(owner's qualified name, attribute, tensor or None)`` of a dotted ``path`` under
-    ``module`` (named ``name`` in the model)."""
+            ) -> tuple[str, nn.Module, str, torch.Tensor | None]:
+    """``(owner's qualified name, owner, attribute, tensor or None)`` of a dotted ``path``
+    under ``module`` (named ``name`` in the model)."""
     owner_path, _, attr = path.rpartition(".")
     try:
         owner = module.get_submodule(owner_path) if owner_path else module
     except AttributeError:
-        return name, path, None
-    qualified = f"{name}.{owner_path}".strip(".") if owner_path else name
-    return qualified, attr, _tensor_of(owner, attr)
+        return name, module, path, None
+    qualified = f"{name}.{owner_path}" if owner_path else name
+    return qualified, owner, attr, _tensor_of(owner, attr)
 
 
 _SIZE_ATTRS: dict[type[nn.Module], tuple[str, str]] = {
@@ -494,7 +494,7 @@ def _recurrent_slots(builder: GraphBuilder, module: nn.Module, name: str, path: 
                      ids: np.ndarray, channels: int) -> None:
     """Slice a recurrent weight (``channels x channels x ...``) on both of its first two
     dimensions, and keep the size attributes of its ``Linear``/``Conv`` owner in step."""
-    owner_name, attr, weight = _dotted(module, name, path)
+    owner_name, owner, attr, weight = _dotted(module, name, path)
     if weight is None:
         return
     if weight.ndim < 2 or tuple(weight.shape[:2]) != (channels, channels):
@@ -503,7 +503,6 @@ def _recurrent_slots(builder: GraphBuilder, module: nn.Module, name: str, path: 
         return
     builder.slot(owner_name, attr, 0, ids, "carried")
     builder.slot(owner_name, attr, 1, ids, "carried")
-    owner = builder.model.get_submodule(owner_name)
     for size_attr in _SIZE_ATTRS.get(type(owner), ()):
         builder.count(owner_name, size_attr, ids)
 
