@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 import sconce
+from sconce.api import context as run_context
 from sconce.errors import ConfigError
 from sconce.metrics.timing import TimingSettings
-from sconce.planning import AutoPlan, ConstraintError, choose_techniques
+from sconce.planning import AutoPlan, ConstraintError, Trial, _Planner, choose_techniques
 from sconce.plugins import reset_plugins
+from sconce.recipe import Constraints
 
 from conftest import make_loaders
 
@@ -121,7 +123,7 @@ def test_without_a_recipe_the_plan_is_measured_and_explained(trained, only_test_
     plan = _plan(result)
     assert [name for name, _ in plan.stages] == ["test.narrow", "test.grid"]
     chosen = plan.stages[0][1]["sparsity"]
-    tried = [t for t in plan.trials if t.purpose == "accuracy"]
+    tried = [t for t in plan.trials if t.purpose.startswith("accuracy")]
     assert len(tried) >= 3 and all(t.accuracy is not None for t in tried)
     # what was accepted is within the budget left after quantization; what was not, beyond it
     quant = next(t for t in plan.trials if t.purpose == "quantization")
@@ -136,6 +138,53 @@ def test_without_a_recipe_the_plan_is_measured_and_explained(trained, only_test_
     drop = result.report.value(0, "accuracy") - result.report.value(-1, "accuracy")
     assert result.report.run["constraints"]["max_accuracy_drop"] == 2.0
     assert (drop <= 2.0) == (result.report.stages[-1].notes["constraints"] == "all met")
+
+
+def _fake_trials(recovered_by_full_budget: bool):
+    """A run_trial whose candidates lose 4 points per unit of sparsity after the brief
+    fine-tuning and, when the full budget recovers more, 1.5 after the run's whole one."""
+    def run_trial(self, stages, purpose, epochs, *, evaluate=True, measure=False):
+        ratio = stages[0][1]["sparsity"]
+        full = recovered_by_full_budget and epochs >= self.ctx.finetune_epochs
+        drop = ratio * (1.5 if full else 4.0)
+        trial = Trial(stages[0][0], dict(stages[0][1]), purpose, self.reference - drop, drop)
+        self.trials.append(trial)
+        return trial
+    return run_trial
+
+
+@pytest.mark.parametrize("recovers", [True, False])
+def test_the_planner_pushes_past_the_brief_candidates_with_the_full_budget(
+        trained, monkeypatch, recovers) -> None:
+    monkeypatch.setattr(_Planner, "run_trial", _fake_trials(recovers))
+    ctx = run_context(sconce.get_data(make_loaders(samples=64)), adapter=sconce.ClassifierAdapter(),
+                         finetune_epochs=2.0, timing=FAST)
+    planner = _Planner(trained, ctx, {}, Constraints(max_accuracy_drop=1.0), probe_epochs=0.5,
+                       steps=5, push_steps=3)
+    plan = planner.plan("test.narrow", None, budget=1.0)
+    brief = [t for t in plan.trials if t.purpose == "accuracy"]
+    pushed = [t for t in plan.trials if t.purpose == "accuracy, full fine-tuning"]
+    found = max(t.config["sparsity"] for t in brief if t.accepted)
+    assert found < 0.25 and len(pushed) == 3
+    assert all(t.accepted == (t.drop <= 1.0) for t in pushed)
+    assert all(t.config["sparsity"] > found for t in pushed)
+    chosen = plan.stages[0][1]["sparsity"]
+    if recovers:  # 1.5 points per unit: up to 2/3 holds; the bisection gets to 0.647
+        assert chosen == max(t.config["sparsity"] for t in pushed if t.accepted)
+        assert 0.6 < chosen <= 2 / 3
+        assert any(r.startswith("test.narrow pushed to 65%") for r in plan.reasons)
+    else:
+        assert chosen == found
+        assert any("no larger ratio stayed within" in r for r in plan.reasons)
+
+
+def test_no_push_when_the_run_fine_tunes_no_longer_than_a_probe(trained, monkeypatch) -> None:
+    monkeypatch.setattr(_Planner, "run_trial", _fake_trials(True))
+    ctx = run_context(sconce.get_data(make_loaders(samples=64)), adapter=sconce.ClassifierAdapter(),
+                         finetune_epochs=0.5, timing=FAST)
+    plan = _Planner(trained, ctx, {}, Constraints(max_accuracy_drop=1.0), probe_epochs=0.5,
+                    steps=5, push_steps=3).plan("test.narrow", None, budget=1.0)
+    assert all(t.purpose == "accuracy" for t in plan.trials)
 
 
 def test_without_constraints_the_default_budget_is_one_point(trained, only_test_techniques,

@@ -14,7 +14,10 @@ registry, in the preference order of :data:`PREFERENCES` or the model adapter's
    distillation from the original) stays within what the budget leaves after quantization
    (:func:`sconce.budget.bisect`: it backs off when a candidate exceeds the budget and pushes
    further while budget is left). A candidate whose weights or loss become NaN or infinite is
-   stopped and counts as over budget.
+   stopped and counts as over budget;
+4. pushing further: a brief fine-tuning understates what the run's whole fine-tuning budget
+   recovers, so the ratios above the one found are bisected again with candidates fine-tuned
+   as the run's stage will be (``push_steps`` of them); the largest within the budget wins.
 
 Every candidate tried is kept (:class:`Trial`: its measured accuracy, size, MACs) and the
 report's notes explain the choice (:meth:`AutoPlan.notes`). The plan is plain data
@@ -217,6 +220,7 @@ class _Planner:
     constraints: Constraints
     probe_epochs: float
     steps: int
+    push_steps: int = 0
     trials: list[Trial] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     reference: float = math.nan
@@ -358,6 +362,7 @@ class _Planner:
             self.reasons.append(f"{prune}: left out (even the lightest candidate lost more "
                                 f"than the {left:.2f} points left)")
             return AutoPlan(tail, budget, self.reasons, self.trials)
+        sparsity = self.push_pruning(prune, sparsity, left)
         return AutoPlan([(prune, {"sparsity": round(sparsity, 4)}), *tail], budget,
                         self.reasons, self.trials)
 
@@ -430,6 +435,36 @@ class _Planner:
                else "; pushed to the most the planner tries"))
         return float(found.value)
 
+    def push_pruning(self, prune: str, found: float, left: float) -> float:
+        """The largest ratio above ``found`` whose candidate, fine-tuned with the run's whole
+        budget (as its stage will be), stays within ``left`` points (``push_steps``
+        candidates, bisected up to :data:`MAX_SPARSITY`); ``found`` when none does or the
+        run's budget is no longer than a probe's."""
+        full = self.ctx.finetune_epochs
+        if self.push_steps <= 0 or full <= self.probe_epochs or found >= MAX_SPARSITY:
+            return found
+
+        def probe(ratio: float) -> Trial:
+            trial = self.run_trial([(prune, {"sparsity": round(ratio, 4)})],
+                                   "accuracy, full fine-tuning", full)
+            trial.accepted = trial.drop is not None and trial.drop <= left
+            return trial
+
+        pushed = bisect(probe, lambda t: t.accepted, found, MAX_SPARSITY, steps=self.push_steps)
+        tried = ", ".join(
+            f"{p.value:.0%} " + (f"({-p.result.drop:+.2f})" if p.result.drop is not None
+                                 else f"({p.result.note})")
+            for p in pushed.probes)
+        if pushed.value is None:
+            self.reasons.append(f"{prune}: no larger ratio stayed within {left:.2f} points "
+                                f"with the run's full fine-tuning ({full:g} epoch(s)); tried "
+                                f"{tried}")
+            return found
+        self.reasons.append(f"{prune} pushed to {pushed.value:.0%}: fine-tuned as its stage "
+                            f"will be ({full:g} epoch(s), distilled) it stays within "
+                            f"{left:.2f} points on validation; tried {tried}")
+        return float(pushed.value)
+
     def achieved(self, trial: Trial) -> str:
         parts = []
         if self.constraints.target_size_mib is not None and trial.size_mib is not None:
@@ -465,6 +500,7 @@ def plan_run(
     groups: Sequence[Sequence[str]] | None = None,
     probe_epochs: float | None = None,
     steps: int = 5,
+    push_steps: int = 3,
 ) -> AutoPlan:
     """Choose the stages and their strength for ``model`` by measuring (module docstring).
 
@@ -478,6 +514,8 @@ def plan_run(
         probe_epochs: fine-tuning of each pruning candidate; default a quarter of the
             run's budget, at most 1 epoch.
         steps: candidates per bisection.
+        push_steps: candidates fine-tuned with the run's whole budget when pushing past the
+            ratio the brief candidates found (0 turns the push off).
 
     Raises:
         ConfigError: no pruning or quantization technique is installed.
@@ -502,7 +540,7 @@ def plan_run(
     epochs = probe_epochs if probe_epochs is not None else min(1.0, ctx.finetune_epochs / 4)
     prune = next((n for n in names if techniques[n].kind == "prune"), None)
     quantize = next((n for n in names if techniques[n].kind == "quantize"), None)
-    planner = _Planner(model, ctx, techniques, limits, epochs, steps)
+    planner = _Planner(model, ctx, techniques, limits, epochs, steps, push_steps)
     plan = planner.plan(prune, quantize, budget)
     if limits.max_accuracy_drop is None:
         plan.reasons.insert(0, f"no accuracy constraint: the default budget of {budget:g} "
