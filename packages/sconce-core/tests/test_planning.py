@@ -123,14 +123,19 @@ def test_without_a_recipe_the_plan_is_measured_and_explained(trained, only_test_
     plan = _plan(result)
     assert [name for name, _ in plan.stages] == ["test.narrow", "test.grid"]
     chosen = plan.stages[0][1]["sparsity"]
-    tried = [t for t in plan.trials if t.purpose.startswith("accuracy")]
-    assert len(tried) >= 3 and all(t.accuracy is not None for t in tried)
-    # what was accepted is within the budget left after quantization; what was not, beyond it
+    tried = [t for t in plan.trials if t.purpose == "accuracy"]
+    whole = [t for t in plan.trials if t.purpose == "whole plan, full fine-tuning"]
+    assert len(tried) >= 3 and all(t.accuracy is not None for t in tried + whole)
+    # a brief candidate is judged against the budget left after quantization; a whole plan
+    # (pruned, fine-tuned with the run's budget, quantized) against the whole budget
     quant = next(t for t in plan.trials if t.purpose == "quantization")
     left = 2.0 - max(0.0, quant.drop)
     for trial in tried:
         assert trial.accepted == (trial.drop <= left)
-    assert chosen == max(t.config["sparsity"] for t in tried if t.accepted)
+    for trial in whole:
+        assert trial.technique == "test.narrow+test.grid"
+        assert trial.accepted == (trial.drop <= 2.0)
+    assert chosen == max(t.config["sparsity"] for t in tried + whole if t.accepted)
     notes = result.report.stages[0].notes
     assert notes["plan"] == "test.narrow -> test.grid"
     assert any("backed off" in v or "pushed" in v for k, v in notes.items() if "reason" in k)
@@ -141,29 +146,38 @@ def test_without_a_recipe_the_plan_is_measured_and_explained(trained, only_test_
 
 
 def _fake_trials(recovered_by_full_budget: bool):
-    """A run_trial whose candidates lose 4 points per unit of sparsity after the brief
-    fine-tuning and, when the full budget recovers more, 1.5 after the run's whole one."""
+    """A run_trial whose pruned candidates lose 4 points per unit of sparsity after the brief
+    fine-tuning and, when the full budget recovers more, 1.5 after the run's whole one; the
+    quantization costs 0.1 points on the original and 1 more per unit of sparsity."""
     def run_trial(self, stages, purpose, epochs, *, evaluate=True, measure=False):
-        ratio = stages[0][1]["sparsity"]
+        config = {k: v for _, values in stages for k, v in values.items()}
+        ratio = config.get("sparsity", 0.0)
         full = recovered_by_full_budget and epochs >= self.ctx.finetune_epochs
         drop = ratio * (1.5 if full else 4.0)
-        trial = Trial(stages[0][0], dict(stages[0][1]), purpose, self.reference - drop, drop)
+        if any(name == "test.grid" for name, _ in stages):
+            drop += 0.1 + ratio
+        trial = Trial("+".join(n for n, _ in stages), config, purpose, self.reference - drop,
+                      drop)
         self.trials.append(trial)
         return trial
     return run_trial
+
+
+def _fake_plan(trained, finetune_epochs: float, quantize: str | None) -> AutoPlan:
+    ctx = run_context(sconce.get_data(make_loaders(samples=64)),
+                      adapter=sconce.ClassifierAdapter(), finetune_epochs=finetune_epochs,
+                      timing=FAST)
+    return _Planner(trained, ctx, {}, Constraints(max_accuracy_drop=1.0), probe_epochs=0.5,
+                    steps=5, push_steps=3).plan("test.narrow", quantize, budget=1.0)
 
 
 @pytest.mark.parametrize("recovers", [True, False])
 def test_the_planner_pushes_past_the_brief_candidates_with_the_full_budget(
         trained, monkeypatch, recovers) -> None:
     monkeypatch.setattr(_Planner, "run_trial", _fake_trials(recovers))
-    ctx = run_context(sconce.get_data(make_loaders(samples=64)), adapter=sconce.ClassifierAdapter(),
-                         finetune_epochs=2.0, timing=FAST)
-    planner = _Planner(trained, ctx, {}, Constraints(max_accuracy_drop=1.0), probe_epochs=0.5,
-                       steps=5, push_steps=3)
-    plan = planner.plan("test.narrow", None, budget=1.0)
+    plan = _fake_plan(trained, 2.0, None)
     brief = [t for t in plan.trials if t.purpose == "accuracy"]
-    pushed = [t for t in plan.trials if t.purpose == "accuracy, full fine-tuning"]
+    pushed = [t for t in plan.trials if t.purpose == "whole plan, full fine-tuning"]
     found = max(t.config["sparsity"] for t in brief if t.accepted)
     assert found < 0.25 and len(pushed) == 3
     assert all(t.accepted == (t.drop <= 1.0) for t in pushed)
@@ -175,15 +189,25 @@ def test_the_planner_pushes_past_the_brief_candidates_with_the_full_budget(
         assert any(r.startswith("test.narrow pushed to 65%") for r in plan.reasons)
     else:
         assert chosen == found
-        assert any("no larger ratio stayed within" in r for r in plan.reasons)
+        assert any("no larger ratio kept test.narrow within" in r for r in plan.reasons)
+
+
+def test_the_push_judges_the_whole_plan_with_its_quantization(trained, monkeypatch) -> None:
+    """Quantizing a pruned model costs more than quantizing the original: the pushed ratio is
+    the one whose pruned *and quantized* model holds the budget (0.9 / 2.5 = 0.36 here)."""
+    monkeypatch.setattr(_Planner, "run_trial", _fake_trials(True))
+    plan = _fake_plan(trained, 2.0, "test.grid")
+    pushed = [t for t in plan.trials if t.purpose == "whole plan, full fine-tuning"]
+    assert pushed and all(t.technique == "test.narrow+test.grid" for t in pushed)
+    chosen = plan.stages[0][1]["sparsity"]
+    assert [name for name, _ in plan.stages] == ["test.narrow", "test.grid"]
+    assert 0.25 < chosen <= 0.36
+    assert chosen == max(t.config["sparsity"] for t in pushed if t.accepted)
 
 
 def test_no_push_when_the_run_fine_tunes_no_longer_than_a_probe(trained, monkeypatch) -> None:
     monkeypatch.setattr(_Planner, "run_trial", _fake_trials(True))
-    ctx = run_context(sconce.get_data(make_loaders(samples=64)), adapter=sconce.ClassifierAdapter(),
-                         finetune_epochs=0.5, timing=FAST)
-    plan = _Planner(trained, ctx, {}, Constraints(max_accuracy_drop=1.0), probe_epochs=0.5,
-                    steps=5, push_steps=3).plan("test.narrow", None, budget=1.0)
+    plan = _fake_plan(trained, 0.5, None)
     assert all(t.purpose == "accuracy" for t in plan.trials)
 
 

@@ -16,8 +16,9 @@ registry, in the preference order of :data:`PREFERENCES` or the model adapter's
    further while budget is left). A candidate whose weights or loss become NaN or infinite is
    stopped and counts as over budget;
 4. pushing further: a brief fine-tuning understates what the run's whole fine-tuning budget
-   recovers, so the ratios above the one found are bisected again with candidates fine-tuned
-   as the run's stage will be (``push_steps`` of them); the largest within the budget wins.
+   recovers, so the ratios above the one found are bisected again (``push_steps``
+   candidates), each whole plan built as the run will build it (pruned, fine-tuned with the
+   run's budget, quantized) and judged against the whole budget; the largest within it wins.
 
 Every candidate tried is kept (:class:`Trial`: its measured accuracy, size, MACs) and the
 report's notes explain the choice (:meth:`AutoPlan.notes`). The plan is plain data
@@ -362,7 +363,7 @@ class _Planner:
             self.reasons.append(f"{prune}: left out (even the lightest candidate lost more "
                                 f"than the {left:.2f} points left)")
             return AutoPlan(tail, budget, self.reasons, self.trials)
-        sparsity = self.push_pruning(prune, sparsity, left)
+        sparsity = self.push_pruning(prune, sparsity, tail, budget)
         return AutoPlan([(prune, {"sparsity": round(sparsity, 4)}), *tail], budget,
                         self.reasons, self.trials)
 
@@ -435,34 +436,38 @@ class _Planner:
                else "; pushed to the most the planner tries"))
         return float(found.value)
 
-    def push_pruning(self, prune: str, found: float, left: float) -> float:
-        """The largest ratio above ``found`` whose candidate, fine-tuned with the run's whole
-        budget (as its stage will be), stays within ``left`` points (``push_steps``
-        candidates, bisected up to :data:`MAX_SPARSITY`); ``found`` when none does or the
-        run's budget is no longer than a probe's."""
+    def push_pruning(self, prune: str, found: float, tail: list[tuple[str, dict[str, Any]]],
+                     budget: float) -> float:
+        """The largest ratio above ``found`` whose whole plan, built as the run will build it
+        (pruned and fine-tuned with the run's budget, then ``tail``, the quantization),
+        stays within ``budget`` points (``push_steps`` candidates, bisected up to
+        :data:`MAX_SPARSITY`); ``found`` when none does or the run's budget is no longer
+        than a probe's. The whole plan is judged, not the pruning against what quantizing the
+        original left: a pruned model loses more to quantization than the original does."""
         full = self.ctx.finetune_epochs
         if self.push_steps <= 0 or full <= self.probe_epochs or found >= MAX_SPARSITY:
             return found
 
         def probe(ratio: float) -> Trial:
-            trial = self.run_trial([(prune, {"sparsity": round(ratio, 4)})],
-                                   "accuracy, full fine-tuning", full)
-            trial.accepted = trial.drop is not None and trial.drop <= left
+            trial = self.run_trial([(prune, {"sparsity": round(ratio, 4)}), *tail],
+                                   "whole plan, full fine-tuning", full)
+            trial.accepted = trial.drop is not None and trial.drop <= budget
             return trial
 
         pushed = bisect(probe, lambda t: t.accepted, found, MAX_SPARSITY, steps=self.push_steps)
+        plan = " + ".join([prune, *(name for name, _ in tail)])
         tried = ", ".join(
             f"{p.value:.0%} " + (f"({-p.result.drop:+.2f})" if p.result.drop is not None
                                  else f"({p.result.note})")
             for p in pushed.probes)
         if pushed.value is None:
-            self.reasons.append(f"{prune}: no larger ratio stayed within {left:.2f} points "
-                                f"with the run's full fine-tuning ({full:g} epoch(s)); tried "
-                                f"{tried}")
+            self.reasons.append(f"{prune}: no larger ratio kept {plan} within {budget:g} "
+                                f"points with the run's full fine-tuning ({full:g} epoch(s)); "
+                                f"tried {tried}")
             return found
-        self.reasons.append(f"{prune} pushed to {pushed.value:.0%}: fine-tuned as its stage "
-                            f"will be ({full:g} epoch(s), distilled) it stays within "
-                            f"{left:.2f} points on validation; tried {tried}")
+        self.reasons.append(f"{prune} pushed to {pushed.value:.0%}: {plan} built as the run "
+                            f"will build it (fine-tuned {full:g} epoch(s), distilled) stays "
+                            f"within {budget:g} points on validation; tried {tried}")
         return float(pushed.value)
 
     def achieved(self, trial: Trial) -> str:
