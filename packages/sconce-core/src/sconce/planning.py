@@ -443,7 +443,8 @@ class _Planner:
         stays within ``budget`` points (``push_steps`` candidates, bisected up to
         :data:`MAX_SPARSITY`); ``found`` when none does or the run's budget is no longer
         than a probe's. The whole plan is judged, not the pruning against what quantizing the
-        original left: a pruned model loses more to quantization than the original does."""
+        original left: what the quantization stage does with the rest of the budget (all
+        int8, or layers kept in float) is part of what is measured."""
         full = self.ctx.finetune_epochs
         if self.push_steps <= 0 or full <= self.probe_epochs or found >= MAX_SPARSITY:
             return found
