@@ -78,6 +78,7 @@ def run_sconce(dense: nn.Module, work: Path, args: argparse.Namespace) -> dict[s
                "--data", "pipeline:quick_fashion" if args.quick else "fashion-mnist",
                "--max-accuracy-drop", str(args.max_accuracy_drop),
                "--finetune-epochs", str(args.finetune_epochs), "--out", str(out), "--no-progress"]
+    shown = "sconce " + " ".join(command[1:])
     if out.exists() and args.reuse:
         print(f"sconce: reusing {out}", flush=True)
         seconds = json.loads((work / "sconce-seconds.json").read_text())["seconds"]
@@ -86,7 +87,7 @@ def run_sconce(dense: nn.Module, work: Path, args: argparse.Namespace) -> dict[s
             command.append("--resume")
         elif out.exists():  # the benchmark's own folder from an earlier run
             shutil.rmtree(out)
-        print("sconce", " ".join(command[1:]), flush=True)
+        print(shown, flush=True)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")])}
         started = time.perf_counter()
@@ -95,7 +96,7 @@ def run_sconce(dense: nn.Module, work: Path, args: argparse.Namespace) -> dict[s
         atomic_write_json(work / "sconce-seconds.json", {"seconds": seconds})
     report = Report.from_dict(json.loads((out / "report.json").read_text()))
     return {"seconds": seconds, "report": report, "model": sconce.load(out).eval(),
-            "command": "sconce " + " ".join(command[1:])}
+            "command": shown}
 
 
 def run_expert(dense: nn.Module, data: sconce.Data, args: argparse.Namespace
