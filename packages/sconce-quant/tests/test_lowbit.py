@@ -14,11 +14,11 @@ from torch import nn
 import sconce
 from sconce.errors import ConfigError
 from sconce.footprint import model_footprint
-from sconce_quant.lowbit import NBitsKernel, nbits_unavailable
+from sconce_quant.lowbit import ROW_SPLIT_MIN, NBitsKernel, nbits_unavailable, shard_rows
 from sconce_quant.modules import WeightOnlyEmbedding, WeightOnlyLinear
 from sconce_quant.packing import nbits_block_ok, pack_nbits, unpack_nbits
 from sconce_quant.qparams import rtn_group_codes
-from sconce_quant.weight_only import WeightOnly, WeightOnlyConfig
+from sconce_quant.weight_only import WeightOnly, WeightOnlyConfig, choose_shards
 
 needs_ort = pytest.mark.skipif(nbits_unavailable() is not None,
                                reason=f"MatMulNBits unavailable: {nbits_unavailable()}")
@@ -74,6 +74,57 @@ def test_the_kernel_computes_the_dequantized_matmul(bits: int, cols: int, group:
     fast = NBitsKernel.from_codes(codes, linear.bias.detach(), accuracy_level=4)(x)
     # int8 compute: activations quantized per block of the input, so only close
     assert float((fast - expected).norm() / expected.norm()) < 0.02
+
+
+@needs_ort
+@pytest.mark.parametrize("accuracy_level", [1, 4])
+def test_shards_and_split_rows_compute_what_one_session_computes(accuracy_level: int) -> None:
+    torch.manual_seed(accuracy_level)
+    linear = nn.Linear(128, 37)  # 37 rows: shards of unequal size
+    codes = rtn_group_codes(linear.weight.detach(), 4, 32, symmetric=False)
+    bias = linear.bias.detach()
+    one = NBitsKernel.from_codes(codes, bias, accuracy_level=accuracy_level)
+    three = NBitsKernel.from_codes(codes, bias, accuracy_level=accuracy_level, shards=3)
+    assert len(three.sessions()) == 3
+    previous = torch.get_num_threads()
+    try:
+        for rows in (1, ROW_SPLIT_MIN + 3):  # one token; enough rows to split across threads
+            x = torch.randn(rows, 128)
+            torch.set_num_threads(1)
+            alone = one(x)
+            torch.set_num_threads(2)
+            torch.testing.assert_close(one(x), alone, rtol=0, atol=0)  # rows split or not
+            torch.testing.assert_close(three(x), alone, rtol=1e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(previous)
+    # the rows of each shard are the packed weight's own rows
+    packed = pack_nbits(codes.codes, codes.scales, codes.zeros, bits=4, block_size=32)
+    middle = shard_rows(packed, 10, 20)
+    assert torch.equal(unpack_nbits(middle)[0], codes.codes[10:20])
+
+
+@needs_ort
+def test_the_chosen_shards_are_measured_recorded_and_restored(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Linear(256, 4096), nn.ReLU(), nn.Linear(4096, 8))
+    layers = [WeightOnlyLinear.from_codes(
+        rtn_group_codes(m.weight.detach(), 4, 32, symmetric=False), m.bias.detach(),
+        kernel="onnxruntime") for m in (big[0], big[2])]
+    note = choose_shards(layers, threads=2)
+    assert {layer.shards for layer in layers} <= {1, 2}
+    assert ("split across 2 threads" in note) == any(layer.shards == 2 for layer in layers)
+    assert choose_shards(layers, threads=1) == ""  # one thread: nothing to split across
+
+    model, ctx = _lm_ctx()
+    assert ctx.data is not None
+    result = sconce.compress(model, ctx.data, recipe=[("quant.weight_only", {
+        "method": "rtn", "group_size": 32, "kernel": "onnxruntime"})],
+        finetune_epochs=0, out=tmp_path, metrics=["size"], progress=False)
+    chosen = {name: m.shards for name, m in result.model.named_modules()
+              if isinstance(m, WeightOnlyLinear)}
+    loaded = sconce.load(tmp_path, model=TinyLM())
+    assert {name: m.shards for name, m in loaded.named_modules()
+            if isinstance(m, WeightOnlyLinear)} == chosen
 
 
 @needs_ort

@@ -12,7 +12,12 @@ float32 activations.
 The kernel was chosen by measurement (``benchmarks/quant_text.py``, SmolLM2-135M decoding,
 and the layer micro-benchmark there): on this AVX2 machine ATen's int4 CPU kernel
 (``_weight_int4pack_mm_for_cpu``, torchao's CPU layout) and int8 kernel
-(``_weight_int8pack_mm``) were slower than the float32 matmul they replace.
+(``_weight_int8pack_mm``) were slower than the float32 matmul they replace (2.2 ms against
+0.11 ms for one token through a 576 x 1536 layer, torch 2.13).
+
+A decoding step calls hundreds of small layers, so how a call reaches the kernel matters as
+much as the kernel: each session runs on its caller's thread, and sconce spreads the work of
+large layers (shards of the output features) and of many rows across torch's threads itself.
 
 Example:
     >>> import torch
@@ -26,8 +31,11 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -94,37 +102,47 @@ def nbits_model(weight: NBitsWeight, bias: torch.Tensor | None, accuracy_level: 
     return bytes(model.SerializeToString())
 
 
-class NBitsKernel:
-    """A weight-only layer run by ONNX Runtime's ``MatMulNBits`` (one small session).
+ROW_SPLIT_MIN = 16
+"""Input rows from which one shard's call is split across threads (fewer rows: one call)."""
 
-    The session is built on first use from ``source`` (which packs the layer's codes), with
-    as many intra-op threads as torch uses then (rebuilt when torch's thread count changes);
-    its threads do not spin between calls, so they leave the CPU to torch's operators in
-    between; it has no memory arena, and keeps no copy of the packed model besides ONNX
-    Runtime's own.
+
+class NBitsKernel:
+    """A weight-only layer run by ONNX Runtime's ``MatMulNBits``, in ``shards`` sessions.
+
+    Each session holds the rows (output features) of one shard and runs on the thread that
+    calls it: ONNX Runtime starts no threads of its own, so nothing is woken or left spinning
+    between the hundreds of small calls a decoding step makes (measured on SmolLM2-135M,
+    2 cores: sessions with two intra-op threads each made int4 decoding no faster than
+    float32; see ``benchmarks/quant_text.py``). The parallelism is sconce's: the shards of a
+    large layer run side by side on a shared pool of ``torch.get_num_threads()`` threads
+    (the calling thread and ``threads - 1`` workers), and a one-shard layer given at least
+    :data:`ROW_SPLIT_MIN` rows (a prompt, a perplexity window) splits its rows across them.
+    ONNX Runtime releases the GIL while it runs. Sessions have no memory arena, and keep no
+    copy of the packed weights besides ONNX Runtime's own.
 
     Args:
         source: returns the packed weight and the bias (or None).
         accuracy_level: ``MatMulNBits``'s compute type (4: int8 activations).
+        shards: how many sessions the rows are split into (1: one session).
 
     Example:
         >>> nbits = pack_nbits(torch.full((2, 16), 9, dtype=torch.uint8), torch.ones(2, 1),
         ...                    torch.full((2, 1), 8, dtype=torch.uint8), bits=4, block_size=16)
-        >>> NBitsKernel(lambda: (nbits, None), accuracy_level=1)(torch.ones(1, 16))
+        >>> NBitsKernel(lambda: (nbits, None), accuracy_level=1, shards=2)(torch.ones(1, 16))
         tensor([[16., 16.]])
     """
 
     def __init__(self, source: Callable[[], tuple[NBitsWeight, torch.Tensor | None]], *,
-                 accuracy_level: int) -> None:
+                 accuracy_level: int, shards: int = 1) -> None:
         self.source = source
         self.accuracy_level = accuracy_level
-        self._session: Any = None
-        self._threads = 0
+        self.shards = shards
+        self._sessions: list[Any] = []
         self._out_features = 0
 
     @classmethod
     def from_codes(cls, codes: GroupCodes, bias: torch.Tensor | None, *,
-                   accuracy_level: int) -> NBitsKernel:
+                   accuracy_level: int, shards: int = 1) -> NBitsKernel:
         """The kernel for group codes (``group_size`` must be a valid ``MatMulNBits`` block)."""
         block = codes.group_size if codes.group_size > 0 else codes.codes.shape[1]
 
@@ -132,36 +150,86 @@ class NBitsKernel:
             return pack_nbits(codes.codes, codes.scales, codes.zeros, bits=codes.bits,
                               block_size=block), bias
 
-        return cls(source, accuracy_level=accuracy_level)
+        return cls(source, accuracy_level=accuracy_level, shards=shards)
 
-    def session(self) -> Any:
-        """The ONNX Runtime session, (re)created for torch's current thread count."""
-        threads = torch.get_num_threads()
-        if self._session is None or threads != self._threads:
+    def sessions(self) -> list[Any]:
+        """The ONNX Runtime sessions, one per shard (built on first use)."""
+        if not self._sessions:
             import onnxruntime as ort
 
             weight, bias = self.source()
             options = ort.SessionOptions()
-            options.intra_op_num_threads = max(1, threads)
+            options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1
             options.enable_cpu_mem_arena = False
             options.log_severity_level = 3
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = None  # free the old session before building the new one
-            self._session = ort.InferenceSession(nbits_model(weight, bias, self.accuracy_level),
-                                                 options, providers=["CPUExecutionProvider"])
-            self._threads = threads
+            count = min(self.shards, weight.out_features)
+            bounds = [round(i * weight.out_features / count) for i in range(count + 1)]
+            for start, stop in itertools.pairwise(bounds):
+                part = shard_rows(weight, start, stop)
+                part_bias = None if bias is None else bias[start:stop]
+                self._sessions.append(ort.InferenceSession(
+                    nbits_model(part, part_bias, self.accuracy_level), options,
+                    providers=["CPUExecutionProvider"]))
             self._out_features = weight.out_features
-        return self._session
+        return self._sessions
 
     def reset(self) -> None:
-        """Forget the session (the weights changed); the next call builds a new one."""
-        self._session = None
+        """Forget the sessions (the weights changed); the next call builds new ones."""
+        self._sessions = []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        session = self.session()
+        sessions = self._sessions or self.sessions()
         shape = x.shape
-        flat = x.detach().reshape(-1, shape[-1]).to(torch.float32).contiguous().cpu().numpy()
-        (out,) = session.run(None, {"A": flat})
-        result = torch.from_numpy(np.asarray(out)).reshape(*shape[:-1], self._out_features)
-        return result.to(device=x.device, dtype=x.dtype)
+        flat = x.detach().reshape(-1, shape[-1])
+        if flat.dtype != torch.float32 or flat.device.type != "cpu":
+            flat = flat.to(device="cpu", dtype=torch.float32)
+        a = flat.contiguous().numpy()
+        threads = torch.get_num_threads()
+        if len(sessions) > 1:
+            out = np.concatenate(_run_parallel([(s, a) for s in sessions], threads), axis=1)
+        elif threads > 1 and a.shape[0] >= ROW_SPLIT_MIN:
+            out = np.concatenate(_run_parallel(
+                [(sessions[0], rows) for rows in np.array_split(a, threads)], threads), axis=0)
+        else:
+            out = sessions[0].run(None, {"A": a})[0]
+        result = torch.from_numpy(out).reshape(*shape[:-1], self._out_features)
+        if result.dtype != x.dtype or x.device.type != "cpu":
+            result = result.to(device=x.device, dtype=x.dtype)
+        return result
+
+
+def shard_rows(weight: NBitsWeight, start: int, stop: int) -> NBitsWeight:
+    """Rows ``start:stop`` of a packed weight (each row's blocks and zero points are its own).
+
+    Example:
+        >>> nbits = pack_nbits(torch.arange(48, dtype=torch.uint8).reshape(3, 16) % 16,
+        ...                    torch.ones(3, 1), torch.zeros(3, 1), bits=4, block_size=16)
+        >>> shard_rows(nbits, 1, 3).out_features
+        2
+    """
+    return NBitsWeight(weight.packed[start:stop], weight.scales[start:stop],
+                       weight.zero_points[start:stop], weight.in_features, weight.bits,
+                       weight.block_size)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
+_pool_lock = threading.Lock()
+
+
+def _run_parallel(calls: list[tuple[Any, np.ndarray]], threads: int) -> list[np.ndarray]:
+    """Run ``(session, input)`` pairs on ``threads`` threads: the caller runs the first, a
+    shared pool of ``threads - 1`` workers the rest; outputs in order."""
+    global _pool, _pool_workers
+    with _pool_lock:
+        if _pool is None or _pool_workers != threads - 1:
+            if _pool is not None:
+                _pool.shutdown(wait=False)  # its queued calls still run
+            _pool = ThreadPoolExecutor(max_workers=max(1, threads - 1),
+                                       thread_name_prefix="sconce-nbits")
+            _pool_workers = threads - 1
+        pool = _pool
+    futures = [pool.submit(session.run, None, {"A": rows}) for session, rows in calls[1:]]
+    first = calls[0][0].run(None, {"A": calls[0][1]})[0]
+    return [first, *(future.result()[0] for future in futures)]

@@ -50,6 +50,8 @@ class WeightOnlyLinear(nn.Module):
         kernel: ``dequantize`` or ``onnxruntime`` (see the module docstring).
         accuracy_level: for ``onnxruntime``: ``MatMulNBits``'s compute type (4: activations
             quantized to int8 per block inside the kernel; 1: float32).
+        shards: for ``onnxruntime``: how many parts the output features are split into, run
+            side by side on torch's threads (:class:`~sconce_quant.lowbit.NBitsKernel`).
 
     Example:
         >>> layer = WeightOnlyLinear(8, 2, bits=4, group_size=8)
@@ -62,7 +64,8 @@ class WeightOnlyLinear(nn.Module):
     zeros: torch.Tensor
 
     def __init__(self, in_features: int, out_features: int, *, bits: int, group_size: int,
-                 bias: bool = True, kernel: str = "dequantize", accuracy_level: int = 4) -> None:
+                 bias: bool = True, kernel: str = "dequantize", accuracy_level: int = 4,
+                 shards: int = 1) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
@@ -70,6 +73,7 @@ class WeightOnlyLinear(nn.Module):
         self.group_size = group_size
         self.kernel = kernel
         self.accuracy_level = accuracy_level
+        self._shards = shards
         self._nbits: NBitsKernel | None = None
         groups = math.ceil(in_features / group_size)
         columns = math.ceil(in_features / 2) if bits == 4 else in_features
@@ -104,6 +108,17 @@ class WeightOnlyLinear(nn.Module):
         """The float32 weight the codes stand for."""
         return dequantize_groups(self.codes(), self.scales, self.zeros, self.group_size)
 
+    @property
+    def shards(self) -> int:
+        """How many parts the ``onnxruntime`` kernel splits the output features into."""
+        return self._shards
+
+    @shards.setter
+    def shards(self, value: int) -> None:
+        if value != self._shards:
+            self._shards = value
+            self._nbits = None  # its sessions hold the old split
+
     def nbits_weight(self) -> NBitsWeight:
         """The weight in ONNX Runtime's ``MatMulNBits`` layout."""
         block = self.group_size if self.group_size > 0 else self.in_features
@@ -113,12 +128,15 @@ class WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "onnxruntime" and x.device.type == "cpu" and not _tracing(x):
             if self._nbits is None:
-                self._nbits = NBitsKernel(self._nbits_source, accuracy_level=self.accuracy_level)
+                self._nbits = NBitsKernel(self.nbits_source, accuracy_level=self.accuracy_level,
+                                          shards=self._shards)
             return self._nbits(x)
         weight = self.dequantized_weight().to(x.dtype)
         return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
 
-    def _nbits_source(self) -> tuple[NBitsWeight, torch.Tensor | None]:
+    def nbits_source(self) -> tuple[NBitsWeight, torch.Tensor | None]:
+        """The packed weight and the bias, as :class:`~sconce_quant.lowbit.NBitsKernel` reads
+        them."""
         return self.nbits_weight(), self.bias
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
@@ -134,18 +152,23 @@ class WeightOnlyLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bits={self.bits}, group_size={self.group_size}, "
-                f"bias={self.bias is not None}, kernel={self.kernel}")
+                f"bias={self.bias is not None}, kernel={self.kernel}"
+                + (f", shards={self._shards}" if self._shards > 1 else ""))
 
 
 def _tracing(x: torch.Tensor) -> bool:
     """Whether torch is exporting, tracing or compiling ``x``'s computation (they see the
     dequantizing code)."""
-    from torch._subclasses.fake_tensor import is_fake
+    if type(x) is not torch.Tensor or torch.compiler.is_compiling():
+        return True  # the cheapest checks first: this runs at every call of every layer
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():  # type: ignore[attr-defined, no-untyped-call]  # torch: untyped, implicit re-export
+        return True
+    if torch._is_functional_tensor(x):  # a plain tensor is fake only behind functionalization
+        from torch._subclasses.fake_tensor import is_fake
 
-    return bool(torch.jit.is_tracing()  # type: ignore[attr-defined, no-untyped-call]  # torch: untyped, implicit re-export
-                or torch.onnx.is_in_onnx_export()
-                or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-                or is_fake(x) or type(x) is not torch.Tensor)
+        if is_fake(x):
+            return True
+    return bool(torch.onnx.is_in_onnx_export())
 
 
 class WeightOnlyEmbedding(nn.Module):

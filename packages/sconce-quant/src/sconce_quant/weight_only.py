@@ -39,7 +39,7 @@ from sconce.metrics.timing import TimingSettings, time_call
 from sconce.technique import Technique
 from sconce_quant.engines.base import EngineError
 from sconce_quant.gptq import GPTQSettings, gptq_quantize
-from sconce_quant.lowbit import nbits_unavailable
+from sconce_quant.lowbit import NBitsKernel, nbits_unavailable
 from sconce_quant.modules import KERNELS, WeightOnlyEmbedding, WeightOnlyLinear
 from sconce_quant.packing import nbits_block_ok
 from sconce_quant.qparams import rtn_group_codes
@@ -197,9 +197,11 @@ class WeightOnly(Technique):
             _tie(model, tied_embeddings)
         record["tied"] = tied_embeddings
         kernel, measured = self._choose_kernel(model, config, ctx)
-        for layer in model.modules():
+        for name, layer in model.named_modules():
             if isinstance(layer, WeightOnlyLinear):
                 layer.kernel = kernel
+                if name in record["layers"]:
+                    record["layers"][name]["shards"] = layer.shards
         record["kernel"] = kernel
         ctx.set_restore_record(record)
         group = "per row" if config.group_size <= 0 else f"groups of {config.group_size}"
@@ -228,7 +230,8 @@ class WeightOnly(Technique):
             layer = WeightOnlyLinear(shape["in"], shape["out"], bits=shape["bits"],
                                      group_size=shape["group_size"], bias=shape["bias"],
                                      kernel=kernel,
-                                     accuracy_level=shape.get("accuracy_level", 4))
+                                     accuracy_level=shape.get("accuracy_level", 4),
+                                     shards=shape.get("shards", 1))
             model.set_submodule(name, layer)
         _tie(model, record.get("tied", {}))
         return model
@@ -255,7 +258,9 @@ class WeightOnly(Technique):
     def _choose_kernel(model: nn.Module, config: WeightOnlyConfig, ctx: Context
                        ) -> tuple[str, str]:
         """The configured kernel, or for ``auto`` the faster one at batch 1 (CPU models whose
-        layers ``MatMulNBits`` can hold); and what was measured."""
+        layers ``MatMulNBits`` can hold); and what was measured. Where ``MatMulNBits`` may
+        run, each layer shape's shards are chosen first, by measurement
+        (:func:`choose_shards`)."""
         layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
         reason = nbits_unavailable()
         if reason is None and any(p.device.type != "cpu" for p in model.parameters()):
@@ -269,13 +274,64 @@ class WeightOnly(Technique):
             if config.kernel == "onnxruntime":
                 raise EngineError(f"ONNX Runtime's MatMulNBits cannot run this model: {reason}")
             return "dequantize", f" (MatMulNBits not used: {reason})"
+        sharded = choose_shards(layers, ctx.timing.threads)
         if config.kernel == "onnxruntime":
-            return "onnxruntime", ""
+            return "onnxruntime", sharded
         seconds = per_token_seconds(layers, ctx.timing.threads)
         chosen = min(seconds, key=lambda k: seconds[k])
         measured = ("; auto, measured on the model's layers at batch 1 (one token): "
                     + ", ".join(f"{k} {1e3 * s:.3g} ms" for k, s in seconds.items()))
-        return chosen, measured
+        return chosen, measured + (sharded if chosen == "onnxruntime" else "")
+
+
+def choose_shards(layers: list[WeightOnlyLinear], threads: int) -> str:
+    """Give each layer shape the faster of 1 and ``threads`` ``MatMulNBits`` shards at batch 1
+    (its output features split across torch's threads; small layers lose more to handing
+    work to another thread than they gain); say which shapes were split.
+
+    Each distinct shape is timed once per setting, in interleaved rounds, on kernels built
+    for the timing (the layers' own kernels are built on their next call).
+
+    Example:
+        >>> from sconce_quant.qparams import rtn_group_codes
+        >>> layer = WeightOnlyLinear.from_codes(rtn_group_codes(torch.randn(8, 32), 4, 16,
+        ...                                                     symmetric=False), None)
+        >>> choose_shards([layer], threads=1), layer.shards
+        ('', 1)
+    """
+    if threads <= 1:
+        return ""
+    shapes: dict[tuple[int, ...], list[WeightOnlyLinear]] = {}
+    for layer in layers:
+        shapes.setdefault(_shape_key(layer), []).append(layer)
+    one_round = TimingSettings(threads=threads, rounds=1, round_seconds=0.05,
+                               warmup_seconds=0.02, min_calls=3)
+    split: list[str] = []
+    for group in shapes.values():
+        layer = group[0]
+        candidates = {count: NBitsKernel(layer.nbits_source, accuracy_level=layer.accuracy_level,
+                                         shards=count) for count in (1, threads)}
+        x = torch.randn(1, layer.in_features)
+        best = dict.fromkeys(candidates, float("inf"))
+        for _ in range(3):  # interleaved rounds
+            for count, kernel in candidates.items():
+
+                def call(kernel: NBitsKernel = kernel, x: torch.Tensor = x) -> Any:
+                    return kernel(x)
+
+                best[count] = min(best[count], time_call(call, torch.device("cpu"), one_round))
+        chosen = min(best, key=lambda count: best[count])
+        for member in group:
+            member.shards = chosen
+        if chosen > 1:
+            split.append(f"{len(group)} x {layer.out_features}x{layer.in_features} "
+                         f"({best[1] * 1e3:.0f} -> {best[chosen] * 1e3:.0f} us)")
+    return f"; split across {threads} threads: {', '.join(split)}" if split else ""
+
+
+def _shape_key(layer: WeightOnlyLinear) -> tuple[int, ...]:
+    return (layer.in_features, layer.out_features, layer.bits, layer.group_size,
+            int(layer.bias is not None))
 
 
 def per_token_seconds(layers: list[WeightOnlyLinear], threads: int) -> dict[str, float]:
@@ -292,9 +348,7 @@ def per_token_seconds(layers: list[WeightOnlyLinear], threads: int) -> dict[str,
     """
     shapes: dict[tuple[int, ...], list[WeightOnlyLinear]] = {}
     for layer in layers:
-        key: tuple[int, ...] = (layer.in_features, layer.out_features, layer.bits,
-                                layer.group_size, int(layer.bias is not None))
-        shapes.setdefault(key, []).append(layer)
+        shapes.setdefault(_shape_key(layer), []).append(layer)
     one_round = TimingSettings(threads=threads, rounds=1, round_seconds=0.05,
                                warmup_seconds=0.02, min_calls=3)
     best = {(key, kernel): float("inf") for key in shapes for kernel in KERNELS}
