@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ from torch import nn
 from sconce.lowbit import GroupCodes, dequantize_groups, pack_int4, unpack_int4
 from sconce_quant.lowbit import NBitsKernel
 from sconce_quant.packing import NBitsWeight, pack_nbits
+
+if TYPE_CHECKING:
+    from sconce_quant.siblings import SiblingGroup
 
 KERNELS: tuple[str, ...] = ("dequantize", "onnxruntime")
 """How a :class:`WeightOnlyLinear` runs its matmul."""
@@ -75,6 +78,7 @@ class WeightOnlyLinear(nn.Module):
         self.accuracy_level = accuracy_level
         self._shards = shards
         self._nbits: NBitsKernel | None = None
+        self.siblings: tuple[SiblingGroup, int] | None = None  # set by SiblingGroup
         groups = math.ceil(in_features / group_size)
         columns = math.ceil(in_features / 2) if bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, columns, dtype=torch.uint8))
@@ -127,6 +131,9 @@ class WeightOnlyLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "onnxruntime" and x.device.type == "cpu" and not _tracing(x):
+            if self.siblings is not None:
+                group, index = self.siblings
+                return group.output(index, x)
             if self._nbits is None:
                 self._nbits = NBitsKernel(self.nbits_source, accuracy_level=self.accuracy_level,
                                           shards=self._shards)
@@ -143,6 +150,8 @@ class WeightOnlyLinear(nn.Module):
                               **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._nbits = None  # the kernel packed the old codes
+        if self.siblings is not None:
+            self.siblings[0].reset()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -32,7 +32,7 @@ from torch import nn
 
 from sconce.config import QuantizeConfig, check_choice, check_positive, check_range
 from sconce.context import Context
-from sconce.errors import TechniqueError
+from sconce.errors import DataError, TechniqueError
 from sconce.layerwise import LayerInputs, run_layerwise
 from sconce.lowbit import GroupCodes
 from sconce.metrics.timing import TimingSettings, time_call
@@ -41,8 +41,9 @@ from sconce_quant.engines.base import EngineError
 from sconce_quant.gptq import GPTQSettings, gptq_quantize
 from sconce_quant.lowbit import NBitsKernel, nbits_unavailable
 from sconce_quant.modules import KERNELS, WeightOnlyEmbedding, WeightOnlyLinear
-from sconce_quant.packing import nbits_block_ok
+from sconce_quant.packing import NBitsWeight, nbits_block_ok
 from sconce_quant.qparams import rtn_group_codes
+from sconce_quant.siblings import SiblingGroup, find_siblings
 from sconce_quant.static import calibration_batches
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class WeightOnlyConfig(QuantizeConfig):
             matrix becomes int8 codes by round to nearest, in groups of ``group_size``,
             stored once: the output layer runs on them and the embedding looks tokens up in
             them).
+        siblings: for ``onnxruntime``: layers that read the same input (a transformer's
+            query/key/value projections, an MLP's gate and up projections) run as one call
+            (:mod:`sconce_quant.siblings`; found by one forward on an example input).
 
     Example:
         >>> WeightOnlyConfig(bits=8, method="rtn").gptq().bits
@@ -97,6 +101,7 @@ class WeightOnlyConfig(QuantizeConfig):
     kernel: str = "auto"
     compute: str = "int8"
     tied: str = "float"
+    siblings: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -203,6 +208,10 @@ class WeightOnly(Technique):
                 if name in record["layers"]:
                     record["layers"][name]["shards"] = layer.shards
         record["kernel"] = kernel
+        record["siblings"] = []
+        if kernel == "onnxruntime" and config.siblings:
+            record["siblings"], grouped = _group_siblings(model, ctx)
+            ctx.note("weight-only siblings", grouped)
         ctx.set_restore_record(record)
         group = "per row" if config.group_size <= 0 else f"groups of {config.group_size}"
         ctx.note("weight-only", f"{len(record['layers'])} Linear layer(s) to int{config.bits} "
@@ -234,6 +243,9 @@ class WeightOnly(Technique):
                                      shards=shape.get("shards", 1))
             model.set_submodule(name, layer)
         _tie(model, record.get("tied", {}))
+        for group in record.get("siblings", []):
+            members = [cast(WeightOnlyLinear, model.get_submodule(n)) for n in group["layers"]]
+            SiblingGroup(members, shards=group["shards"])
         return model
 
     @staticmethod
@@ -284,6 +296,58 @@ class WeightOnly(Technique):
         return chosen, measured + (sharded if chosen == "onnxruntime" else "")
 
 
+def _group_siblings(model: nn.Module, ctx: Context) -> tuple[list[dict[str, Any]], str]:
+    """Group the layers that read one input (one forward on an example input), with their
+    shards measured; the groups as recorded, and what was done."""
+    layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    try:
+        example = ctx.adapter.to_device(ctx.example_inputs(1), _device(model))
+    except DataError as exc:
+        return [], f"not grouped: {exc}"
+    names = find_siblings(model, lambda: ctx.adapter.forward(model, example), layers)
+    recorded: list[dict[str, Any]] = []
+    split = 0
+    for group in names:
+        members = [cast(WeightOnlyLinear, model.get_submodule(n)) for n in group]
+        siblings = SiblingGroup(members)
+        siblings.shards = faster_shards(siblings.kernel.source, members[0].accuracy_level,
+                                        members[0].in_features, ctx.timing.threads)[0]
+        siblings.reset()  # its kernel is built with the chosen shards
+        recorded.append({"layers": group, "shards": siblings.shards})
+        split += siblings.shards > 1
+    if not recorded:
+        return [], "none: no two layers read the same input"
+    sizes = sorted({len(g) for g in names})
+    return recorded, (f"{len(recorded)} groups of {'/'.join(map(str, sizes))} layers reading "
+                      f"one input run as one MatMulNBits call each (e.g. {', '.join(names[0])})"
+                      + (f"; {split} of them split across {ctx.timing.threads} threads"
+                         if split else ""))
+
+
+def faster_shards(source: Callable[[], tuple[NBitsWeight, torch.Tensor | None]],
+                  accuracy_level: int, in_features: int, threads: int
+                  ) -> tuple[int, float, float]:
+    """The faster of 1 and ``threads`` shards for a kernel on ``source`` at batch 1, and the
+    seconds of each (interleaved rounds; kernels built for the timing)."""
+    if threads <= 1:
+        return 1, 0.0, 0.0
+    one_round = TimingSettings(threads=threads, rounds=1, round_seconds=0.05,
+                               warmup_seconds=0.02, min_calls=3)
+    candidates = {count: NBitsKernel(source, accuracy_level=accuracy_level, shards=count)
+                  for count in (1, threads)}
+    x = torch.randn(1, in_features)
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(3):
+        for count, kernel in candidates.items():
+
+            def call(kernel: NBitsKernel = kernel, x: torch.Tensor = x) -> Any:
+                return kernel(x)
+
+            best[count] = min(best[count], time_call(call, torch.device("cpu"), one_round) / 1e3)
+    chosen = min(best, key=lambda count: best[count])
+    return chosen, best[1], best[threads]
+
+
 def choose_shards(layers: list[WeightOnlyLinear], threads: int) -> str:
     """Give each layer shape the faster of 1 and ``threads`` ``MatMulNBits`` shards at batch 1
     (its output features split across torch's threads; small layers lose more to handing
@@ -304,28 +368,16 @@ def choose_shards(layers: list[WeightOnlyLinear], threads: int) -> str:
     shapes: dict[tuple[int, ...], list[WeightOnlyLinear]] = {}
     for layer in layers:
         shapes.setdefault(_shape_key(layer), []).append(layer)
-    one_round = TimingSettings(threads=threads, rounds=1, round_seconds=0.05,
-                               warmup_seconds=0.02, min_calls=3)
     split: list[str] = []
     for group in shapes.values():
         layer = group[0]
-        candidates = {count: NBitsKernel(layer.nbits_source, accuracy_level=layer.accuracy_level,
-                                         shards=count) for count in (1, threads)}
-        x = torch.randn(1, layer.in_features)
-        best = dict.fromkeys(candidates, float("inf"))
-        for _ in range(3):  # interleaved rounds
-            for count, kernel in candidates.items():
-
-                def call(kernel: NBitsKernel = kernel, x: torch.Tensor = x) -> Any:
-                    return kernel(x)
-
-                best[count] = min(best[count], time_call(call, torch.device("cpu"), one_round))
-        chosen = min(best, key=lambda count: best[count])
+        chosen, alone, shared = faster_shards(layer.nbits_source, layer.accuracy_level,
+                                              layer.in_features, threads)
         for member in group:
             member.shards = chosen
         if chosen > 1:
             split.append(f"{len(group)} x {layer.out_features}x{layer.in_features} "
-                         f"({best[1] * 1e3:.0f} -> {best[chosen] * 1e3:.0f} us)")
+                         f"({alone * 1e6:.0f} -> {shared * 1e6:.0f} us)")
     return f"; split across {threads} threads: {', '.join(split)}" if split else ""
 
 

@@ -1,0 +1,179 @@
+"""Sibling weight-only layers: layers that read the same input run as one ``MatMulNBits`` call.
+
+A transformer block's query, key and value projections read the same normalized hidden
+state, and its MLP's gate and up projections read the same input. Decoding one token calls
+each of them on one row, so the fixed cost of a call (Python, the ONNX Runtime session)
+weighs as much as the arithmetic. A :class:`SiblingGroup` stacks its members' rows into one
+:class:`~sconce_quant.lowbit.NBitsKernel`; the first member called with an input computes
+every member's output, and the others take theirs from that call while the input is the
+same tensor, unchanged (the same object at the same version). A member called alone, or
+with another input, computes the whole group again, so the result is always right; the
+saving needs the siblings to be called one after another on the same tensor, as they are in
+these blocks.
+
+Groups are found by running the model once (:func:`find_siblings`) and recorded by layer
+name, so a loaded model gets the same groups.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from sconce_quant.modules import WeightOnlyLinear
+    >>> from sconce_quant.qparams import rtn_group_codes
+    >>> def layer(n):
+    ...     return WeightOnlyLinear.from_codes(rtn_group_codes(torch.randn(n, 32), 4, 16,
+    ...                                        symmetric=False), None, kernel="onnxruntime")
+    >>> q, k = layer(8), layer(4)
+    >>> x = torch.randn(1, 32)
+    >>> alone = q(x), k(x)
+    >>> SiblingGroup([q, k])  # doctest: +ELLIPSIS
+    SiblingGroup(2 layers, 12 outputs)
+    >>> torch.allclose(q(x), alone[0], atol=1e-5) and torch.allclose(k(x), alone[1], atol=1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from sconce_quant.lowbit import NBitsKernel
+from sconce_quant.packing import NBitsWeight
+
+if TYPE_CHECKING:
+    from sconce_quant.modules import WeightOnlyLinear
+
+
+class SiblingGroup:
+    """Weight-only layers of one input size and format whose outputs one kernel computes.
+
+    Creating the group attaches it to its members (``member.siblings``); their own state
+    (codes, scales, bias) stays theirs, and the group's kernel packs them on first use.
+
+    Args:
+        members: two or more :class:`~sconce_quant.modules.WeightOnlyLinear` layers with the
+            same ``in_features``, ``bits``, ``group_size`` and ``accuracy_level``.
+        shards: the group kernel's shards (see :class:`~sconce_quant.lowbit.NBitsKernel`).
+    """
+
+    def __init__(self, members: list[WeightOnlyLinear], shards: int = 1) -> None:
+        formats = {(m.in_features, m.bits, m.group_size, m.accuracy_level) for m in members}
+        if len(members) < 2 or len(formats) != 1:
+            raise ValueError("a sibling group needs two or more layers of one input size, "
+                             f"bit width, group size and compute type, not {sorted(formats)}")
+        self.members = list(members)
+        self.sizes = [m.out_features for m in members]
+        self.shards = shards
+        self._kernel: NBitsKernel | None = None
+        self._lock = threading.Lock()
+        self._input: torch.Tensor | None = None
+        self._version = -1
+        self._outputs: tuple[torch.Tensor, ...] = ()
+        for index, member in enumerate(members):
+            member.siblings = (self, index)
+
+    @property
+    def kernel(self) -> NBitsKernel:
+        """The kernel on every member's rows (packed on its first call)."""
+        if self._kernel is None:
+            self._kernel = NBitsKernel(self._source, accuracy_level=self.members[0].accuracy_level,
+                                       shards=self.shards)
+        return self._kernel
+
+    def _source(self) -> tuple[NBitsWeight, torch.Tensor | None]:
+        parts = [member.nbits_source() for member in self.members]
+        weights = [weight for weight, _ in parts]
+        bias = None
+        if any(b is not None for _, b in parts):
+            bias = torch.cat([torch.zeros(w.out_features) if b is None else b.detach().float()
+                              for w, b in parts])
+        first = weights[0]
+        return NBitsWeight(torch.cat([w.packed for w in weights]),
+                           torch.cat([w.scales for w in weights]),
+                           torch.cat([w.zero_points for w in weights]),
+                           first.in_features, first.bits, first.block_size), bias
+
+    def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Member ``index``'s output for ``x`` (computing every member's when ``x`` is new)."""
+        with self._lock:
+            if self._input is not x or self._version != x._version:
+                out = self.kernel(x)
+                self._outputs = tuple(part.contiguous() for part in
+                                      torch.split(out, self.sizes, dim=-1))
+                self._input, self._version = x, x._version
+            return self._outputs[index]
+
+    def reset(self) -> None:
+        """Forget the kernel and the cached outputs (a member's weights changed)."""
+        with self._lock:
+            self._kernel = None
+            self._input, self._outputs = None, ()
+
+    def names(self, model: nn.Module) -> list[str]:
+        """The members' module names in ``model``."""
+        where = {id(module): name for name, module in model.named_modules()}
+        return [where[id(member)] for member in self.members]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"members": self.members, "sizes": self.sizes, "shards": self.shards}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # copies: the members come along
+        self.members, self.sizes, self.shards = state["members"], state["sizes"], state["shards"]
+        self._kernel = None  # the members may not be whole yet: built on first use
+        self._lock = threading.Lock()
+        self._input, self._version, self._outputs = None, -1, ()
+
+    def __repr__(self) -> str:
+        return f"SiblingGroup({len(self.members)} layers, {sum(self.sizes)} outputs)"
+
+
+def find_siblings(model: nn.Module, run: Callable[[], Any],
+                  layers: Iterable[WeightOnlyLinear]) -> list[list[str]]:
+    """Names of the ``layers`` that read the same input tensor during ``run()``, in call
+    order, grouped (groups of one are left out); only layers of one format are grouped.
+
+    Example:
+        >>> import torch
+        >>> from sconce_quant.modules import WeightOnlyLinear
+        >>> block = nn.ModuleDict({n: WeightOnlyLinear(16, 4, bits=4, group_size=16)
+        ...                        for n in ("q", "k", "o")})
+        >>> def run():
+        ...     x = torch.randn(1, 16)
+        ...     block["o"](block["q"](x).repeat(1, 4) + block["k"](x).repeat(1, 4))
+        >>> find_siblings(block, run, list(block.values()))
+        [['q', 'k']]
+    """
+    names = {id(module): name for name, module in model.named_modules()}
+    seen: dict[tuple[int, ...], list[str]] = {}
+    alive: list[torch.Tensor] = []  # keeps each input alive, so no id is reused
+
+    def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            x = args[0]
+            alive.append(x)
+            key = (id(x), x._version, module.in_features, module.bits,
+                   module.group_size, module.accuracy_level)
+            group = seen.setdefault(key, [])  # type: ignore[arg-type]
+            if names[id(module)] not in group:
+                group.append(names[id(module)])
+
+    handles = [layer.register_forward_pre_hook(record) for layer in layers]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+        alive.clear()
+    groups = [group for group in seen.values() if len(group) > 1]
+    claimed: set[str] = set()
+    result = []
+    for group in groups:  # a layer called on several shared inputs joins its first group
+        free = [name for name in group if name not in claimed]
+        if len(free) > 1:
+            result.append(free)
+            claimed.update(free)
+    return result
