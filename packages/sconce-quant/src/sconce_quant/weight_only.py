@@ -307,11 +307,15 @@ def _group_siblings(model: nn.Module, ctx: Context) -> tuple[list[dict[str, Any]
     names = find_siblings(model, lambda: ctx.adapter.forward(model, example), layers)
     recorded: list[dict[str, Any]] = []
     split = 0
+    measured: dict[tuple[int, ...], int] = {}  # shards per group shape, timed once each
     for group in names:
         members = [cast(WeightOnlyLinear, model.get_submodule(n)) for n in group]
         siblings = SiblingGroup(members)
-        siblings.shards = faster_shards(siblings.kernel.source, members[0].accuracy_level,
-                                        members[0].in_features, ctx.timing.threads)[0]
+        shape = tuple(x for member in members for x in _shape_key(member))
+        if shape not in measured:
+            measured[shape] = faster_shards(siblings.kernel.source, members[0].accuracy_level,
+                                            members[0].in_features, ctx.timing.threads)[0]
+        siblings.shards = measured[shape]
         siblings.reset()  # its kernel is built with the chosen shards
         recorded.append({"layers": group, "shards": siblings.shards})
         split += siblings.shards > 1
