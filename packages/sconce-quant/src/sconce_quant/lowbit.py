@@ -165,13 +165,15 @@ class NBitsKernel:
             options.log_severity_level = 3
             count = min(self.shards, weight.out_features)
             bounds = [round(i * weight.out_features / count) for i in range(count + 1)]
+            sessions = []  # kept only once every shard's session is built
             for start, stop in itertools.pairwise(bounds):
                 part = shard_rows(weight, start, stop)
                 part_bias = None if bias is None else bias[start:stop]
-                self._sessions.append(ort.InferenceSession(
+                sessions.append(ort.InferenceSession(
                     nbits_model(part, part_bias, self.accuracy_level), options,
                     providers=["CPUExecutionProvider"]))
             self._out_features = weight.out_features
+            self._sessions = sessions
         return self._sessions
 
     def reset(self) -> None:
