@@ -66,7 +66,7 @@ class SiblingGroup:
                              f"bit width, group size and compute type, not {sorted(formats)}")
         self.members = list(members)
         self.sizes = [m.out_features for m in members]
-        self.shards = shards
+        self._shards = shards
         self._kernel: NBitsKernel | None = None
         self._lock = threading.Lock()
         self._input: torch.Tensor | None = None
@@ -76,14 +76,27 @@ class SiblingGroup:
             member.siblings = (self, index)
 
     @property
+    def shards(self) -> int:
+        """How many parts the group kernel splits the stacked output features into."""
+        return self._shards
+
+    @shards.setter
+    def shards(self, value: int) -> None:
+        if value != self._shards:
+            self._shards = value
+            self.reset()  # its sessions hold the old split
+
+    @property
     def kernel(self) -> NBitsKernel:
         """The kernel on every member's rows (packed on its first call)."""
         if self._kernel is None:
-            self._kernel = NBitsKernel(self._source, accuracy_level=self.members[0].accuracy_level,
-                                       shards=self.shards)
+            self._kernel = NBitsKernel(self.nbits_source, shards=self._shards,
+                                       accuracy_level=self.members[0].accuracy_level)
         return self._kernel
 
-    def _source(self) -> tuple[NBitsWeight, torch.Tensor | None]:
+    def nbits_source(self) -> tuple[NBitsWeight, torch.Tensor | None]:
+        """The members' packed weights stacked row-wise, and their biases (zeros where a member
+        has none), as :class:`~sconce_quant.lowbit.NBitsKernel` reads them."""
         parts = [member.nbits_source() for member in self.members]
         weights = [weight for weight, _ in parts]
         bias = None
@@ -121,7 +134,7 @@ class SiblingGroup:
         return {"members": self.members, "sizes": self.sizes, "shards": self.shards}
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # copies: the members come along
-        self.members, self.sizes, self.shards = state["members"], state["sizes"], state["shards"]
+        self.members, self.sizes, self._shards = state["members"], state["sizes"], state["shards"]
         self._kernel = None  # the members may not be whole yet: built on first use
         self._lock = threading.Lock()
         self._input, self._version, self._outputs = None, -1, ()

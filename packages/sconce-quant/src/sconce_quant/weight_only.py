@@ -23,9 +23,10 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -47,6 +48,8 @@ from sconce_quant.siblings import SiblingGroup, find_siblings
 from sconce_quant.static import calibration_batches
 
 logger = logging.getLogger(__name__)
+
+Key = TypeVar("Key")
 
 COMPUTE: dict[str, int] = {"int8": 4, "float32": 1}
 """``compute`` settings as ``MatMulNBits`` accuracy levels."""
@@ -313,10 +316,9 @@ def _group_siblings(model: nn.Module, ctx: Context) -> tuple[list[dict[str, Any]
         siblings = SiblingGroup(members)
         shape = tuple(x for member in members for x in _shape_key(member))
         if shape not in measured:
-            measured[shape] = faster_shards(siblings.kernel.source, members[0].accuracy_level,
+            measured[shape] = faster_shards(siblings.nbits_source, members[0].accuracy_level,
                                             members[0].in_features, ctx.timing.threads)[0]
         siblings.shards = measured[shape]
-        siblings.reset()  # its kernel is built with the chosen shards
         recorded.append({"layers": group, "shards": siblings.shards})
         split += siblings.shards > 1
     if not recorded:
@@ -335,21 +337,32 @@ def faster_shards(source: Callable[[], tuple[NBitsWeight, torch.Tensor | None]],
     seconds of each (interleaved rounds; kernels built for the timing)."""
     if threads <= 1:
         return 1, 0.0, 0.0
-    one_round = TimingSettings(threads=threads, rounds=1, round_seconds=0.05,
-                               warmup_seconds=0.02, min_calls=3)
-    candidates = {count: NBitsKernel(source, accuracy_level=accuracy_level, shards=count)
-                  for count in (1, threads)}
     x = torch.randn(1, in_features)
-    best = dict.fromkeys(candidates, float("inf"))
-    for _ in range(3):
-        for count, kernel in candidates.items():
-
-            def call(kernel: NBitsKernel = kernel, x: torch.Tensor = x) -> Any:
-                return kernel(x)
-
-            best[count] = min(best[count], time_call(call, torch.device("cpu"), one_round) / 1e3)
+    calls: dict[int, Callable[[], Any]] = {}
+    for count in (1, threads):
+        kernel = NBitsKernel(source, accuracy_level=accuracy_level, shards=count)
+        calls[count] = partial(kernel, x)
+    best = interleaved_seconds(calls, threads)
     chosen = min(best, key=lambda count: best[count])
     return chosen, best[1], best[threads]
+
+
+def interleaved_seconds(calls: Mapping[Key, Callable[[], Any]], threads: int, rounds: int = 3
+                        ) -> dict[Key, float]:
+    """The best seconds per call of each of ``calls`` over ``rounds`` interleaved rounds (every
+    round times every call once, so a burst of load hits them all).
+
+    Example:
+        >>> sorted(interleaved_seconds({"a": lambda: None, "b": lambda: None}, threads=1))
+        ['a', 'b']
+    """
+    one_round = TimingSettings(threads=threads, rounds=1, round_seconds=0.05,
+                               warmup_seconds=0.02, min_calls=3)
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for key, call in calls.items():
+            best[key] = min(best[key], time_call(call, torch.device("cpu"), one_round) / 1e3)
+    return best
 
 
 def choose_shards(layers: list[WeightOnlyLinear], threads: int) -> str:
@@ -405,23 +418,16 @@ def per_token_seconds(layers: list[WeightOnlyLinear], threads: int) -> dict[str,
     shapes: dict[tuple[int, ...], list[WeightOnlyLinear]] = {}
     for layer in layers:
         shapes.setdefault(_shape_key(layer), []).append(layer)
-    one_round = TimingSettings(threads=threads, rounds=1, round_seconds=0.05,
-                               warmup_seconds=0.02, min_calls=3)
-    best = {(key, kernel): float("inf") for key in shapes for kernel in KERNELS}
     previous = {id(layer): layer.kernel for layer in layers}
+
+    def run(layer: WeightOnlyLinear, kernel: str, x: torch.Tensor) -> Any:
+        layer.kernel = kernel
+        return layer(x)
+
+    calls = {(key, kernel): partial(run, group[0], kernel, torch.randn(1, group[0].in_features))
+             for key, group in shapes.items() for kernel in KERNELS}
     try:
-        for _ in range(3):  # interleaved rounds: a burst of load hits every kernel
-            for key, group in shapes.items():
-                layer = group[0]
-                x = torch.randn(1, layer.in_features)
-                for kernel in KERNELS:
-                    layer.kernel = kernel
-
-                    def call(layer: WeightOnlyLinear = layer, x: torch.Tensor = x) -> Any:
-                        return layer(x)
-
-                    ms = time_call(call, torch.device("cpu"), one_round)
-                    best[key, kernel] = min(best[key, kernel], ms / 1e3)
+        best = interleaved_seconds(calls, threads)
     finally:
         for layer in layers:
             layer.kernel = previous[id(layer)]
