@@ -66,7 +66,7 @@ class SiblingGroup:
                              f"bit width, group size and compute type, not {sorted(formats)}")
         self.members = list(members)
         self.sizes = [m.out_features for m in members]
-        self._shards = shards
+        self.shards = shards
         self._kernel: NBitsKernel | None = None
         self._lock = threading.Lock()
         self._input: torch.Tensor | None = None
@@ -76,38 +76,16 @@ class SiblingGroup:
             member.siblings = (self, index)
 
     @property
-    def shards(self) -> int:
-        """How many parts the group kernel splits the stacked output features into."""
-        return self._shards
-
-    @shards.setter
-    def shards(self, value: int) -> None:
-        if value != self._shards:
-            self._shards = value
-            self.reset()  # its sessions hold the old split
-
-    @property
     def kernel(self) -> NBitsKernel:
         """The kernel on every member's rows (packed on its first call)."""
         if self._kernel is None:
-            self._kernel = NBitsKernel(self.nbits_source, shards=self._shards,
+            self._kernel = NBitsKernel(self.nbits_source, shards=self.shards,
                                        accuracy_level=self.members[0].accuracy_level)
         return self._kernel
 
     def nbits_source(self) -> tuple[NBitsWeight, torch.Tensor | None]:
-        """The members' packed weights stacked row-wise, and their biases (zeros where a member
-        has none), as :class:`~sconce_quant.lowbit.NBitsKernel` reads them."""
-        parts = [member.nbits_source() for member in self.members]
-        weights = [weight for weight, _ in parts]
-        bias = None
-        if any(b is not None for _, b in parts):
-            bias = torch.cat([torch.zeros(w.out_features) if b is None else b.detach().float()
-                              for w, b in parts])
-        first = weights[0]
-        return NBitsWeight(torch.cat([w.packed for w in weights]),
-                           torch.cat([w.scales for w in weights]),
-                           torch.cat([w.zero_points for w in weights]),
-                           first.in_features, first.bits, first.block_size), bias
+        """The members' weights stacked (:func:`stacked_source`)."""
+        return stacked_source(self.members)
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Member ``index``'s output for ``x`` (computing every member's when ``x`` is new)."""
@@ -134,13 +112,37 @@ class SiblingGroup:
         return {"members": self.members, "sizes": self.sizes, "shards": self.shards}
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # copies: the members come along
-        self.members, self.sizes, self._shards = state["members"], state["sizes"], state["shards"]
+        self.members, self.sizes, self.shards = state["members"], state["sizes"], state["shards"]
         self._kernel = None  # the members may not be whole yet: built on first use
         self._lock = threading.Lock()
         self._input, self._version, self._outputs = None, -1, ()
 
     def __repr__(self) -> str:
         return f"SiblingGroup({len(self.members)} layers, {sum(self.sizes)} outputs)"
+
+
+def stacked_source(members: list[WeightOnlyLinear]) -> tuple[NBitsWeight, torch.Tensor | None]:
+    """The members' packed weights stacked row-wise, and their biases (zeros where a member
+    has none), as :class:`~sconce_quant.lowbit.NBitsKernel` reads them.
+
+    Example:
+        >>> from sconce_quant.modules import WeightOnlyLinear
+        >>> weight, bias = stacked_source([WeightOnlyLinear(32, n, bits=4, group_size=16)
+        ...                                for n in (8, 4)])
+        >>> weight.out_features, bias.shape
+        (12, torch.Size([12]))
+    """
+    parts = [member.nbits_source() for member in members]
+    weights = [weight for weight, _ in parts]
+    bias = None
+    if any(b is not None for _, b in parts):
+        bias = torch.cat([torch.zeros(w.out_features) if b is None else b.detach().float()
+                          for w, b in parts])
+    first = weights[0]
+    return NBitsWeight(torch.cat([w.packed for w in weights]),
+                       torch.cat([w.scales for w in weights]),
+                       torch.cat([w.zero_points for w in weights]),
+                       first.in_features, first.bits, first.block_size), bias
 
 
 def find_siblings(model: nn.Module, run: Callable[[], Any],

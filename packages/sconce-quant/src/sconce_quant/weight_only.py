@@ -44,7 +44,7 @@ from sconce_quant.lowbit import NBitsKernel, nbits_unavailable
 from sconce_quant.modules import KERNELS, WeightOnlyEmbedding, WeightOnlyLinear
 from sconce_quant.packing import NBitsWeight, nbits_block_ok
 from sconce_quant.qparams import rtn_group_codes
-from sconce_quant.siblings import SiblingGroup, find_siblings
+from sconce_quant.siblings import SiblingGroup, find_siblings, stacked_source
 from sconce_quant.static import calibration_batches
 
 logger = logging.getLogger(__name__)
@@ -313,12 +313,12 @@ def _group_siblings(model: nn.Module, ctx: Context) -> tuple[list[dict[str, Any]
     measured: dict[tuple[int, ...], int] = {}  # shards per group shape, timed once each
     for group in names:
         members = [cast(WeightOnlyLinear, model.get_submodule(n)) for n in group]
-        siblings = SiblingGroup(members)
         shape = tuple(x for member in members for x in _shape_key(member))
         if shape not in measured:
-            measured[shape] = faster_shards(siblings.nbits_source, members[0].accuracy_level,
+            measured[shape] = faster_shards(partial(stacked_source, members),
+                                            members[0].accuracy_level,
                                             members[0].in_features, ctx.timing.threads)[0]
-        siblings.shards = measured[shape]
+        siblings = SiblingGroup(members, shards=measured[shape])
         recorded.append({"layers": group, "shards": siblings.shards})
         split += siblings.shards > 1
     if not recorded:
