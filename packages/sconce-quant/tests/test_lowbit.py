@@ -14,7 +14,13 @@ from torch import nn
 import sconce
 from sconce.errors import ConfigError
 from sconce.footprint import model_footprint
-from sconce_quant.lowbit import ROW_SPLIT_MIN, NBitsKernel, nbits_unavailable, shard_rows
+from sconce_quant.lowbit import (
+    ROW_SPLIT_MIN,
+    NBitsKernel,
+    nbits_session,
+    nbits_unavailable,
+    shard_rows,
+)
 from sconce_quant.modules import WeightOnlyEmbedding, WeightOnlyLinear
 from sconce_quant.packing import nbits_block_ok, pack_nbits, unpack_nbits
 from sconce_quant.qparams import rtn_group_codes
@@ -204,3 +210,35 @@ def test_tied_embeddings_share_one_int8_matrix(tmp_path: Path) -> None:
     assert restored.embed.head is restored.head
     with torch.no_grad():
         torch.testing.assert_close(restored(ids), quantized(ids), rtol=0, atol=0)
+
+
+@needs_ort
+def test_sessions_read_the_layer_codes_in_place_when_rows_fill_whole_groups() -> None:
+    torch.manual_seed(0)
+    aligned = WeightOnlyLinear.from_codes(rtn_group_codes(torch.randn(6, 64), 4, 32,
+                                                          symmetric=False), None)
+    weight = aligned.nbits_weight()
+    assert weight.packed.data_ptr() == aligned.qweight.data_ptr()
+    session, values = nbits_session(weight, None, accuracy_level=4)
+    assert values[0].data_ptr() == aligned.qweight.data_ptr()  # no copy handed to ORT
+    x = torch.randn(2, 64)
+    out = session.run(None, {"A": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), x @ aligned.dequantized_weight().t(),
+                               rtol=0.05, atol=0.05)
+    # 48 inputs in groups of 32: the rows are padded to two whole groups in a new tensor
+    padded = WeightOnlyLinear.from_codes(rtn_group_codes(torch.randn(6, 48), 4, 32,
+                                                         symmetric=False), None)
+    assert padded.nbits_weight().packed.shape == (6, 2, 16)
+
+
+def test_restoring_on_a_meta_model_allocates_no_codes() -> None:
+    model, ctx = _lm_ctx()
+    config = WeightOnlyConfig(bits=4, method="rtn", group_size=16, kernel="dequantize",
+                              tied="int8")
+    WeightOnly().apply(model, config, ctx)
+    with torch.device("meta"):
+        skeleton = TinyLM()
+    restored = WeightOnly().restore(skeleton, config, ctx.stage.restore_record)
+    layers = [m for m in restored.modules() if isinstance(m, WeightOnlyLinear)]
+    assert len(layers) == 7  # two per block and the head
+    assert all(b.is_meta for m in layers for b in m.buffers())

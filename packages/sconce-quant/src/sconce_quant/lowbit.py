@@ -31,11 +31,15 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,27 +72,43 @@ def nbits_unavailable() -> str | None:
     return None
 
 
-def nbits_model(weight: NBitsWeight, bias: torch.Tensor | None, accuracy_level: int) -> bytes:
-    """A one-operator ONNX model: ``Y = A @ W^T (+ bias)`` with ``W`` in ``MatMulNBits`` form.
+PLACEHOLDER = "sconce-weights-given-by-add-initializer"
+"""The external-data file every kernel model names for its weights: an empty file that ONNX
+Runtime checks exists but never reads (the weights are given with ``add_initializer``)."""
+
+
+def nbits_model(weight: NBitsWeight, bias: torch.Tensor | None, accuracy_level: int
+                ) -> tuple[bytes, dict[str, np.ndarray]]:
+    """A one-operator ONNX model, ``Y = A @ W^T (+ bias)`` with ``W`` in ``MatMulNBits`` form,
+    and its weights by initializer name.
+
+    The model declares each weight as external data in :data:`PLACEHOLDER` and holds none of
+    it: :func:`nbits_session` hands the arrays to ONNX Runtime with ``add_initializer``, so
+    the session reads them where they are (the layer's own tensors) instead of keeping a
+    copy of its own besides its prepacked one.
 
     Example:
         >>> nbits = pack_nbits(torch.zeros(2, 16, dtype=torch.uint8), torch.ones(2, 1),
         ...                    torch.zeros(2, 1, dtype=torch.uint8), bits=4, block_size=16)
-        >>> b"MatMulNBits" in nbits_model(nbits, None, accuracy_level=4)
-        True
+        >>> model, weights = nbits_model(nbits, None, accuracy_level=4)
+        >>> b"MatMulNBits" in model, sorted(weights)
+        (True, ['B', 'scales', 'zero_points'])
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
+    weights = {"B": weight.packed.numpy(), "scales": weight.scales.reshape(-1).numpy(),
+               "zero_points": weight.zero_points.reshape(-1).numpy()}
     inputs = ["A", "B", "scales", "zero_points"]
-    initializers = [
-        numpy_helper.from_array(weight.packed.numpy(), "B"),
-        numpy_helper.from_array(weight.scales.reshape(-1).numpy(), "scales"),
-        numpy_helper.from_array(weight.zero_points.reshape(-1).numpy(), "zero_points"),
-    ]
     if bias is not None:
         inputs += ["", "bias"]  # no g_idx
-        initializers.append(numpy_helper.from_array(
-            bias.detach().to(torch.float32).cpu().numpy(), "bias"))
+        weights["bias"] = bias.detach().to(torch.float32).cpu().contiguous().numpy()
+    initializers = []
+    for name, array in weights.items():
+        tensor = TensorProto(name=name, dims=array.shape,
+                             data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                             data_location=TensorProto.EXTERNAL)
+        tensor.external_data.add(key="location", value=PLACEHOLDER)
+        initializers.append(tensor)
     node = helper.make_node("MatMulNBits", inputs, ["Y"], domain="com.microsoft",
                             K=weight.in_features, N=weight.out_features, bits=weight.bits,
                             block_size=weight.block_size, accuracy_level=accuracy_level)
@@ -99,7 +119,55 @@ def nbits_model(weight: NBitsWeight, bias: torch.Tensor | None, accuracy_level: 
         initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)])
-    return bytes(model.SerializeToString())
+    return bytes(model.SerializeToString()), weights
+
+
+_placeholder_folder: str | None = None
+
+
+def _placeholder() -> str:
+    """The folder holding this process's empty :data:`PLACEHOLDER` file (made once)."""
+    global _placeholder_folder
+    if _placeholder_folder is None:
+        folder = tempfile.mkdtemp(prefix="sconce-nbits-")
+        (Path(folder) / PLACEHOLDER).touch()
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _placeholder_folder = folder
+    return _placeholder_folder
+
+
+def nbits_session(weight: NBitsWeight, bias: torch.Tensor | None, accuracy_level: int
+                  ) -> tuple[Any, list[Any]]:
+    """An ONNX Runtime session running ``MatMulNBits`` on ``weight`` on its caller's thread,
+    and the ``OrtValue`` wrappers of the arrays it reads (keep them as long as the session).
+
+    The session's only copy of the weights is the kernel's prepacked one: the initializers
+    are the given tensors' memory (``add_initializer``), not a copy.
+
+    Example:
+        >>> nbits = pack_nbits(torch.full((2, 16), 9, dtype=torch.uint8), torch.ones(2, 1),
+        ...                    torch.full((2, 1), 8, dtype=torch.uint8), bits=4, block_size=16)
+        >>> session, _ = nbits_session(nbits, torch.ones(2), accuracy_level=1)
+        >>> session.run(None, {"A": np.ones((1, 16), np.float32)})[0].tolist()
+        [[17.0, 17.0]]
+    """
+    import onnxruntime as ort
+
+    model, weights = nbits_model(weight, bias, accuracy_level)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
+    options.log_severity_level = 3
+    # one operator: nothing to optimize, and each session holds less (~40 KiB measured)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     _placeholder())
+    values = [ort.OrtValue.ortvalue_from_numpy(array) for array in weights.values()]
+    for name, value in zip(weights, values, strict=True):
+        options.add_initializer(name, value)
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return session, values
 
 
 ROW_SPLIT_MIN = 16
@@ -117,8 +185,9 @@ class NBitsKernel:
     large layer run side by side on a shared pool of ``torch.get_num_threads()`` threads
     (the calling thread and ``threads - 1`` workers), and a one-shard layer given at least
     :data:`ROW_SPLIT_MIN` rows (a prompt, a perplexity window) splits its rows across them.
-    ONNX Runtime releases the GIL while it runs. Sessions have no memory arena, and keep no
-    copy of the packed weights besides ONNX Runtime's own.
+    ONNX Runtime releases the GIL while it runs. Sessions have no memory arena and read the
+    weights from the tensors ``source`` returns (:func:`nbits_session`): besides those, the
+    kernel's prepacked copy is the only one.
 
     Args:
         source: returns the packed weight and the bias (or None).
@@ -138,6 +207,7 @@ class NBitsKernel:
         self.accuracy_level = accuracy_level
         self.shards = shards
         self._sessions: list[Any] = []
+        self._values: list[Any] = []  # what the sessions read (their initializers)
         self._out_features = 0
 
     @classmethod
@@ -155,30 +225,23 @@ class NBitsKernel:
     def sessions(self) -> list[Any]:
         """The ONNX Runtime sessions, one per shard (built on first use)."""
         if not self._sessions:
-            import onnxruntime as ort
-
             weight, bias = self.source()
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            options.enable_cpu_mem_arena = False
-            options.log_severity_level = 3
             count = min(self.shards, weight.out_features)
             bounds = [round(i * weight.out_features / count) for i in range(count + 1)]
-            sessions = []  # kept only once every shard's session is built
+            sessions, values = [], []  # kept only once every shard's session is built
             for start, stop in itertools.pairwise(bounds):
                 part = shard_rows(weight, start, stop)
                 part_bias = None if bias is None else bias[start:stop]
-                sessions.append(ort.InferenceSession(
-                    nbits_model(part, part_bias, self.accuracy_level), options,
-                    providers=["CPUExecutionProvider"]))
+                session, read = nbits_session(part, part_bias, self.accuracy_level)
+                sessions.append(session)
+                values += read
             self._out_features = weight.out_features
-            self._sessions = sessions
+            self._sessions, self._values = sessions, values
         return self._sessions
 
     def reset(self) -> None:
         """Forget the sessions (the weights changed); the next call builds new ones."""
-        self._sessions = []
+        self._sessions, self._values = [], []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         sessions = self._sessions or self.sessions()

@@ -31,7 +31,7 @@ from torch import nn
 
 from sconce.lowbit import GroupCodes, dequantize_groups, pack_int4, unpack_int4
 from sconce_quant.lowbit import NBitsKernel
-from sconce_quant.packing import NBitsWeight, pack_nbits
+from sconce_quant.packing import NBitsWeight, nbits_from_stored
 
 if TYPE_CHECKING:
     from sconce_quant.siblings import SiblingGroup
@@ -124,10 +124,12 @@ class WeightOnlyLinear(nn.Module):
             self._nbits = None  # its sessions hold the old split
 
     def nbits_weight(self) -> NBitsWeight:
-        """The weight in ONNX Runtime's ``MatMulNBits`` layout."""
+        """The weight in ONNX Runtime's ``MatMulNBits`` layout: its codes are a view of
+        ``qweight`` when the inputs fill whole groups
+        (:func:`~sconce_quant.packing.nbits_from_stored`)."""
         block = self.group_size if self.group_size > 0 else self.in_features
-        return pack_nbits(self.codes(), self.scales, self.zeros, bits=self.bits,
-                          block_size=block)
+        return nbits_from_stored(self.qweight, self.scales, self.zeros,
+                                 in_features=self.in_features, bits=self.bits, block_size=block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "onnxruntime" and x.device.type == "cpu" and not _tracing(x):

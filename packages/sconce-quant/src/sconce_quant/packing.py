@@ -129,3 +129,38 @@ def unpack_nbits(weight: NBitsWeight) -> tuple[torch.Tensor, torch.Tensor, torch
         codes = weight.packed.reshape(rows, -1)
         zeros = weight.zero_points
     return codes[:, :weight.in_features].contiguous(), weight.scales, zeros.contiguous()
+
+
+def nbits_from_stored(stored: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *,
+                      in_features: int, bits: int, block_size: int) -> NBitsWeight:
+    """The ``MatMulNBits`` form of codes already stored row-wise (int4: two per byte, low
+    nibble first; int8: one per byte), as :class:`~sconce_quant.modules.WeightOnlyLinear`
+    keeps them.
+
+    When ``in_features`` fills whole blocks, the stored bytes are already ``MatMulNBits``'s
+    layout and ``packed`` is a view of ``stored`` (no copy: a kernel reading it shares the
+    layer's memory); otherwise the rows are padded to whole blocks in a new tensor.
+
+    Example:
+        >>> codes = torch.randint(0, 16, (3, 32), dtype=torch.uint8)
+        >>> stored = pack_int4(codes)
+        >>> zeros = torch.full((3, 2), 8, dtype=torch.uint8)
+        >>> view = nbits_from_stored(stored, torch.ones(3, 2), zeros, in_features=32, bits=4,
+        ...                          block_size=16)
+        >>> view.packed.data_ptr() == stored.data_ptr()
+        True
+        >>> torch.equal(view.packed, pack_nbits(codes, torch.ones(3, 2), zeros, bits=4,
+        ...                                     block_size=16).packed)
+        True
+    """
+    rows = stored.shape[0]
+    if in_features % block_size or not stored.is_contiguous():
+        codes = unpack_int4(stored, in_features) if bits == 4 else stored
+        return pack_nbits(codes, scales, zeros, bits=bits, block_size=block_size)
+    if bits not in (4, 8):
+        raise ConfigError(f"MatMulNBits packs 4- or 8-bit codes, not {bits}-bit")
+    blocks = in_features // block_size
+    packed = stored.view(rows, blocks, block_size * bits // 8)
+    zero_points = pack_int4(zeros.to(torch.uint8)) if bits == 4 else zeros.to(torch.uint8)
+    return NBitsWeight(packed, scales.to(torch.float32).contiguous(), zero_points.contiguous(),
+                       in_features, bits, block_size)
