@@ -124,3 +124,36 @@ def test_find_siblings_groups_only_one_format_and_each_layer_once() -> None:
     assert find_siblings(layers, run, list(layers.values())) == [["a", "b"]]
     with pytest.raises(ValueError, match="one input size, bit width"):
         SiblingGroup([layers["a"], layers["c"]])
+
+
+def test_a_group_holds_its_codes_once_in_the_members_own_buffers(tmp_path: Path) -> None:
+    def layer(rows: int, seed: int) -> WeightOnlyLinear:
+        weight = torch.randn(rows, 64, generator=torch.Generator().manual_seed(seed))
+        return WeightOnlyLinear.from_codes(rtn_group_codes(weight, 4, 32, symmetric=False),
+                                           None, kernel="onnxruntime")
+
+    block = nn.ModuleDict({"q": layer(8, 0), "k": layer(4, 1), "v": layer(4, 2)})
+    reference = {name: copy.deepcopy(member) for name, member in block.items()}
+    group = SiblingGroup(list(block.values()))
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        block["q"](x)  # builds the kernel: the members' codes become views of one tensor
+    stacked = group.shared_codes()
+    starts = [block[n].qweight.data_ptr() - stacked.data_ptr() for n in ("q", "k", "v")]
+    assert starts == [0, 8 * 32, 12 * 32]  # rows of 32 bytes, q's 8 rows then k's 4
+    weight, _ = group.nbits_source()
+    assert weight.packed.data_ptr() == stacked.data_ptr()  # the kernel reads them in place
+    for name, member in block.items():
+        assert torch.equal(member.qweight, reference[name].qweight)
+    # saved and loaded with assign=True (as a meta-device restore does): still shared
+    torch.save(block.state_dict(), tmp_path / "block.pt")
+    loaded = torch.load(tmp_path / "block.pt", weights_only=True)
+    block.load_state_dict(loaded, assign=True)
+    assert block["k"].qweight.data_ptr() == block["q"].qweight.data_ptr() + 8 * 32
+    before = block["v"].qweight.data_ptr()
+    with torch.no_grad():
+        for name, member in block.items():
+            torch.testing.assert_close(member(x), reference[name](x))
+    assert block["v"].qweight.data_ptr() == before  # nothing was stacked again
+    twin = copy.deepcopy(block)  # a copy shares its own storage the same way
+    assert twin["k"].qweight.data_ptr() == twin["q"].qweight.data_ptr() + 8 * 32

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from sconce_quant.lowbit import NBitsKernel
-from sconce_quant.packing import NBitsWeight
+from sconce_quant.packing import NBitsWeight, nbits_from_stored
 
 if TYPE_CHECKING:
     from sconce_quant.modules import WeightOnlyLinear
@@ -50,8 +50,9 @@ if TYPE_CHECKING:
 class SiblingGroup:
     """Weight-only layers of one input size and format whose outputs one kernel computes.
 
-    Creating the group attaches it to its members (``member.siblings``); their own state
-    (codes, scales, bias) stays theirs, and the group's kernel packs them on first use.
+    Creating the group attaches it to its members (``member.siblings``). Their state (codes,
+    scales, bias) stays theirs; when the group's kernel is first built, the members' codes
+    become row ranges of one tensor (:meth:`shared_codes`) that the kernel reads in place.
 
     Args:
         members: two or more :class:`~sconce_quant.modules.WeightOnlyLinear` layers with the
@@ -84,8 +85,41 @@ class SiblingGroup:
         return self._kernel
 
     def nbits_source(self) -> tuple[NBitsWeight, torch.Tensor | None]:
-        """The members' weights stacked (:func:`stacked_source`)."""
-        return stacked_source(self.members)
+        """The members' weights stacked (:func:`stacked_source`) on :meth:`shared_codes`."""
+        return stacked_source(self.members, self.shared_codes())
+
+    def shared_codes(self) -> torch.Tensor:
+        """All members' ``qweight`` rows as one tensor, whose row ranges *are* the members'
+        ``qweight`` buffers: the first time (or after a member's buffer was replaced, as
+        ``load_state_dict(assign=True)`` does) the codes are stacked once and each member
+        keeps a view of its rows, so the kernel reads the layers' own memory and the model
+        holds its codes once. A saved state dict keeps the sharing (``torch.save`` stores
+        the storage once), so a loaded model needs no stacking.
+
+        Example:
+            >>> from sconce_quant.modules import WeightOnlyLinear
+            >>> group = SiblingGroup([WeightOnlyLinear(32, n, bits=4, group_size=16)
+            ...                       for n in (8, 4)])
+            >>> codes = group.shared_codes()
+            >>> codes.shape, group.members[1].qweight.data_ptr() == codes[8].data_ptr()
+            (torch.Size([12, 16]), True)
+        """
+        stored = [member.qweight for member in self.members]
+        first, rows = stored[0], sum(t.shape[0] for t in stored)
+        offset = first.storage_offset()
+        for tensor in stored:
+            if (not tensor.is_contiguous() or tensor.shape[1:] != first.shape[1:]
+                    or tensor.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+                    or tensor.storage_offset() != offset):
+                break
+            offset += tensor.numel()
+        else:
+            return torch.as_strided(first, (rows, *first.shape[1:]), first.stride(),
+                                    first.storage_offset())
+        stacked = torch.cat(stored)
+        for member, part in zip(self.members, torch.split(stacked, self.sizes), strict=True):
+            member.qweight = part
+        return stacked
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Member ``index``'s output for ``x`` (computing every member's when ``x`` is new)."""
@@ -121,9 +155,15 @@ class SiblingGroup:
         return f"SiblingGroup({len(self.members)} layers, {sum(self.sizes)} outputs)"
 
 
-def stacked_source(members: list[WeightOnlyLinear]) -> tuple[NBitsWeight, torch.Tensor | None]:
+def stacked_source(members: list[WeightOnlyLinear], stored: torch.Tensor | None = None
+                   ) -> tuple[NBitsWeight, torch.Tensor | None]:
     """The members' packed weights stacked row-wise, and their biases (zeros where a member
     has none), as :class:`~sconce_quant.lowbit.NBitsKernel` reads them.
+
+    Args:
+        members: layers of one format.
+        stored: their ``qweight`` rows already stacked (:meth:`SiblingGroup.shared_codes`);
+            by default they are concatenated into a new tensor.
 
     Example:
         >>> from sconce_quant.modules import WeightOnlyLinear
@@ -132,17 +172,19 @@ def stacked_source(members: list[WeightOnlyLinear]) -> tuple[NBitsWeight, torch.
         >>> weight.out_features, bias.shape
         (12, torch.Size([12]))
     """
-    parts = [member.nbits_source() for member in members]
-    weights = [weight for weight, _ in parts]
+    first = members[0]
+    if stored is None:
+        stored = torch.cat([member.qweight for member in members])
+    weight = nbits_from_stored(
+        stored, torch.cat([member.scales for member in members]),
+        torch.cat([member.zeros for member in members]), in_features=first.in_features,
+        bits=first.bits, block_size=first.group_size if first.group_size > 0
+        else first.in_features)
     bias = None
-    if any(b is not None for _, b in parts):
-        bias = torch.cat([torch.zeros(w.out_features) if b is None else b.detach().float()
-                          for w, b in parts])
-    first = weights[0]
-    return NBitsWeight(torch.cat([w.packed for w in weights]),
-                       torch.cat([w.scales for w in weights]),
-                       torch.cat([w.zero_points for w in weights]),
-                       first.in_features, first.bits, first.block_size), bias
+    if any(member.bias is not None for member in members):
+        bias = torch.cat([torch.zeros(member.out_features) if member.bias is None
+                          else member.bias.detach().float() for member in members])
+    return weight, bias
 
 
 def find_siblings(model: nn.Module, run: Callable[[], Any],
