@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -239,11 +240,13 @@ class WeightOnly(Technique):
                            nbits_unavailable())
             kernel = "dequantize"
         for name, shape in record["layers"].items():
-            layer = WeightOnlyLinear(shape["in"], shape["out"], bits=shape["bits"],
-                                     group_size=shape["group_size"], bias=shape["bias"],
-                                     kernel=kernel,
-                                     accuracy_level=shape.get("accuracy_level", 4),
-                                     shards=shape.get("shards", 1))
+            # on the float layer's device: restoring a model built on "meta" allocates nothing
+            with torch.device(_device_of(model.get_submodule(name))):
+                layer = WeightOnlyLinear(shape["in"], shape["out"], bits=shape["bits"],
+                                         group_size=shape["group_size"], bias=shape["bias"],
+                                         kernel=kernel,
+                                         accuracy_level=shape.get("accuracy_level", 4),
+                                         shards=shape.get("shards", 1))
             model.set_submodule(name, layer)
         _tie(model, record.get("tied", {}))
         for group in record.get("siblings", []):
@@ -448,6 +451,13 @@ def _tied_embeddings(model: nn.Module, heads: list[str]) -> dict[str, str]:
     weights = {id(modules[name].weight): name for name in heads}
     return {name: weights[id(module.weight)] for name, module in modules.items()
             if isinstance(module, nn.Embedding) and id(module.weight) in weights}
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    """Where ``module``'s tensors are (the CPU when it has none)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def _tie(model: nn.Module, tied: dict[str, str]) -> None:
