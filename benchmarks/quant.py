@@ -289,6 +289,9 @@ def main() -> None:
     parser.add_argument("--calibration-samples", type=int, default=512)
     parser.add_argument("--qat-epochs", type=float, default=None,
                         help="QAT fine-tuning epochs (default 1; quick: 0.05)")
+    parser.add_argument("--group-size", type=int, default=64,
+                        help="SmolLM2 weight-only groups (64: SmolLM2's 576-wide rows hold "
+                             "whole groups, so MatMulNBits reads the stored codes in place)")
     parser.add_argument("--sections", default="limit,vgg,minilm,smollm",
                         help="comma-separated: limit, vgg, minilm, smollm")
     args = parser.parse_args()

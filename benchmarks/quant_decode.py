@@ -4,11 +4,15 @@ Speed: greedy decoding at batch 1 with the KV cache, after a prefill that is not
 every model decodes the same number of tokens once per round, rounds interleaved; tokens/s
 from the best round.
 
-Peak memory: each model runs in a fresh process that has already imported torch,
-transformers, onnxruntime and sconce; that process's resident memory then is the baseline
-(its peak is reset through ``/proc/self/clear_refs``). The model is built on the meta device
-from its Hugging Face config, its sconce restore records are replayed (int8 / int4 layers),
-the saved state dict is loaded into it (``assign=True``: no float copy is ever made), and it
+Peak memory: each model runs in a fresh process that has already imported and started its
+libraries: torch, transformers, onnxruntime and sconce imported, the model class's code
+imported (a throwaway model built on the meta device, which holds no memory), ONNX
+Runtime's kernels loaded (a 16 x 64 ``MatMulNBits`` session built, run and dropped). That
+process's resident memory then is the baseline (its peak is reset through
+``/proc/self/clear_refs``), so what follows is the model's own cost, not the libraries'.
+The model is built on the meta device from its Hugging Face config, its sconce restore
+records are replayed (int8 / int4 layers; on the meta device they allocate nothing), the
+saved state dict is loaded into it (``assign=True``: no float copy is ever made), and it
 decodes; the peak resident memory above the baseline is what the model costs to load and
 run. (``sconce.load`` instead rebuilds the quantized model on a fresh float model, whose
 float weights exist until they are replaced.)
@@ -83,6 +87,25 @@ def _status_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def _start_libraries(config: Any) -> None:
+    """Import the model class's code and load ONNX Runtime's kernels, holding nothing."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from sconce_quant.lowbit import nbits_session, nbits_unavailable
+    from sconce_quant.packing import pack_nbits
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        AutoModelForCausalLM.from_config(config)
+    if nbits_unavailable() is None:
+        for bits in (4, 8):
+            weight = pack_nbits(torch.zeros(16, 64, dtype=torch.uint8), torch.ones(16, 1),
+                                torch.zeros(16, 1, dtype=torch.uint8), bits=bits, block_size=64)
+            session, _ = nbits_session(weight, None, accuracy_level=4)
+            session.run(None, {"A": np.ones((1, 64), np.float32)})
+
+
 def _child(folder: Path, steps: int, threads: int) -> None:
     import gc
 
@@ -97,6 +120,7 @@ def _child(folder: Path, steps: int, threads: int) -> None:
     stages = json.loads((folder / "stages.json").read_text())
     config = AutoConfig.from_pretrained(folder)
     techniques = [(registry().lookup("techniques", s["technique"]), s) for s in stages]
+    _start_libraries(config)
     gc.collect()
     baseline = _status_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # the peak starts from here

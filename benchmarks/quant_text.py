@@ -265,11 +265,12 @@ def smollm_section(args: argparse.Namespace, flags: str
     kept["fp32"] = (model, [])
     for bits in (8, 4):
         for method in ("rtn", "gptq"):
-            label = f"int{bits} {method.upper()} g128"
+            label = f"int{bits} {method.upper()} g{args.group_size}"
             ctx = Context(data=data, adapter=CausalLM(), progress=False)
             started = time.perf_counter()
             # the head shares the embedding's matrix (21% of the weights): int8 in every row
-            config = WeightOnlyConfig(bits=bits, method=method, group_size=128, tied="int8")
+            config = WeightOnlyConfig(bits=bits, method=method, group_size=args.group_size,
+                                      tied="int8")
             quantized = WeightOnly().apply(copy.deepcopy(model), config, ctx)
             record(label, quantized, time.perf_counter() - started, dict(ctx.stage.notes))
             if method == "gptq":  # the models decoded below
@@ -292,10 +293,12 @@ def smollm_section(args: argparse.Namespace, flags: str
         print(f"{label:<20} {row['perplexity']:>10.3f} {row['ppl_ratio']:>7.3f}x "
               f"{row['size_mib']:>8.1f} {row['smaller']:>7.2f}x  {kernel}")
     decode = decode_section(args, flags, kept, held_out)
-    gptq, rtn = rows["int4 GPTQ g128"], rows["int4 RTN g128"]
-    int4 = decode["rows"]["int4 GPTQ g128"]
+    gptq = rows[f"int4 GPTQ g{args.group_size}"]
+    rtn = rows[f"int4 RTN g{args.group_size}"]
+    int4 = decode["rows"][f"int4 GPTQ g{args.group_size}"]
     checks = [
-        (f"SmolLM2 int4 GPTQ g128 perplexity within {100 * (TARGET_PPL_RATIO - 1):.0f}% of fp32",
+        (f"SmolLM2 int4 GPTQ g{args.group_size} perplexity within "
+         f"{100 * (TARGET_PPL_RATIO - 1):.0f}% of fp32",
          gptq["ppl_ratio"] <= TARGET_PPL_RATIO, f"{gptq['perplexity']:.3f} vs {base:.3f} "
          f"({100 * (gptq['ppl_ratio'] - 1):+.1f}%)"),
         ("SmolLM2 int4 GPTQ perplexity below RTN's", gptq["perplexity"] < rtn["perplexity"],
@@ -326,11 +329,12 @@ def decode_section(args: argparse.Namespace, flags: str,
     steps = 8 if args.quick else 64
     models = {label: model for label, (model, _) in kept.items()}
     # the same int4 codes, dequantized on the fly at every call (sconce-quant before issue 16)
-    dequantizing = copy.deepcopy(models["int4 GPTQ g128"])
+    int4 = next(label for label in models if label.startswith("int4 GPTQ"))
+    dequantizing = copy.deepcopy(models[int4])
     for layer in dequantizing.modules():
         if isinstance(layer, WeightOnlyLinear):
             layer.kernel = "dequantize"
-    models["int4 GPTQ g128 [dequantize]"] = dequantizing
+    models[f"{int4} [dequantize]"] = dequantizing
     print(f"\ndecoding {steps} tokens at batch 1 after a {prompt.shape[1]}-token prompt, "
           f"{args.threads} threads, {2 if args.quick else 3} interleaved rounds", flush=True)
     speed = interleaved_tokens_per_second(models, prompt, steps, 2 if args.quick else 3,
