@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 COSTS: tuple[str, ...] = ("latency_ms", "macs", "params", "size_mib")
 UNITS = {"latency_ms": "ms", "macs": "MACs", "params": "params", "size_mib": "MiB"}
+LatencyTimer = Callable[[nn.Module, torch.Tensor], float]
+"""Batch-1 milliseconds of a model on an example input."""
 
 
 class InfeasibleConstraint(SconceError):
@@ -113,8 +115,10 @@ def _label(name: str) -> str:
 
 
 def measure_reference(model: nn.Module, example: torch.Tensor, names: set[str],
-                      timing: TimingSettings) -> dict[str, float]:
-    """The costs ``names`` of a reference model as it is (latency timed at batch 1).
+                      timing: TimingSettings, latency: LatencyTimer | None = None
+                      ) -> dict[str, float]:
+    """The costs ``names`` of a reference model as it is (latency timed at batch 1 by
+    ``latency``, by default the core's timing with ``timing``).
 
     Example:
         >>> measure_reference(nn.Linear(4, 2), torch.randn(1, 4), {"params"}, TimingSettings())
@@ -124,7 +128,8 @@ def measure_reference(model: nn.Module, example: torch.Tensor, names: set[str],
     out: dict[str, float] = {}
     if "latency_ms" in names:
         model.eval()
-        out["latency_ms"] = time_call(lambda: model(example), torch.device("cpu"), timing)
+        out["latency_ms"] = (latency(model, example) if latency is not None else
+                             time_call(lambda: model(example), torch.device("cpu"), timing))
     if "macs" in names:
         out["macs"] = MACs().measure(model, ctx)
     if "params" in names:
@@ -135,10 +140,13 @@ def measure_reference(model: nn.Module, example: torch.Tensor, names: set[str],
 
 
 def resolve_limits(targets: Mapping[str, Any], reference: nn.Module | None,
-                   example: torch.Tensor, timing: TimingSettings) -> Limits:
+                   example: torch.Tensor, timing: TimingSettings,
+                   latency: LatencyTimer | None = None) -> Limits:
     """Absolute limits from targets (numbers, ``"3ms"``, ``"5M"`` or ratios like ``"2x"``).
 
-    Ratios are taken against ``reference`` (measured here), which they then require.
+    Ratios are taken against ``reference`` (measured here), which they then require. A
+    search passes its latency table's timer as ``latency``, so the limit and the table's
+    predictions are the same statistic (:meth:`sconce_nas.latency.LatencyTable.measure`).
 
     Example:
         >>> resolve_limits({"macs": "2x"}, nn.Linear(100, 10), torch.randn(1, 100),
@@ -151,7 +159,7 @@ def resolve_limits(targets: Mapping[str, Any], reference: nn.Module | None,
     if ratios and reference is None:
         raise SconceError(f"ratio targets ({', '.join(sorted(ratios))}) need a reference "
                           "model to divide; give absolute values or a reference model")
-    measured = (measure_reference(reference, example, ratios, timing)
+    measured = (measure_reference(reference, example, ratios, timing, latency)
                 if ratios and reference is not None else {})
     values = {name: target.limit(measured.get(name, 0.0)) for name, target in parsed.items()
               if target is not None}

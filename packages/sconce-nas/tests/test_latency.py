@@ -1,0 +1,56 @@
+"""The latency table's timer: the fastest call, on the asked threads; a table measured with
+another statistic is measured again; a ratio limit uses the search's own timer."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+from torch import nn
+
+from sconce_nas.costs import resolve_limits
+from sconce_nas.latency import MIN_CALLS, LatencyTable, fastest_ms
+
+from conftest import QUICK_TIMING
+
+
+def test_fastest_ms_is_the_fastest_call_on_the_asked_threads() -> None:
+    durations = iter([0.02] * 3 + [0.001] * 1000)  # slow first calls, then fast ones
+    seen_threads = []
+
+    def call() -> None:
+        seen_threads.append(torch.get_num_threads())
+        time.sleep(next(durations))
+
+    before = torch.get_num_threads()
+    ms = fastest_ms(call, threads=1, seconds=0.0, warmup_seconds=0.0)
+    assert 1.0 <= ms < 5.0  # the 1 ms calls, not the 20 ms ones
+    assert len(seen_threads) == 1 + MIN_CALLS and set(seen_threads) == {1}
+    assert torch.get_num_threads() == before
+
+
+def test_a_table_timed_with_another_statistic_is_measured_again(tmp_path) -> None:
+    path = tmp_path / "table.json"
+    table = LatencyTable(QUICK_TIMING, path=path)
+    table.entries, table.overhead_ms, table.calibrated = {"unit": 1.0}, 0.1, True
+    table.save()
+    assert LatencyTable(QUICK_TIMING, path=path).entries == {"unit": 1.0}
+    saved = json.loads(path.read_text())
+    del saved["header"]["statistic"]  # a table from before the fastest-call timer
+    path.write_text(json.dumps(saved))
+    stale = LatencyTable(QUICK_TIMING, path=path)
+    assert stale.entries == {} and not stale.calibrated
+
+
+def test_a_ratio_latency_limit_divides_the_given_timer() -> None:
+    timed = []
+
+    def timer(model: nn.Module, example: torch.Tensor) -> float:
+        timed.append(model)
+        return 3.0
+
+    reference = nn.Linear(4, 2)
+    limits = resolve_limits({"latency_ms": "2x"}, reference, torch.randn(1, 4), QUICK_TIMING,
+                            latency=timer)
+    assert limits.latency_ms == 1.5 and timed == [reference]
