@@ -1,5 +1,6 @@
-"""The latency table's timer: the fastest call, on the asked threads; a table measured with
-another statistic is measured again; a ratio limit uses the search's own timer."""
+"""The latency table's timer: the fastest call, on the asked threads; units timed in two
+passes; a table measured with another statistic is measured again; a ratio limit uses the
+search's own timer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from sconce_nas.costs import resolve_limits
 from sconce_nas.latency import MIN_CALLS, LatencyTable, fastest_ms
+from sconce_nas.space import declare_family
 
 from conftest import QUICK_TIMING
 
@@ -54,3 +56,24 @@ def test_a_ratio_latency_limit_divides_the_given_timer() -> None:
     limits = resolve_limits({"latency_ms": "2x"}, reference, torch.randn(1, 4), QUICK_TIMING,
                             latency=timer)
     assert limits.latency_ms == 1.5 and timed == [reference]
+
+
+class _SlowFirst(nn.Module):
+    """Sleeps 8 ms per call for its first ``slow`` calls, then 1 ms."""
+
+    def __init__(self, slow: int) -> None:
+        super().__init__()
+        self.calls, self.slow = 0, slow
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(0.008 if self.calls <= self.slow else 0.001)
+        return x
+
+
+def test_a_unit_timed_while_the_machine_was_slow_is_timed_again() -> None:
+    unit = _SlowFirst(slow=2 + MIN_CALLS)  # the capture call and the whole first pass
+    space = declare_family("test-slow-unit", {"n": (1,)}, lambda c: nn.Sequential(unit))
+    table = LatencyTable(QUICK_TIMING)
+    ms = table.unit_sum(space, nn.Sequential(unit), torch.randn(1, 4))
+    assert 1.0 <= ms < 5.0  # the second pass's fast calls, not the first pass's 8 ms
