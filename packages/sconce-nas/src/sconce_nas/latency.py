@@ -2,9 +2,10 @@
 
 Each subnet is cut into units (:meth:`SearchSpace.latency_units`: for the elastic CNN the
 stem, every block and the head). A unit is identified by its structure and its input shape;
-the table times each unit once, alone, at batch 1 with exactly the run's thread count, and
-predicts a subnet's latency as the sum of its units' times plus a constant for what lies
-between them (the calls of the containers), fitted on a few calibration subnets.
+the table times each unit alone, at batch 1 with exactly the run's thread count (in two
+passes, keeping the faster: :data:`UNIT_PASSES`), and predicts a subnet's latency as the sum
+of its units' times plus a constant for what lies between them (the calls of the
+containers), fitted on a few calibration subnets.
 
 Every time here (units, whole subnets, and the reference a ratio limit divides) is the
 fastest call after a warm-up (:func:`fastest_ms`): the call the machine disturbed least. On a
@@ -36,7 +37,7 @@ import logging
 import platform
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,8 @@ UNIT_PASSES = 2
 machine was slow would otherwise over-predict every member that contains it."""
 
 
-def fastest_ms(call: Any, threads: int, seconds: float, warmup_seconds: float) -> float:
+def fastest_ms(call: Callable[[], object], threads: int, seconds: float,
+               warmup_seconds: float) -> float:
     """Milliseconds of the fastest of the calls made in ``seconds`` (and at least
     :data:`MIN_CALLS`), after ``warmup_seconds`` of untimed calls, on exactly ``threads``
     threads, without autograd.
@@ -181,7 +183,7 @@ class LatencyTable:
                                           "calibrated": self.calibrated})
 
     # --- units -----------------------------------------------------------------------------
-    def _time(self, call: Any, share: float) -> float:
+    def _time(self, call: Callable[[], object], share: float) -> float:
         return fastest_ms(call, self.threads,
                           self.timing.rounds * self.timing.round_seconds * share,
                           self.timing.warmup_seconds * share)
