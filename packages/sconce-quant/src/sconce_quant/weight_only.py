@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from sconce.errors import DataError, TechniqueError
 from sconce.layerwise import LayerInputs, run_layerwise
 from sconce.lowbit import GroupCodes
 from sconce.metrics.timing import TimingSettings, time_call
+from sconce.runtime import model_device
 from sconce.technique import Technique
 from sconce_quant.engines.base import EngineError
 from sconce_quant.gptq import GPTQSettings, gptq_quantize
@@ -49,6 +49,7 @@ from sconce_quant.siblings import SiblingGroup, find_siblings, stacked_source
 from sconce_quant.static import calibration_batches
 
 logger = logging.getLogger(__name__)
+CPU = torch.device("cpu")
 
 Key = TypeVar("Key")
 
@@ -241,7 +242,7 @@ class WeightOnly(Technique):
             kernel = "dequantize"
         for name, shape in record["layers"].items():
             # on the float layer's device: restoring a model built on "meta" allocates nothing
-            with torch.device(_device_of(model.get_submodule(name))):
+            with torch.device(model_device(model.get_submodule(name), CPU)):
                 layer = WeightOnlyLinear(shape["in"], shape["out"], bits=shape["bits"],
                                          group_size=shape["group_size"], bias=shape["bias"],
                                          kernel=kernel,
@@ -451,13 +452,6 @@ def _tied_embeddings(model: nn.Module, heads: list[str]) -> dict[str, str]:
     weights = {id(modules[name].weight): name for name in heads}
     return {name: weights[id(module.weight)] for name, module in modules.items()
             if isinstance(module, nn.Embedding) and id(module.weight) in weights}
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    """Where ``module``'s tensors are (the CPU when it has none)."""
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _tie(model: nn.Module, tied: dict[str, str]) -> None:
