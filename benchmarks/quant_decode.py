@@ -7,7 +7,8 @@ from the best round.
 Peak memory: each model runs in a fresh process that has already imported and started its
 libraries: torch, transformers, onnxruntime and sconce imported, the model class's code
 imported (a throwaway model built on the meta device, which holds no memory), ONNX
-Runtime's kernels loaded (a 16 x 64 ``MatMulNBits`` session built, run and dropped). That
+Runtime's kernels loaded (a 16 x 64 ``MatMulNBits`` session built, run and dropped), ATen's
+int4 kernel run once on a 16 x 64 layer. That
 process's resident memory then is the baseline (its peak is reset through
 ``/proc/self/clear_refs``), so what follows is the model's own cost, not the libraries'.
 The model is built on the meta device from its Hugging Face config, its sconce restore
@@ -88,10 +89,12 @@ def _status_mib(field: str) -> float:
 
 
 def _start_libraries(config: Any) -> None:
-    """Import the model class's code and load ONNX Runtime's kernels, holding nothing."""
+    """Import the model class's code and load ONNX Runtime's and ATen's low-bit kernels,
+    holding nothing."""
     import numpy as np
     from transformers import AutoModelForCausalLM
 
+    from sconce_quant.int4cpu import Int4CpuKernel, int4cpu_unavailable, to_kernel_layout
     from sconce_quant.lowbit import nbits_session, nbits_unavailable
     from sconce_quant.packing import pack_nbits
 
@@ -104,6 +107,9 @@ def _start_libraries(config: Any) -> None:
                                 torch.zeros(16, 1, dtype=torch.uint8), bits=bits, block_size=64)
             session, _ = nbits_session(weight, None, accuracy_level=4)
             session.run(None, {"A": np.ones((1, 64), np.float32)})
+    if int4cpu_unavailable(4, 64, 64, 16) is None:
+        Int4CpuKernel(to_kernel_layout(torch.zeros(16, 64, dtype=torch.uint8)),
+                      torch.ones(1, 16, 2, dtype=torch.bfloat16), 64, None)(torch.ones(1, 64))
 
 
 def _child(folder: Path, steps: int, threads: int) -> None:

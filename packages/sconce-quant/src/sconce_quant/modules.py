@@ -1,11 +1,12 @@
 """``WeightOnlyLinear``: a Linear layer whose weight is stored as int8 or packed int4 codes.
 
 The weight is kept as unsigned codes (two per byte for int4), one float16 scale and one uint8
-zero point per group of ``group_size`` inputs of each row. Two kernels run it:
-``onnxruntime`` (ONNX Runtime's ``MatMulNBits``, which reads the packed codes directly, see
-:mod:`sconce_quant.lowbit`) and ``dequantize`` (the weight is dequantized on the fly,
-``(codes - zero) * scale``, and a float matmul runs: any device, and what torch's exporters
-and tracers see).
+zero point per group of ``group_size`` inputs of each row. Three kernels run it:
+``torch`` (ATen's int4 CPU kernel on the codes repacked in place into its layout, see
+:mod:`sconce_quant.int4cpu`; 4-bit layers), ``onnxruntime`` (ONNX Runtime's ``MatMulNBits``,
+which reads the packed codes directly, see :mod:`sconce_quant.lowbit`) and ``dequantize``
+(the weight is dequantized on the fly, ``(codes - zero) * scale``, and a float matmul runs:
+any device, and what torch's exporters and tracers see).
 
 Example:
     >>> import torch
@@ -30,13 +31,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from sconce.lowbit import GroupCodes, dequantize_groups, pack_int4, unpack_int4
+from sconce_quant.int4cpu import (
+    MAX_ROWS,
+    Int4CpuKernel,
+    from_kernel_layout,
+    scale_and_offset,
+    to_kernel_layout,
+)
 from sconce_quant.lowbit import NBitsKernel
 from sconce_quant.packing import NBitsWeight, nbits_from_stored
 
 if TYPE_CHECKING:
     from sconce_quant.siblings import SiblingGroup
 
-KERNELS: tuple[str, ...] = ("dequantize", "onnxruntime")
+KERNELS: tuple[str, ...] = ("dequantize", "onnxruntime", "torch")
 """How a :class:`WeightOnlyLinear` runs its matmul."""
 
 logger = logging.getLogger(__name__)
@@ -50,7 +58,7 @@ class WeightOnlyLinear(nn.Module):
         bits: 4 (packed two per byte) or 8.
         group_size: inputs per scale/zero-point group.
         bias: whether the layer has a (float) bias.
-        kernel: ``dequantize`` or ``onnxruntime`` (see the module docstring).
+        kernel: ``dequantize``, ``onnxruntime`` or ``torch`` (see the module docstring).
         accuracy_level: for ``onnxruntime``: ``MatMulNBits``'s compute type (4: activations
             quantized to int8 per block inside the kernel; 1: float32).
         shards: for ``onnxruntime``: how many parts the output features are split into, run
@@ -78,6 +86,8 @@ class WeightOnlyLinear(nn.Module):
         self.accuracy_level = accuracy_level
         self._shards = shards
         self._nbits: NBitsKernel | None = None
+        self._int4: Int4CpuKernel | None = None
+        self._in_kernel_layout = False  # qweight holds the ``torch`` kernel's layout
         self.siblings: tuple[SiblingGroup, int] | None = None  # set by SiblingGroup
         groups = math.ceil(in_features / group_size)
         columns = math.ceil(in_features / 2) if bits == 4 else in_features
@@ -104,9 +114,40 @@ class WeightOnlyLinear(nn.Module):
 
     def codes(self) -> torch.Tensor:
         """The unsigned codes, unpacked: ``(out_features, in_features)`` uint8."""
+        if self._in_kernel_layout:
+            return from_kernel_layout(self.qweight, self.in_features)
         if self.bits == 4:
             return unpack_int4(self.qweight, self.in_features)
         return self.qweight
+
+    def code_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The unpacked codes of the rows in ``index`` (an embedding's lookups)."""
+        if self._in_kernel_layout:
+            return self.codes().index_select(0, index)
+        rows = self.qweight.index_select(0, index)
+        return unpack_int4(rows, self.in_features) if self.bits == 4 else rows
+
+    def portable_qweight(self) -> torch.Tensor:
+        """``qweight`` in sconce's own packing (what state dicts hold on every machine): the
+        buffer itself, or a converted copy while the ``torch`` kernel's layout is in it."""
+        return pack_int4(self.codes()) if self._in_kernel_layout else self.qweight
+
+    def use_kernel_layout(self) -> None:
+        """Repack ``qweight`` in place into the ``torch`` kernel's layout (same size)."""
+        if not self._in_kernel_layout:
+            self.qweight.copy_(to_kernel_layout(unpack_int4(self.qweight, self.in_features)))
+            self._in_kernel_layout = True
+
+    def use_portable_layout(self) -> None:
+        """Repack ``qweight`` in place back into sconce's own packing (for ``MatMulNBits``,
+        which reads it); a sibling group that ran this layer's rows repacks on its next
+        call."""
+        if self._in_kernel_layout:
+            self.qweight.copy_(pack_int4(self.codes()))
+            self._in_kernel_layout = False
+            self._int4 = None
+            if self.siblings is not None:
+                self.siblings[0].reset()
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight the codes stand for."""
@@ -127,21 +168,38 @@ class WeightOnlyLinear(nn.Module):
         """The weight in ONNX Runtime's ``MatMulNBits`` layout: its codes are a view of
         ``qweight`` when the inputs fill whole groups
         (:func:`~sconce_quant.packing.nbits_from_stored`)."""
+        self.use_portable_layout()
         block = self.group_size if self.group_size > 0 else self.in_features
         return nbits_from_stored(self.qweight, self.scales, self.zeros,
                                  in_features=self.in_features, bits=self.bits, block_size=block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "onnxruntime" and x.device.type == "cpu" and not _tracing(x):
-            if self.siblings is not None:
+        kernel = self.kernel
+        if kernel != "dequantize" and x.device.type == "cpu" and not _tracing(x):
+            if kernel == "torch" and x.numel() >= MAX_ROWS * self.in_features:
+                pass  # many rows: a float matmul on the dequantized weight is faster
+            elif self.siblings is not None:
                 group, index = self.siblings
                 return group.output(index, x)
-            if self._nbits is None:
-                self._nbits = NBitsKernel(self.nbits_source, accuracy_level=self.accuracy_level,
-                                          shards=self._shards)
-            return self._nbits(x)
+            elif kernel == "torch":
+                return (self._int4 or self.int4cpu_kernel())(x)
+            else:
+                if self._nbits is None:
+                    self._nbits = NBitsKernel(self.nbits_source,
+                                              accuracy_level=self.accuracy_level,
+                                              shards=self._shards)
+                return self._nbits(x)
         weight = self.dequantized_weight().to(x.dtype)
         return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+
+    def int4cpu_kernel(self) -> Int4CpuKernel:
+        """The ``torch`` kernel on this layer's codes (repacked in place on first use)."""
+        if self._int4 is None:
+            self.use_kernel_layout()
+            self._int4 = Int4CpuKernel(self.qweight, scale_and_offset(self.scales, self.zeros),
+                                       self.group_size,
+                                       None if self.bias is None else self.bias.detach())
+        return self._int4
 
     def nbits_source(self) -> tuple[NBitsWeight, torch.Tensor | None]:
         """The packed weight and the bias, as :class:`~sconce_quant.lowbit.NBitsKernel` reads
@@ -151,13 +209,20 @@ class WeightOnlyLinear(nn.Module):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
                               **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._nbits = None  # the kernel packed the old codes
+        self._nbits = self._int4 = None  # the kernels packed the old codes
+        self._in_kernel_layout = False  # state dicts hold sconce's own packing
         if self.siblings is not None:
             self.siblings[0].reset()
 
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str,
+                            keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._in_kernel_layout:  # the kernel's layout depends on the CPU: never saved
+            destination[prefix + "qweight"] = self.portable_qweight()
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_nbits"] = None  # a copy packs its own codes
+        state["_nbits"] = state["_int4"] = None  # a copy packs its own codes
         return state
 
     def extra_repr(self) -> str:
@@ -223,9 +288,7 @@ class WeightOnlyEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         head = self.head
         flat = ids.reshape(-1)
-        rows = head.qweight.index_select(0, flat)
-        codes = unpack_int4(rows, head.in_features) if head.bits == 4 else rows
-        values = dequantize_groups(codes, head.scales.index_select(0, flat),
+        values = dequantize_groups(head.code_rows(flat), head.scales.index_select(0, flat),
                                    head.zeros.index_select(0, flat), head.group_size)
         return values.reshape(*ids.shape, head.in_features)
 

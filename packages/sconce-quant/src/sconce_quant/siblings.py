@@ -1,10 +1,11 @@
-"""Sibling weight-only layers: layers that read the same input run as one ``MatMulNBits`` call.
+"""Sibling weight-only layers: layers that read the same input run as one kernel call.
 
 A transformer block's query, key and value projections read the same normalized hidden
 state, and its MLP's gate and up projections read the same input. Decoding one token calls
 each of them on one row, so the fixed cost of a call (Python, the ONNX Runtime session)
 weighs as much as the arithmetic. A :class:`SiblingGroup` stacks its members' rows into one
-:class:`~sconce_quant.lowbit.NBitsKernel`; the first member called with an input computes
+kernel (:class:`~sconce_quant.lowbit.NBitsKernel` or, for the ``torch`` kernel,
+:class:`~sconce_quant.int4cpu.Int4CpuKernel`); the first member called with an input computes
 every member's output, and the others take theirs from that call while the input is the
 same tensor, unchanged (the same object at the same version). A member called alone, or
 with another input, computes the whole group again, so the result is always right; the
@@ -40,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from sconce.lowbit import unpack_int4
+from sconce_quant.int4cpu import ROW_CHUNK, Int4CpuKernel, scale_and_offset, to_kernel_layout
 from sconce_quant.lowbit import NBitsKernel
 from sconce_quant.packing import NBitsWeight, nbits_from_stored
 
@@ -56,19 +59,27 @@ class SiblingGroup:
 
     Args:
         members: two or more :class:`~sconce_quant.modules.WeightOnlyLinear` layers with the
-            same ``in_features``, ``bits``, ``group_size`` and ``accuracy_level``.
+            same ``in_features``, ``bits``, ``group_size``, ``accuracy_level`` and ``kernel``
+            (``onnxruntime`` or ``torch``; for ``torch``, outputs in multiples of
+            :data:`~sconce_quant.int4cpu.ROW_CHUNK`, so each member's rows are packed as if
+            alone).
         shards: the group kernel's shards (see :class:`~sconce_quant.lowbit.NBitsKernel`).
     """
 
     def __init__(self, members: list[WeightOnlyLinear], shards: int = 1) -> None:
-        formats = {(m.in_features, m.bits, m.group_size, m.accuracy_level) for m in members}
+        formats = {(m.in_features, m.bits, m.group_size, m.accuracy_level, m.kernel)
+                   for m in members}
         if len(members) < 2 or len(formats) != 1:
             raise ValueError("a sibling group needs two or more layers of one input size, "
-                             f"bit width, group size and compute type, not {sorted(formats)}")
+                             f"bit width, group size, compute type and kernel, not "
+                             f"{sorted(formats)}")
+        if members[0].kernel == "torch" and any(m.out_features % ROW_CHUNK for m in members):
+            raise ValueError(f"layers on the torch kernel group only with outputs in multiples "
+                             f"of {ROW_CHUNK}, not {[m.out_features for m in members]}")
         self.members = list(members)
         self.sizes = [m.out_features for m in members]
         self.shards = shards
-        self._kernel: NBitsKernel | None = None
+        self._kernel: NBitsKernel | Int4CpuKernel | None = None
         self._lock = threading.Lock()
         self._input: torch.Tensor | None = None
         self._version = -1
@@ -77,24 +88,48 @@ class SiblingGroup:
             member.siblings = (self, index)
 
     @property
-    def kernel(self) -> NBitsKernel:
+    def kernel(self) -> NBitsKernel | Int4CpuKernel:
         """The kernel on every member's rows (packed on its first call)."""
         if self._kernel is None:
-            self._kernel = NBitsKernel(self.nbits_source, shards=self.shards,
-                                       accuracy_level=self.members[0].accuracy_level)
+            if self.members[0].kernel == "torch":
+                self._kernel = self._int4cpu_kernel()
+            else:
+                self._kernel = NBitsKernel(self.nbits_source, shards=self.shards,
+                                           accuracy_level=self.members[0].accuracy_level)
         return self._kernel
+
+    def _int4cpu_kernel(self) -> Int4CpuKernel:
+        """ATen's int4 kernel on the members' codes stacked (:meth:`shared_codes`) and
+        repacked in place into its layout: the members' ``qweight`` views hold their rows in
+        that layout (whole chunks of rows, packed as if alone)."""
+        stacked = self.shared_codes()
+        stacked.copy_(to_kernel_layout(unpack_int4(stacked, self.members[0].in_features)))
+        for member in self.members:
+            member._in_kernel_layout = True
+        offsets = torch.cat([scale_and_offset(m.scales, m.zeros) for m in self.members], dim=1)
+        return Int4CpuKernel(stacked, offsets, self.members[0].group_size,
+                             stacked_bias(self.members))
 
     def nbits_source(self) -> tuple[NBitsWeight, torch.Tensor | None]:
         """The members' weights stacked (:func:`stacked_source`) on :meth:`shared_codes`."""
         return stacked_source(self.members, self.shared_codes())
+
+    def _portable_members(self) -> None:
+        """Every member's ``qweight`` in sconce's own packing (a member may hold the ``torch``
+        kernel's layout from an earlier kernel), without resetting this group."""
+        for member in self.members:
+            if member._in_kernel_layout:
+                member.qweight.copy_(member.portable_qweight())
+                member._in_kernel_layout = False
 
     def shared_codes(self) -> torch.Tensor:
         """All members' ``qweight`` rows as one tensor, whose row ranges *are* the members'
         ``qweight`` buffers: the first time (or after a member's buffer was replaced, as
         ``load_state_dict(assign=True)`` does) the codes are stacked once and each member
         keeps a view of its rows, so the kernel reads the layers' own memory and the model
-        holds its codes once. A saved state dict keeps the sharing (``torch.save`` stores
-        the storage once), so a loaded model needs no stacking.
+        holds its codes once. A saved state dict of a ``MatMulNBits`` group keeps the sharing
+        (``torch.save`` stores the storage once), so a loaded model needs no stacking; members
+        on the ``torch`` kernel save converted copies, stacked again on the first call.
 
         Example:
             >>> from sconce_quant.modules import WeightOnlyLinear
@@ -104,6 +139,7 @@ class SiblingGroup:
             >>> codes.shape, group.members[1].qweight.data_ptr() == codes[8].data_ptr()
             (torch.Size([12, 16]), True)
         """
+        self._portable_members()
         stored = [member.qweight for member in self.members]
         first, rows = stored[0], sum(t.shape[0] for t in stored)
         offset = first.storage_offset()
@@ -180,17 +216,23 @@ def stacked_source(members: list[WeightOnlyLinear], stored: torch.Tensor | None 
         torch.cat([member.zeros for member in members]), in_features=first.in_features,
         bits=first.bits, block_size=first.group_size if first.group_size > 0
         else first.in_features)
-    bias = None
-    if any(member.bias is not None for member in members):
-        bias = torch.cat([torch.zeros(member.out_features) if member.bias is None
-                          else member.bias.detach().float() for member in members])
-    return weight, bias
+    return weight, stacked_bias(members)
+
+
+def stacked_bias(members: list[WeightOnlyLinear]) -> torch.Tensor | None:
+    """The members' biases end to end (zeros where a member has none), or None if none has
+    one."""
+    if all(member.bias is None for member in members):
+        return None
+    return torch.cat([torch.zeros(member.out_features) if member.bias is None
+                      else member.bias.detach().float() for member in members])
 
 
 def find_siblings(model: nn.Module, run: Callable[[], Any],
                   layers: Iterable[WeightOnlyLinear]) -> list[list[str]]:
     """Names of the ``layers`` that read the same input tensor during ``run()``, in call
-    order, grouped (groups of one are left out); only layers of one format are grouped.
+    order, grouped (groups of one are left out); only layers of one format and kernel are
+    grouped.
 
     Example:
         >>> import torch
@@ -212,7 +254,7 @@ def find_siblings(model: nn.Module, run: Callable[[], Any],
             x = args[0]
             alive.append(x)
             key = (id(x), x._version, module.in_features, module.bits,
-                   module.group_size, module.accuracy_level)
+                   module.group_size, module.accuracy_level, module.kernel)
             group = seen.setdefault(key, [])  # type: ignore[arg-type]
             if names[id(module)] not in group:
                 group.append(names[id(module)])

@@ -4,8 +4,9 @@ Round-to-nearest (``rtn``) needs no data; ``gptq`` calibrates each layer on real
 through the core's layer-wise driver (:func:`sconce.layerwise.run_layerwise`), block by block
 for transformer stacks, so later layers are solved on the outputs of the already-quantized
 earlier ones. Layers become :class:`~sconce_quant.modules.WeightOnlyLinear` (int4 packed two
-per byte), run by a low-bit kernel: ONNX Runtime's ``MatMulNBits`` on the packed codes, or
-dequantized on the fly; ``kernel="auto"`` times both on the model and keeps the faster.
+per byte), run by a low-bit kernel: ATen's int4 CPU kernel on the codes repacked into its
+layout, ONNX Runtime's ``MatMulNBits`` on the packed codes, or dequantized on the fly;
+``kernel="auto"`` times each on every layer shape of the model and keeps the fastest.
 Linear layers whose weight is shared with another module (a language model's head tied to
 its embedding) are left alone.
 
@@ -41,6 +42,7 @@ from sconce.runtime import model_device
 from sconce.technique import Technique
 from sconce_quant.engines.base import EngineError
 from sconce_quant.gptq import GPTQSettings, gptq_quantize
+from sconce_quant.int4cpu import ROW_CHUNK, int4cpu_unavailable
 from sconce_quant.lowbit import NBitsKernel, nbits_unavailable
 from sconce_quant.modules import KERNELS, WeightOnlyEmbedding, WeightOnlyLinear
 from sconce_quant.packing import NBitsWeight, nbits_block_ok
@@ -75,9 +77,11 @@ class WeightOnlyConfig(QuantizeConfig):
             feedback cost perplexity (SmolLM2-135M int4 g128: 29.6 -> 34.0).
         calibration_samples: calibration inputs for GPTQ.
         skip: Linear layers (module names) to leave in float.
-        kernel: ``auto`` (time the model with each available kernel at batch 1, keep the
-            faster), ``onnxruntime`` (``MatMulNBits`` on the packed codes) or ``dequantize``
-            (a float matmul on the weight dequantized on the fly).
+        kernel: ``auto`` (time each available kernel on every layer shape at batch 1, keep
+            the fastest per shape), ``torch`` (ATen's int4 CPU kernel, 4-bit layers, see
+            :mod:`sconce_quant.int4cpu`), ``onnxruntime`` (``MatMulNBits`` on the packed
+            codes) or ``dequantize`` (a float matmul on the weight dequantized on the fly).
+            A named kernel runs every layer it can; the others get ``auto``'s choice.
         compute: for ``onnxruntime``: ``int8`` (activations quantized per block of 128
             inputs inside the kernel, int8 dot products: fastest) or ``float32``.
         tied: what to do with a Linear layer whose weight an embedding shares (a language
@@ -85,8 +89,9 @@ class WeightOnlyConfig(QuantizeConfig):
             matrix becomes int8 codes by round to nearest, in groups of ``group_size``,
             stored once: the output layer runs on them and the embedding looks tokens up in
             them).
-        siblings: for ``onnxruntime``: layers that read the same input (a transformer's
-            query/key/value projections, an MLP's gate and up projections) run as one call
+        siblings: layers on one kernel (``onnxruntime`` or ``torch``) that read the same
+            input (a transformer's query/key/value projections, an MLP's gate and up
+            projections) run as one call
             (:mod:`sconce_quant.siblings`; found by one forward on an example input).
 
     Example:
@@ -206,15 +211,14 @@ class WeightOnly(Technique):
             record["layers"].update(self._swap(model, heads, tied_rtn, accuracy_level)["layers"])
             _tie(model, tied_embeddings)
         record["tied"] = tied_embeddings
-        kernel, measured = self._choose_kernel(model, config, ctx)
+        measured = choose_kernels(model, config, ctx.timing.threads)
+        kernels = set()
         for name, layer in model.named_modules():
-            if isinstance(layer, WeightOnlyLinear):
-                layer.kernel = kernel
-                if name in record["layers"]:
-                    record["layers"][name]["shards"] = layer.shards
-        record["kernel"] = kernel
+            if isinstance(layer, WeightOnlyLinear) and name in record["layers"]:
+                record["layers"][name].update(kernel=layer.kernel, shards=layer.shards)
+                kernels.add(layer.kernel)
         record["siblings"] = []
-        if kernel == "onnxruntime" and config.siblings:
+        if kernels - {"dequantize"} and config.siblings:
             record["siblings"], grouped = _group_siblings(model, ctx)
             ctx.note("weight-only siblings", grouped)
         ctx.set_restore_record(record)
@@ -223,7 +227,7 @@ class WeightOnly(Technique):
                  f"({config.method.upper()}, {group}, "
                  f"{'symmetric' if config.symmetric else 'asymmetric'}"
                  f"{', ranges searched' if config.searches() else ''})")
-        ctx.note("weight-only kernel", _describe(kernel, config) + measured)
+        ctx.note("weight-only kernel", measured)
         if tied and config.tied == "int8":
             ctx.note("tied embeddings", ", ".join(f"{emb} reads int8 {head}"
                                                   for emb, head in tied_embeddings.items()))
@@ -233,14 +237,16 @@ class WeightOnly(Technique):
 
     def restore(self, model: nn.Module, config: WeightOnlyConfig, record: dict[str, Any]
                 ) -> nn.Module:
-        """Put empty :class:`WeightOnlyLinear` layers where the saved model has them."""
-        kernel = record.get("kernel", "dequantize")
-        if kernel == "onnxruntime" and nbits_unavailable() is not None:
-            logger.warning("this model ran on ONNX Runtime's MatMulNBits, which is not "
-                           "available here (%s); it dequantizes on the fly instead",
-                           nbits_unavailable())
-            kernel = "dequantize"
+        """Put empty :class:`WeightOnlyLinear` layers where the saved model has them, each on
+        its recorded kernel (dequantizing where that kernel cannot run here)."""
+        missing: set[str] = set()
         for name, shape in record["layers"].items():
+            kernel = shape.get("kernel", record.get("kernel", "dequantize"))
+            reason = _kernel_unavailable(kernel, shape["bits"], shape["group_size"],
+                                         shape["in"], shape["out"])
+            if reason is not None:
+                missing.add(f"{kernel} ({reason})")
+                kernel = "dequantize"
             # on the float layer's device: restoring a model built on "meta" allocates nothing
             with torch.device(model_device(model.get_submodule(name), CPU)):
                 layer = WeightOnlyLinear(shape["in"], shape["out"], bits=shape["bits"],
@@ -249,10 +255,14 @@ class WeightOnly(Technique):
                                          accuracy_level=shape.get("accuracy_level", 4),
                                          shards=shape.get("shards", 1))
             model.set_submodule(name, layer)
+        if missing:
+            logger.warning("this model ran on kernels that cannot run here: %s; those layers "
+                           "dequantize on the fly instead", "; ".join(sorted(missing)))
         _tie(model, record.get("tied", {}))
         for group in record.get("siblings", []):
             members = [cast(WeightOnlyLinear, model.get_submodule(n)) for n in group["layers"]]
-            SiblingGroup(members, shards=group["shards"])
+            if len({member.kernel for member in members}) == 1:  # else one fell back
+                SiblingGroup(members, shards=group["shards"])
         return model
 
     @staticmethod
@@ -273,65 +283,149 @@ class WeightOnly(Technique):
                             "group_size": code.group_size, "accuracy_level": accuracy_level}
         return {"layers": layers}
 
-    @staticmethod
-    def _choose_kernel(model: nn.Module, config: WeightOnlyConfig, ctx: Context
-                       ) -> tuple[str, str]:
-        """The configured kernel, or for ``auto`` the faster one at batch 1 (CPU models whose
-        layers ``MatMulNBits`` can hold); and what was measured. Where ``MatMulNBits`` may
-        run, each layer shape's shards are chosen first, by measurement
-        (:func:`choose_shards`)."""
-        layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
-        reason = nbits_unavailable()
-        if reason is None and any(p.device.type != "cpu" for p in model.parameters()):
-            reason = "the model is not on the CPU"
-        if reason is None and not all(nbits_block_ok(m.group_size, m.in_features)
-                                      for m in layers):
-            reason = "its groups are not powers of two of at least 16 inputs"
-        if config.kernel == "dequantize" or not layers:
-            return "dequantize", ""
-        if reason is not None:
-            if config.kernel == "onnxruntime":
-                raise EngineError(f"ONNX Runtime's MatMulNBits cannot run this model: {reason}")
-            return "dequantize", f" (MatMulNBits not used: {reason})"
-        sharded = choose_shards(layers, ctx.timing.threads)
-        if config.kernel == "onnxruntime":
-            return "onnxruntime", sharded
-        seconds = per_token_seconds(layers, ctx.timing.threads)
-        chosen = min(seconds, key=lambda k: seconds[k])
+
+def _kernel_unavailable(kernel: str, bits: int, group_size: int, in_features: int,
+                        out_features: int) -> str | None:
+    """Why ``kernel`` cannot run a layer of this format here, or None when it can."""
+    if kernel == "onnxruntime":
+        if not nbits_block_ok(group_size, in_features):
+            return "its groups are not powers of two of at least 16 inputs"
+        return nbits_unavailable()
+    if kernel == "torch":
+        return int4cpu_unavailable(bits, group_size, in_features, out_features)
+    return None
+
+
+TORCH_KERNEL_MARGIN = 0.10
+"""``auto`` keeps the ``torch`` kernel unless another is faster by more than this fraction of
+its time: its codes are the layers' own, where ``MatMulNBits`` keeps a prepacked copy besides
+them (SmolLM2-135M int4: peak memory 0.36x float32's against 0.47x), and on that model the two
+decode within each other's run-to-run spread (20-28 tokens/s each on 2 AVX2 cores)."""
+
+
+def choose_kernels(model: nn.Module, config: WeightOnlyConfig, threads: int) -> str:
+    """Set each weight-only layer's kernel and return what was chosen and measured.
+
+    One kernel runs every layer it can (the configured one, or for ``auto`` the one whose
+    layers take the least time for one token at batch 1, see :data:`TORCH_KERNEL_MARGIN`);
+    each other layer gets the fastest kernel that can run it. Kernels are not mixed where
+    one can run both layers: on SmolLM2-135M, each layer shape on its own fastest kernel
+    decoded slower than either kernel alone (20.8 tokens/s against 22.4 and 25.2). Each
+    layer shape is timed once per kernel in interleaved rounds (:func:`per_token_seconds`);
+    ``MatMulNBits``'s shards are chosen first, by measurement (:func:`choose_shards`).
+
+    Example:
+        >>> from sconce_quant.qparams import rtn_group_codes
+        >>> model = nn.Sequential(WeightOnlyLinear.from_codes(
+        ...     rtn_group_codes(torch.randn(64, 64), 4, 32, symmetric=False), None))
+        >>> choose_kernels(model, WeightOnlyConfig(kernel="torch"), threads=1)
+        'torch for 1 layer (64x64)'
+        >>> model[0].kernel
+        'torch'
+    """
+    layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    if config.kernel == "dequantize" or not layers:
+        for layer in layers:
+            layer.kernel = "dequantize"
+        return _describe_kernels(layers, "")
+    shapes: dict[tuple[int, ...], list[WeightOnlyLinear]] = {}
+    for layer in layers:
+        shapes.setdefault(_shape_key(layer), []).append(layer)
+    options, reasons = _kernel_options(model, shapes)
+    if config.kernel != "auto" and not any(config.kernel in o for o in options.values()):
+        raise EngineError(f"the {config.kernel} kernel cannot run any layer of this model: "
+                          f"{reasons[config.kernel]}")
+    sharded = ""
+    if any("onnxruntime" in o for o in options.values()):
+        sharded = choose_shards([m for m in layers if "onnxruntime" in options[_shape_key(m)]],
+                                threads)
+    timed = {key: o for key, o in options.items() if len(o) > 1 and config.kernel not in o}
+    seconds = per_token_seconds({key: shapes[key][0] for key in timed}, timed, threads)
+
+    def plan(lead: str) -> dict[tuple[int, ...], str]:  # lead wherever it can run
+        return {key: lead if lead in o else min(seconds[key], key=seconds[key].__getitem__)
+                if key in seconds else o[0] for key, o in options.items()}
+
+    def total(chosen: dict[tuple[int, ...], str]) -> float:
+        return sum(seconds[key][k] * len(shapes[key]) for key, k in chosen.items()
+                   if key in seconds)
+
+    measured = ""
+    if config.kernel != "auto":
+        lead = config.kernel
+    else:
+        leads = [k for k in KERNELS if any(k in o for o in options.values())]
+        totals = {k: total(plan(k)) for k in leads}
+        lead = min(totals, key=totals.__getitem__)
+        if "torch" in totals and totals["torch"] <= (1 + TORCH_KERNEL_MARGIN) * totals[lead]:
+            lead = "torch"
         measured = ("; auto, measured on the model's layers at batch 1 (one token): "
-                    + ", ".join(f"{k} {1e3 * s:.3g} ms" for k, s in seconds.items()))
-        return chosen, measured + (sharded if chosen == "onnxruntime" else "")
+                    + ", ".join(f"{k} {1e3 * t:.3g} ms" for k, t in totals.items()))
+    for key, kernel in plan(lead).items():
+        for layer in shapes[key]:
+            layer.kernel = kernel
+    unavailable = "".join(f"; {kernel} not used: {reason}" for kernel, reason in reasons.items()
+                          if not any(kernel in o for o in options.values()))
+    used_ort = any(layer.kernel == "onnxruntime" for layer in layers)
+    return _describe_kernels(layers, measured + (sharded if used_ort else "") + unavailable)
+
+
+def _kernel_options(model: nn.Module, shapes: Mapping[tuple[int, ...], list[WeightOnlyLinear]]
+                    ) -> tuple[dict[tuple[int, ...], list[str]], dict[str, str]]:
+    """The kernels that can run each layer shape here (``dequantize`` first), and for each
+    kernel that cannot run some shape, why."""
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    options: dict[tuple[int, ...], list[str]] = {}
+    reasons: dict[str, str] = {}
+    for key, group in shapes.items():
+        layer = group[0]
+        options[key] = ["dequantize"]
+        for kernel in ("onnxruntime", "torch"):
+            reason = "the model is not on the CPU" if not on_cpu else _kernel_unavailable(
+                kernel, layer.bits, layer.group_size, layer.in_features, layer.out_features)
+            if reason is None:
+                options[key].append(kernel)
+            else:
+                reasons.setdefault(kernel, reason)
+    return options, reasons
 
 
 def _group_siblings(model: nn.Module, ctx: Context) -> tuple[list[dict[str, Any]], str]:
-    """Group the layers that read one input (one forward on an example input), with their
-    shards measured; the groups as recorded, and what was done."""
-    layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    """Group the layers on one kernel that read one input (one forward on an example input),
+    ``MatMulNBits`` groups with their shards measured; the groups as recorded, and what was
+    done."""
+    layers = [m for m in model.modules()
+              if isinstance(m, WeightOnlyLinear) and m.kernel != "dequantize"]
     try:
         example = ctx.adapter.to_device(ctx.example_inputs(1), _device(model))
     except DataError as exc:
         return [], f"not grouped: {exc}"
     names = find_siblings(model, lambda: ctx.adapter.forward(model, example), layers)
     recorded: list[dict[str, Any]] = []
-    split = 0
+    split, apart = 0, 0
     measured: dict[tuple[int, ...], int] = {}  # shards per group shape, timed once each
     for group in names:
         members = [cast(WeightOnlyLinear, model.get_submodule(n)) for n in group]
         shape = tuple(x for member in members for x in _shape_key(member))
+        if members[0].kernel == "torch" and any(m.out_features % ROW_CHUNK for m in members):
+            apart += 1
+            continue
         if shape not in measured:
-            measured[shape] = faster_shards(partial(stacked_source, members),
-                                            members[0].accuracy_level,
-                                            members[0].in_features, ctx.timing.threads)[0]
+            measured[shape] = 1 if members[0].kernel == "torch" else faster_shards(
+                partial(stacked_source, members), members[0].accuracy_level,
+                members[0].in_features, ctx.timing.threads)[0]
         siblings = SiblingGroup(members, shards=measured[shape])
         recorded.append({"layers": group, "shards": siblings.shards})
         split += siblings.shards > 1
     if not recorded:
-        return [], "none: no two layers read the same input"
+        return [], "none: no two layers on one kernel read the same input"
     sizes = sorted({len(g) for g in names})
     return recorded, (f"{len(recorded)} groups of {'/'.join(map(str, sizes))} layers reading "
-                      f"one input run as one MatMulNBits call each (e.g. {', '.join(names[0])})"
+                      f"one input run as one kernel call each (e.g. {', '.join(names[0])})"
                       + (f"; {split} of them split across {ctx.timing.threads} threads"
-                         if split else ""))
+                         if split else "")
+                      + (f"; {apart} left apart (torch kernel: outputs not in multiples of "
+                         f"{ROW_CHUNK})" if apart else ""))
 
 
 def faster_shards(source: Callable[[], tuple[NBitsWeight, torch.Tensor | None]],
@@ -407,36 +501,37 @@ def _shape_key(layer: WeightOnlyLinear) -> tuple[int, ...]:
             int(layer.bias is not None))
 
 
-def per_token_seconds(layers: list[WeightOnlyLinear], threads: int) -> dict[str, float]:
-    """Seconds all ``layers`` take for one input row (batch 1, one token), per kernel: each
-    distinct layer shape timed once per kernel in interleaved rounds, times how often it
-    occurs.
+def per_token_seconds(layers: Mapping[Key, WeightOnlyLinear],
+                      kernels: Mapping[Key, Sequence[str]], threads: int
+                      ) -> dict[Key, dict[str, float]]:
+    """Seconds each layer takes for one input row (batch 1, one token) on each of its
+    ``kernels``, timed in interleaved rounds, each kernel on its own copy of the layer.
 
     Example:
         >>> from sconce_quant.qparams import rtn_group_codes
-        >>> layer = WeightOnlyLinear.from_codes(rtn_group_codes(torch.randn(8, 32), 4, 16,
+        >>> layer = WeightOnlyLinear.from_codes(rtn_group_codes(torch.randn(64, 32), 4, 32,
         ...                                                     symmetric=False), None)
-        >>> sorted(per_token_seconds([layer, layer], threads=1))
-        ['dequantize', 'onnxruntime']
+        >>> times = per_token_seconds({"fc": layer}, {"fc": ["dequantize", "torch"]}, 1)
+        >>> sorted(times["fc"])
+        ['dequantize', 'torch']
     """
-    shapes: dict[tuple[int, ...], list[WeightOnlyLinear]] = {}
-    for layer in layers:
-        shapes.setdefault(_shape_key(layer), []).append(layer)
-    previous = {id(layer): layer.kernel for layer in layers}
+    calls: dict[tuple[Key, str], Callable[[], Any]] = {}
+    for key, layer in layers.items():
+        x = torch.randn(1, layer.in_features)
+        for kernel in kernels[key]:
+            calls[key, kernel] = partial(_copy_on(layer, kernel), x)
+    best = interleaved_seconds(calls, threads)
+    return {key: {kernel: best[key, kernel] for kernel in kernels[key]} for key in layers}
 
-    def run(layer: WeightOnlyLinear, kernel: str, x: torch.Tensor) -> Any:
-        layer.kernel = kernel
-        return layer(x)
 
-    calls = {(key, kernel): partial(run, group[0], kernel, torch.randn(1, group[0].in_features))
-             for key, group in shapes.items() for kernel in KERNELS}
-    try:
-        best = interleaved_seconds(calls, threads)
-    finally:
-        for layer in layers:
-            layer.kernel = previous[id(layer)]
-    return {kernel: sum(best[key, kernel] * len(group) for key, group in shapes.items())
-            for kernel in KERNELS}
+def _copy_on(layer: WeightOnlyLinear, kernel: str) -> WeightOnlyLinear:
+    """A stand-alone copy of ``layer`` (no siblings) on ``kernel``."""
+    copy = WeightOnlyLinear(layer.in_features, layer.out_features, bits=layer.bits,
+                            group_size=layer.group_size, bias=layer.bias is not None,
+                            kernel=kernel, accuracy_level=layer.accuracy_level,
+                            shards=layer.shards)
+    copy.load_state_dict(layer.state_dict())
+    return copy
 
 
 def _tied_embeddings(model: nn.Module, heads: list[str]) -> dict[str, str]:
@@ -465,11 +560,23 @@ def _tie(model: nn.Module, tied: dict[str, str]) -> None:
         model.set_submodule(embedding_name, WeightOnlyEmbedding(head, padding))
 
 
-def _describe(kernel: str, config: WeightOnlyConfig) -> str:
-    if kernel == "onnxruntime":
-        return (f"ONNX Runtime MatMulNBits on the packed int{config.bits} codes "
-                f"({config.compute} compute)")
-    return "dequantized on the fly, float matmul"
+KERNEL_NAMES = {"torch": "ATen int4 CPU kernel (_weight_int4pack_mm_for_cpu, bfloat16 "
+                          "activations)",
+                "onnxruntime": "ONNX Runtime MatMulNBits on the packed codes",
+                "dequantize": "dequantized on the fly, float matmul"}
+
+
+def _describe_kernels(layers: list[WeightOnlyLinear], measured: str) -> str:
+    """``kernel for n layers (shapes)`` per kernel, then what was measured."""
+    used: dict[str, list[WeightOnlyLinear]] = {}
+    for layer in layers:
+        used.setdefault(layer.kernel, []).append(layer)
+    parts = []
+    for kernel, group in used.items():
+        shapes = sorted({f"{m.out_features}x{m.in_features}" for m in group})
+        parts.append(f"{kernel} for {len(group)} layer{'s' if len(group) > 1 else ''} "
+                     f"({', '.join(shapes[:4])}{', ...' if len(shapes) > 4 else ''})")
+    return "; ".join(parts) + measured
 
 
 def _device(model: nn.Module) -> Any:
