@@ -84,3 +84,31 @@ def test_infeasible_target_is_one_line_from_the_cli(tmp_path):
     code = main(["nas", "--data", "digits", "--target-macs", "10", "--workers", "1",
                  "--out", str(tmp_path / "out")])
     assert code == 2
+
+
+def test_finalists_are_held_to_the_limit_as_timed_again_at_the_choice(trained_supernet):
+    from sconce_nas.run import choose
+
+    space = trained_supernet.space
+    data = tiny_data()
+    table = LatencyTable(QUICK_TIMING)
+    example = data.example_inputs(1)
+    outcome, _ = _search(trained_supernet, Limits(), trials=8)
+    evaluator = CandidateEvaluator(trained_supernet, EvalBatches.from_data(data, 2, 64))
+    val = EvalBatches.from_data(data, 0, None).val
+    timed = []
+
+    def limit_now() -> float:  # the reference "got slower": the limit is met after all
+        timed.append(1)
+        return 1e3
+
+    # the limit as first timed (1 us) rejects every candidate; the re-timed one admits them
+    chosen, scores, measured, limit = choose(outcome, evaluator, val, table, space, example,
+                                             Limits(latency_ms=1e-3), 3, limit_now)
+    assert limit == 1e3 and len(scores) == 3 and len(timed) == 3
+    assert measured is not None and measured < limit
+    assert chosen.number in scores
+    # without re-timing, the first limit holds (none meets it: the fastest is taken)
+    _, scores, measured, limit = choose(outcome, evaluator, val, table, space, example,
+                                        Limits(latency_ms=1e-3), 3)
+    assert measured is None and limit is None and len(scores) == 1

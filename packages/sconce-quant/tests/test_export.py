@@ -72,6 +72,17 @@ def test_weight_only_int4_exports(tmp_path: Path) -> None:
     _run_without_sconce(tmp_path, model, torch.randn(3, 24), tolerance=1e-5)
 
 
+def test_a_layer_that_ran_on_the_torch_kernel_exports(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    layer = WeightOnlyLinear.from_codes(rtn_group_codes(linear.weight, 4, 32, symmetric=False),
+                                       linear.bias, kernel="torch")
+    with torch.no_grad():
+        layer(torch.randn(1, 64))  # its codes now in the kernel's own layout
+    layer.kernel = "dequantize"  # the reference the export must match exactly
+    _run_without_sconce(tmp_path, nn.Sequential(layer), torch.randn(3, 64), tolerance=1e-5)
+
+
 def test_torch_dynamic_int8_exports_requantized(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)).eval()

@@ -18,8 +18,9 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from sconce.context import Context
 from sconce.data import Data
+from sconce.recipe import Target
 from sconce.serialization import Architecture, StageRecord, save_model
 from sconce.storage import atomic_write_bytes, atomic_write_json
 from sconce_nas.config import NASConfig
@@ -62,10 +64,13 @@ class NASResult:
         model: the chosen subnet, fine-tuned and deployed (BatchNorms folded), eval mode.
         chosen: the chosen candidate (choice, predicted costs, search accuracy).
         search: every scored candidate and the Pareto front.
-        limits: the absolute limits the search met.
+        limits: the absolute limits the search met (a latency limit relative to a reference
+            model as re-timed when the subnet was chosen).
         record: the JSON record that rebuilds ``model``'s structure (``restore``).
         latency_check: the lookup table against measured latency on random subnets.
         measured_latency_ms: the chosen subnet's measured batch-1 latency (deployed).
+        latency_limit_at_start_ms: a relative latency limit as first timed (before the
+            supernet's training); ``limits`` holds it as re-timed at the choice.
         finalists: full-validation accuracy of each finalist, by trial number.
         supernet_seconds, search_seconds: wall time of the supernet's training (recorded when
             it was trained, also when a later search reuses it) and of the search.
@@ -82,6 +87,7 @@ class NASResult:
     record: dict[str, Any]
     latency_check: LatencyCheck | None = None
     measured_latency_ms: float | None = None
+    latency_limit_at_start_ms: float | None = None
     finalists: dict[int, float] = field(default_factory=dict)
     supernet_seconds: float = 0.0
     supernet_reused: bool = False
@@ -134,6 +140,8 @@ class NASResult:
         }
         if self.measured_latency_ms is not None:
             notes["measured latency (deployed)"] = f"{self.measured_latency_ms:.4f} ms"
+        if self.latency_limit_at_start_ms is not None:
+            notes["latency limit at the start"] = f"{self.latency_limit_at_start_ms:.4f} ms"
         if check is not None and check.predicted:
             notes["latency table check"] = (
                 f"within 10% on {100 * check.within(0.10):.0f}% of {len(check.predicted)} "
@@ -200,27 +208,36 @@ def resolve_workers(config: NASConfig) -> int:
 
 def choose(search: SearchOutcome, evaluator: CandidateEvaluator,
            val: Sequence[tuple[torch.Tensor, torch.Tensor]], table: LatencyTable,
-           space: SearchSpace, example: torch.Tensor, limits: Limits, finalists: int
-           ) -> tuple[Candidate, dict[int, float], float | None]:
+           space: SearchSpace, example: torch.Tensor, limits: Limits, finalists: int,
+           latency_limit: Callable[[], float] | None = None
+           ) -> tuple[Candidate, dict[int, float], float | None, float | None]:
     """The finalist most accurate on the whole validation split among the most accurate
     candidates whose measured latency (under a latency limit) meets the limit.
 
-    Returns the chosen candidate, every finalist's accuracy, and the chosen one's measured
-    latency (None without a latency limit).
+    Args:
+        latency_limit: times the latency limit again (a limit relative to a reference
+            model): called right before each candidate is timed, so both are measured in the
+            same state of the machine (on a shared machine the speed drifts between the start
+            of a run and its end).
+
+    Returns the chosen candidate, every finalist's accuracy, the chosen one's measured
+    latency and the latency limit it met (both None without a latency limit).
     """
     scores: dict[int, float] = {}
     measured: dict[int, float] = {}
+    limit_met: dict[int, float] = {}
     for candidate in search.ranked():
         if len(scores) >= finalists:
             break
         if limits.latency_ms is not None:
+            limit = latency_limit() if latency_limit is not None else limits.latency_ms
             ms = table.measure(table.deployed(space, candidate.choice), example)
-            if ms > limits.latency_ms:
+            if ms > limit:
                 logger.info("candidate %d measures %.4f ms over the %.4f ms limit (predicted "
-                            "%.4f); skipped", candidate.number, ms, limits.latency_ms,
+                            "%.4f); skipped", candidate.number, ms, limit,
                             candidate.costs.latency_ms)
                 continue
-            measured[candidate.number] = ms
+            measured[candidate.number], limit_met[candidate.number] = ms, limit
         scores[candidate.number] = evaluator(candidate.choice, val=val)
     if not scores:  # every candidate measured over the limit: the fastest one
         fastest = min(search.candidates, key=lambda c: c.costs.latency_ms)
@@ -228,7 +245,13 @@ def choose(search: SearchOutcome, evaluator: CandidateEvaluator,
         scores[fastest.number] = evaluator(fastest.choice, val=val)
     by_number = {c.number: c for c in search.candidates}
     best = max(scores, key=lambda n: (scores[n], -by_number[n].costs.get(search.objective)))
-    return by_number[best], scores, measured.get(best)
+    return by_number[best], scores, measured.get(best), limit_met.get(best)
+
+
+def _relative_limit(target: Target, table: LatencyTable, reference: nn.Module,
+                    example: torch.Tensor) -> float:
+    """A relative latency limit on the reference's latency measured now."""
+    return target.limit(table.measure(reference, example))
 
 
 def supernet_path(folder: Path, space: SearchSpace, data: Data, config: NASConfig, seed: int
@@ -266,8 +289,12 @@ def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
     table = LatencyTable(ctx.timing, path=folder / "latency-table.json",
                          channels_last=config.channels_last)
     ref = copy.deepcopy(reference).cpu().eval() if reference is not None else None
-    limits = resolve_limits(merged_targets(ctx, config), ref, example, ctx.timing,
-                            latency=table.measure)
+    targets = merged_targets(ctx, config)
+    limits = resolve_limits(targets, ref, example, ctx.timing, latency=table.measure)
+    relative = Target.parse(targets.get("latency_ms"), "target_latency")
+    retime: Callable[[], float] | None = None
+    if relative is not None and relative.is_ratio and ref is not None:
+        retime = partial(_relative_limit, relative, table, ref, example)
     costs = CostModel(space, example, table)
     if not table.calibrated:
         table.calibrate(space, example, [space.smallest(), space.largest(),
@@ -297,8 +324,14 @@ def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
         executor.close()
     search_seconds = time.perf_counter() - started
     full_val = EvalBatches.from_data(data, 0, None).val
-    chosen, finalists, measured = choose(search, evaluator, full_val, table, space, example,
-                                         limits, config.finalists)
+    chosen, finalists, measured, limit = choose(search, evaluator, full_val, table, space,
+                                                example, limits, config.finalists, retime)
+    start_limit = None
+    if retime is not None and limit is not None:
+        start_limit = limits.latency_ms
+        logger.info("latency limit %.4f ms at the start, %.4f ms re-timed at the choice",
+                    start_limit, limit)
+        limits = replace(limits, latency_ms=limit)
     logger.info("chosen: %s (validation %.2f%%, predicted %.4f ms)", space.key(chosen.choice),
                 finalists[chosen.number], chosen.costs.latency_ms)
 
@@ -312,7 +345,8 @@ def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
               "channels_last": config.channels_last}
     outcome = NASResult(model=deployed.to(ctx.device).eval(), chosen=chosen, search=search,
                          limits=limits, record=record, latency_check=check,
-                         measured_latency_ms=measured, finalists=finalists,
+                         measured_latency_ms=measured, latency_limit_at_start_ms=start_limit,
+                         finalists=finalists,
                          supernet_seconds=supernet_seconds, supernet_reused=reused,
                          search_seconds=search_seconds,
                          workers=workers, config=config.to_dict())

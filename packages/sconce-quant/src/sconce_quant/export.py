@@ -36,6 +36,7 @@ from sconce.storage import atomic_write_bytes
 from sconce_quant.engines.base import EngineError
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes
 from sconce_quant.engines.pt2e import Pt2eModule
+from sconce_quant.modules import WeightOnlyLinear
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any) -> Path
     elif _has_torch_dynamic(model):
         data = _requantized_dynamic(model, example_inputs)
     else:
+        for layer in model.modules():  # the exported graph unpacks sconce's own packing
+            if isinstance(layer, WeightOnlyLinear):
+                layer.use_portable_layout()
         data = export_onnx_bytes(model.eval(), example_inputs)
     atomic_write_bytes(path, data)
     logger.info("wrote %s (%d bytes)", path, len(data))

@@ -22,8 +22,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -244,7 +246,24 @@ def _tracing(x: torch.Tensor) -> bool:
 
         if is_fake(x):
             return True
-    return bool(torch.onnx.is_in_onnx_export())
+    return _onnx_exporting()
+
+
+@functools.cache
+def _onnx_export_check() -> Callable[[], bool]:
+    """``torch.onnx.is_in_onnx_export`` without its two imports on every call (it runs at
+    every call of every layer): the flags it reads, looked up once; the public function
+    where torch keeps them elsewhere."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:
+        return torch.onnx.is_in_onnx_export
+    return lambda: bool(GLOBALS.in_onnx_export or _flags._is_onnx_exporting)
+
+
+def _onnx_exporting() -> bool:
+    return _onnx_export_check()()
 
 
 class WeightOnlyEmbedding(nn.Module):
