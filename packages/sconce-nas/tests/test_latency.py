@@ -77,3 +77,38 @@ def test_a_unit_timed_while_the_machine_was_slow_is_timed_again() -> None:
     table = LatencyTable(QUICK_TIMING)
     ms = table.unit_sum(space, nn.Sequential(unit), torch.randn(1, 4))
     assert 1.0 <= ms < 5.0  # the second pass's fast calls, not the first pass's 8 ms
+
+
+class _Sleeps(nn.Module):
+    """A unit whose every call sleeps ``seconds`` (a machine whose speed can be set)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x
+
+    def extra_repr(self) -> str:
+        return "sleeping unit"  # the same table key whatever its speed
+
+
+def test_a_table_kept_from_a_faster_moment_is_re_anchored_to_the_speed_now() -> None:
+    unit = _Sleeps(0.002)
+    space = declare_family("test-rescale", {"n": (1, 2, 3)},
+                           lambda c: nn.Sequential(*(unit for _ in range(c["n"]))))
+    space.latency_units = lambda model: list(model)  # type: ignore[method-assign]
+    example = torch.randn(1, 4)
+    table = LatencyTable(QUICK_TIMING)
+    table.deployed = lambda space, choice: space.build(choice)  # type: ignore[method-assign]
+    choices = [{"n": 1}, {"n": 3}]
+    table.calibrate(space, example, choices)
+    before = table.predict(space, space.build({"n": 2}), example)
+    unit.seconds = 0.006  # the machine got 3x slower since the table was measured
+    scale = table.rescale(space, example, choices)
+    assert 2.0 < scale < 4.0
+    after = table.predict(space, space.build({"n": 2}), example)
+    measured = table.measure(space.build({"n": 2}), example)
+    assert abs(after - measured) < abs(before - measured)
+    assert abs(after / measured - 1) < 0.25

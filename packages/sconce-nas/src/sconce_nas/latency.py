@@ -5,7 +5,12 @@ stem, every block and the head). A unit is identified by its structure and its i
 the table times each unit alone, at batch 1 with exactly the run's thread count (in two
 passes, keeping the faster: :data:`UNIT_PASSES`), and predicts a subnet's latency as the sum
 of its units' times plus a constant for what lies between them (the calls of the
-containers), fitted on a few calibration subnets.
+containers), fitted on a few calibration subnets. A shared machine's speed drifts (the same
+VGG measured 1.22 ms in one run and 1.49 ms in the next, and a table kept from the first
+predicted the second run's subnets 20% too fast), so a search re-anchors the table to the
+machine's speed of the moment before it uses it (:meth:`LatencyTable.rescale`: the
+calibration subnets timed again, every prediction scaled by the median of measured over
+predicted).
 
 Every time here (units, whole subnets, and the reference a ratio limit divides) is the
 fastest call after a warm-up (:func:`fastest_ms`): the call the machine disturbed least. On a
@@ -157,6 +162,7 @@ class LatencyTable:
         self.entries: dict[str, float] = {}
         self.overhead_ms = 0.0
         self.calibrated = False
+        self.scale = 1.0  # this run's speed against the table's (:meth:`rescale`; not saved)
         self._header = {"format": FORMAT, "torch": torch.__version__, "cpu": _cpu_name(),
                         "threads": self.threads, "channels_last": channels_last,
                         "statistic": "fastest call"}
@@ -236,7 +242,7 @@ class LatencyTable:
 
     def predict(self, space: SearchSpace, model: nn.Module, example: torch.Tensor) -> float:
         """Predicted batch-1 latency (ms) of the deployed ``model``."""
-        return self.unit_sum(space, model, example) + self.overhead_ms
+        return self.scale * (self.unit_sum(space, model, example) + self.overhead_ms)
 
     def measure(self, model: nn.Module, example: torch.Tensor) -> float:
         """Measured batch-1 latency (ms) of ``model`` as it is (its fastest call)."""
@@ -258,6 +264,27 @@ class LatencyTable:
                     self.overhead_ms)
         self.save()
         return self.overhead_ms
+
+    def rescale(self, space: SearchSpace, example: torch.Tensor, choices: Iterable[Choice]
+                ) -> float:
+        """Re-anchor predictions to the machine's speed now: time ``choices`` (the
+        calibration subnets) again and set :attr:`scale` to the median of measured over
+        unscaled predicted latency. Returns the scale.
+
+        Example:
+            >>> table.rescale(space, example, calibration_choices)  # doctest: +SKIP
+            1.18
+        """
+        ratios = []
+        for choice in choices:
+            model = self.deployed(space, choice)
+            unscaled = self.unit_sum(space, model, example) + self.overhead_ms
+            ratios.append(self.measure(model, example) / unscaled)
+        self.scale = statistics.median(ratios) if ratios else 1.0
+        logger.info("latency table re-anchored: this machine runs at %.3fx the table's times",
+                    self.scale)
+        self.save()
+        return self.scale
 
     def check(self, space: SearchSpace, example: torch.Tensor, choices: Sequence[Choice]
               ) -> LatencyCheck:

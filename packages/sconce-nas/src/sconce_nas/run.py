@@ -40,7 +40,7 @@ from sconce_nas.executors import make_executor, ray_available
 from sconce_nas.latency import LatencyCheck, LatencyTable
 from sconce_nas.nsga import Candidate, SearchOutcome, run_search
 from sconce_nas.plot import plot_pareto
-from sconce_nas.space import SearchSpace, space_from_record
+from sconce_nas.space import Choice, SearchSpace, space_from_record
 from sconce_nas.supernet import Supernet
 from sconce_nas.training import SUPERNET_WEIGHTS, fingerprint, supernet_info, train_supernet
 
@@ -248,6 +248,15 @@ def choose(search: SearchOutcome, evaluator: CandidateEvaluator,
     return by_number[best], scores, measured.get(best), limit_met.get(best)
 
 
+def _reanchor(table: LatencyTable, space: SearchSpace, example: torch.Tensor,
+              calibration: Sequence[Choice], limits: Limits,
+              retime: Callable[[], float] | None) -> Limits:
+    """The table re-anchored to the machine's speed now, and the limits with a relative
+    latency limit timed again at that speed."""
+    table.rescale(space, example, calibration)
+    return limits if retime is None else replace(limits, latency_ms=retime())
+
+
 def _relative_limit(target: Target, table: LatencyTable, reference: nn.Module,
                     example: torch.Tensor) -> float:
     """A relative latency limit on the reference's latency measured now."""
@@ -291,15 +300,18 @@ def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
     ref = copy.deepcopy(reference).cpu().eval() if reference is not None else None
     targets = merged_targets(ctx, config)
     limits = resolve_limits(targets, ref, example, ctx.timing, latency=table.measure)
+    first_limit = limits.latency_ms
     relative = Target.parse(targets.get("latency_ms"), "target_latency")
     retime: Callable[[], float] | None = None
     if relative is not None and relative.is_ratio and ref is not None:
         retime = partial(_relative_limit, relative, table, ref, example)
     costs = CostModel(space, example, table)
+    calibration = [space.smallest(), space.largest(),
+                   *_random_choices(space, CALIBRATION_SUBNETS - 2, "calibration", seed)]
     if not table.calibrated:
-        table.calibrate(space, example, [space.smallest(), space.largest(),
-                                         *_random_choices(space, CALIBRATION_SUBNETS - 2,
-                                                          "calibration", seed)])
+        table.calibrate(space, example, calibration)
+    else:  # a table kept from an earlier run: at this run's speed
+        table.rescale(space, example, calibration)
     limits.check_feasible(costs(space.smallest()))
 
     supernet_folder = supernet_path(folder, space, data, config, seed)
@@ -312,6 +324,9 @@ def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
     supernet_seconds = (float(supernet_info(supernet_folder).get("train_seconds", 0.0))
                         if reused else time.perf_counter() - started)
 
+    if not reused:  # training took minutes: the machine's speed may have moved since
+        limits = _reanchor(table, space, example, calibration, limits, retime)
+        costs = CostModel(space, example, table)
     evaluator = CandidateEvaluator(supernet, EvalBatches.from_data(
         data, config.calibration_batches, config.val_samples, seed), config.threads_per_worker)
     workers = resolve_workers(config)
@@ -328,9 +343,9 @@ def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
                                                 example, limits, config.finalists, retime)
     start_limit = None
     if retime is not None and limit is not None:
-        start_limit = limits.latency_ms
+        start_limit = first_limit
         logger.info("latency limit %.4f ms at the start, %.4f ms re-timed at the choice",
-                    start_limit, limit)
+                    first_limit, limit)
         limits = replace(limits, latency_ms=limit)
     logger.info("chosen: %s (validation %.2f%%, predicted %.4f ms)", space.key(chosen.choice),
                 finalists[chosen.number], chosen.costs.latency_ms)
@@ -339,6 +354,7 @@ def run_nas(ctx: Context, config: NASConfig, reference: nn.Module | None = None
     deployed = deploy(model.cpu(), channels_last=config.channels_last, inplace=True)
     check = None
     if config.lut_check:
+        table.rescale(space, example, calibration)  # fine-tuning took minutes too
         check = table.check(space, example, _random_choices(space, config.lut_check, "check",
                                                             seed))
     record = {"family": space.family, "space": space.spec(), "choice": chosen.choice,

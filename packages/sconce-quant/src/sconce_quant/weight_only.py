@@ -6,7 +6,8 @@ for transformer stacks, so later layers are solved on the outputs of the already
 earlier ones. Layers become :class:`~sconce_quant.modules.WeightOnlyLinear` (int4 packed two
 per byte), run by a low-bit kernel: ATen's int4 CPU kernel on the codes repacked into its
 layout, ONNX Runtime's ``MatMulNBits`` on the packed codes, or dequantized on the fly;
-``kernel="auto"`` times each on every layer shape of the model and keeps the fastest.
+``kernel="auto"`` times them on the model's layer shapes and runs every layer it can on the
+fastest (:func:`choose_kernels`).
 Linear layers whose weight is shared with another module (a language model's head tied to
 its embedding) are left alone.
 
@@ -77,11 +78,12 @@ class WeightOnlyConfig(QuantizeConfig):
             feedback cost perplexity (SmolLM2-135M int4 g128: 29.6 -> 34.0).
         calibration_samples: calibration inputs for GPTQ.
         skip: Linear layers (module names) to leave in float.
-        kernel: ``auto`` (time each available kernel on every layer shape at batch 1, keep
-            the fastest per shape), ``torch`` (ATen's int4 CPU kernel, 4-bit layers, see
-            :mod:`sconce_quant.int4cpu`), ``onnxruntime`` (``MatMulNBits`` on the packed
-            codes) or ``dequantize`` (a float matmul on the weight dequantized on the fly).
-            A named kernel runs every layer it can; the others get ``auto``'s choice.
+        kernel: ``auto`` (time the kernels on the model's layer shapes at batch 1 and run
+            every layer it can on the fastest, see :func:`choose_kernels`), ``torch`` (ATen's
+            int4 CPU kernel, 4-bit layers, see :mod:`sconce_quant.int4cpu`), ``onnxruntime``
+            (``MatMulNBits`` on the packed codes) or ``dequantize`` (a float matmul on the
+            weight dequantized on the fly). A named kernel runs every layer it can; each
+            other layer gets the fastest kernel that can run it.
         compute: for ``onnxruntime``: ``int8`` (activations quantized per block of 128
             inputs inside the kernel, int8 dot products: fastest) or ``float32``.
         tied: what to do with a Linear layer whose weight an embedding shares (a language
@@ -299,8 +301,9 @@ def _kernel_unavailable(kernel: str, bits: int, group_size: int, in_features: in
 TORCH_KERNEL_MARGIN = 0.10
 """``auto`` keeps the ``torch`` kernel unless another is faster by more than this fraction of
 its time: its codes are the layers' own, where ``MatMulNBits`` keeps a prepacked copy besides
-them (SmolLM2-135M int4: peak memory 0.36x float32's against 0.47x), and on that model the two
-decode within each other's run-to-run spread (20-28 tokens/s each on 2 AVX2 cores)."""
+them (SmolLM2-135M int4 GPTQ decoding: peak memory 0.32x float32's against 0.47x), and on
+that model the two decode within each other's run-to-run spread (21-28 tokens/s each on 2
+AVX2 cores, 4 side-by-side runs)."""
 
 
 def choose_kernels(model: nn.Module, config: WeightOnlyConfig, threads: int) -> str:
@@ -309,10 +312,13 @@ def choose_kernels(model: nn.Module, config: WeightOnlyConfig, threads: int) -> 
     One kernel runs every layer it can (the configured one, or for ``auto`` the one whose
     layers take the least time for one token at batch 1, see :data:`TORCH_KERNEL_MARGIN`);
     each other layer gets the fastest kernel that can run it. Kernels are not mixed where
-    one can run both layers: on SmolLM2-135M, each layer shape on its own fastest kernel
-    decoded slower than either kernel alone (20.8 tokens/s against 22.4 and 25.2). Each
-    layer shape is timed once per kernel in interleaved rounds (:func:`per_token_seconds`);
-    ``MatMulNBits``'s shards are chosen first, by measurement (:func:`choose_shards`).
+    one can run both layers: on SmolLM2-135M int4, each layer shape on its own fastest
+    kernel (timed alone) decoded at 20.8 tokens/s against 22.4 (``torch``) and 25.2
+    (``onnxruntime``) in one run, and tied with them (28.0 against 27.9 and 27.7) in
+    another: a timing of each shape alone does not see two runtimes' threads taking turns.
+    Each layer shape is timed once per kernel in interleaved rounds
+    (:func:`per_token_seconds`); ``MatMulNBits``'s shards are chosen first, by measurement
+    (:func:`choose_shards`).
 
     Example:
         >>> from sconce_quant.qparams import rtn_group_codes
@@ -342,9 +348,12 @@ def choose_kernels(model: nn.Module, config: WeightOnlyConfig, threads: int) -> 
     timed = {key: o for key, o in options.items() if len(o) > 1 and config.kernel not in o}
     seconds = per_token_seconds({key: shapes[key][0] for key in timed}, timed, threads)
 
+    def fastest(key: tuple[int, ...]) -> str:
+        return min(seconds[key], key=seconds[key].__getitem__) if key in seconds \
+            else options[key][0]
+
     def plan(lead: str) -> dict[tuple[int, ...], str]:  # lead wherever it can run
-        return {key: lead if lead in o else min(seconds[key], key=seconds[key].__getitem__)
-                if key in seconds else o[0] for key, o in options.items()}
+        return {key: lead if lead in o else fastest(key) for key, o in options.items()}
 
     def total(chosen: dict[tuple[int, ...], str]) -> float:
         return sum(seconds[key][k] * len(shapes[key]) for key, k in chosen.items()
@@ -558,12 +567,6 @@ def _tie(model: nn.Module, tied: dict[str, str]) -> None:
                                  f"not {type(head).__name__}")
         padding = getattr(model.get_submodule(embedding_name), "padding_idx", None)
         model.set_submodule(embedding_name, WeightOnlyEmbedding(head, padding))
-
-
-KERNEL_NAMES = {"torch": "ATen int4 CPU kernel (_weight_int4pack_mm_for_cpu, bfloat16 "
-                          "activations)",
-                "onnxruntime": "ONNX Runtime MatMulNBits on the packed codes",
-                "dequantize": "dequantized on the fly, float matmul"}
 
 
 def _describe_kernels(layers: list[WeightOnlyLinear], measured: str) -> str:
