@@ -157,3 +157,21 @@ def test_a_group_holds_its_codes_once_in_the_members_own_buffers(tmp_path: Path)
     assert block["v"].qweight.data_ptr() == before  # nothing was stacked again
     twin = copy.deepcopy(block)  # a copy shares its own storage the same way
     assert twin["k"].qweight.data_ptr() == twin["q"].qweight.data_ptr() + 8 * 32
+
+
+def test_a_group_lets_its_outputs_go_once_every_member_took_its_own() -> None:
+    def layer(rows: int, seed: int) -> WeightOnlyLinear:
+        weight = torch.randn(rows, 32, generator=torch.Generator().manual_seed(seed))
+        return WeightOnlyLinear.from_codes(rtn_group_codes(weight, 4, 16, symmetric=False),
+                                           None, kernel="onnxruntime")
+
+    a, b = layer(8, 0), layer(4, 1)
+    group = SiblingGroup([a, b])
+    x = torch.randn(256, 32)  # a large batch: its outputs should not outlive the block
+    with torch.no_grad():
+        first = a(x)
+        assert group._outputs  # b's output waits for it
+        torch.testing.assert_close(a(x), first)  # asked twice: still served
+        b(x)
+        assert group._outputs == ()  # every member took its own: nothing held
+        torch.testing.assert_close(b(x), group.output(1, x))  # asked again: computed again

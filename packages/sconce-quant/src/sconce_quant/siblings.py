@@ -84,6 +84,7 @@ class SiblingGroup:
         self._input: torch.Tensor | None = None
         self._version = -1
         self._outputs: tuple[torch.Tensor, ...] = ()
+        self._taken: set[int] = set()  # members that took their output for ``_input``
         for index, member in enumerate(members):
             member.siblings = (self, index)
 
@@ -158,14 +159,20 @@ class SiblingGroup:
         return stacked
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Member ``index``'s output for ``x`` (computing every member's when ``x`` is new)."""
+        """Member ``index``'s output for ``x`` (computing every member's when ``x`` is new).
+        The outputs are let go once every member took its own, so a large batch's outputs
+        are not held after it."""
         with self._lock:
             if self._input is not x or self._version != x._version:
                 out = self.kernel(x)
                 self._outputs = tuple(part.contiguous() for part in
                                       torch.split(out, self.sizes, dim=-1))
-                self._input, self._version = x, x._version
-            return self._outputs[index]
+                self._input, self._version, self._taken = x, x._version, set()
+            output = self._outputs[index]
+            self._taken.add(index)
+            if len(self._taken) == len(self.members):
+                self._input, self._outputs = None, ()
+            return output
 
     def reset(self) -> None:
         """Forget the kernel and the cached outputs (a member's weights changed)."""
@@ -186,6 +193,7 @@ class SiblingGroup:
         self._kernel = None  # the members may not be whole yet: built on first use
         self._lock = threading.Lock()
         self._input, self._version, self._outputs = None, -1, ()
+        self._taken = set()
 
     def __repr__(self) -> str:
         return f"SiblingGroup({len(self.members)} layers, {sum(self.sizes)} outputs)"
