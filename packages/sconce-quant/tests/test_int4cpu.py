@@ -159,6 +159,12 @@ def test_int8_layers_are_not_for_the_torch_kernel() -> None:
         WeightOnly().apply(model, config, ctx)
 
 
+def test_a_wrong_input_width_is_named() -> None:
+    with torch.no_grad(), pytest.raises(RuntimeError, match="takes 64 input features, the "
+                                                            "input has 32"):
+        _layer(64)(torch.randn(1, 32))
+
+
 def test_portable_packing_is_sconce_s_own() -> None:
     layer = _layer(64)
     assert torch.equal(layer.portable_qweight(), pack_int4(layer.codes()))

@@ -140,8 +140,14 @@ class Int4CpuKernel:
         self._matmul = torch.ops.aten._weight_int4pack_mm_for_cpu.default
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._matmul(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.packed,
-                       self.group_size, self.scale_offset).to(x.dtype)
+        try:
+            out = self._matmul(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.packed,
+                               self.group_size, self.scale_offset).to(x.dtype)
+        except RuntimeError as exc:  # ATen's own message names its packed layout, not ours
+            if x.shape[-1] != 2 * self.packed.shape[1]:
+                raise RuntimeError(f"this int4 layer takes {2 * self.packed.shape[1]} input "
+                                   f"features, the input has {x.shape[-1]}") from exc
+            raise
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], out.shape[-1])
