@@ -34,6 +34,8 @@ import math
 
 import torch
 
+from sconce.lowbit import pack_int4, unpack_int4
+
 GROUP_SIZES: tuple[int, ...] = (32, 64, 128, 256)
 """Group sizes the kernel accepts."""
 
@@ -69,6 +71,17 @@ def int4cpu_unavailable(bits: int, group_size: int, in_features: int, out_featur
 def to_kernel_layout(codes: torch.Tensor) -> torch.Tensor:
     """Unpacked ``(N, K)`` codes (0..15) in the kernel's layout: ``(N, K / 2)`` uint8."""
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+
+
+def repack_to_kernel(stored: torch.Tensor, in_features: int) -> None:
+    """Repack sconce's packed int4 codes (:func:`sconce.lowbit.pack_int4`) in place into the
+    kernel's layout (the same size)."""
+    stored.copy_(to_kernel_layout(unpack_int4(stored, in_features)))
+
+
+def repack_to_portable(stored: torch.Tensor, in_features: int) -> None:
+    """Repack codes in the kernel's layout in place back into sconce's own packing."""
+    stored.copy_(pack_int4(from_kernel_layout(stored, in_features)))
 
 
 def from_kernel_layout(packed: torch.Tensor, in_features: int) -> torch.Tensor:

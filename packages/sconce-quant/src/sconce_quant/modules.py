@@ -37,8 +37,9 @@ from sconce_quant.int4cpu import (
     MAX_ROWS,
     Int4CpuKernel,
     from_kernel_layout,
+    repack_to_kernel,
+    repack_to_portable,
     scale_and_offset,
-    to_kernel_layout,
 )
 from sconce_quant.lowbit import NBitsKernel
 from sconce_quant.packing import NBitsWeight, nbits_from_stored
@@ -137,18 +138,18 @@ class WeightOnlyLinear(nn.Module):
     def use_kernel_layout(self) -> None:
         """Repack ``qweight`` in place into the ``torch`` kernel's layout (same size)."""
         if not self._in_kernel_layout:
-            self.qweight.copy_(to_kernel_layout(unpack_int4(self.qweight, self.in_features)))
+            repack_to_kernel(self.qweight, self.in_features)
             self._in_kernel_layout = True
 
-    def use_portable_layout(self) -> None:
+    def use_portable_layout(self, *, reset_group: bool = True) -> None:
         """Repack ``qweight`` in place back into sconce's own packing (for ``MatMulNBits``,
         which reads it); a sibling group that ran this layer's rows repacks on its next
-        call."""
+        call (``reset_group=False``: the group itself is repacking)."""
         if self._in_kernel_layout:
-            self.qweight.copy_(pack_int4(self.codes()))
+            repack_to_portable(self.qweight, self.in_features)
             self._in_kernel_layout = False
             self._int4 = None
-            if self.siblings is not None:
+            if reset_group and self.siblings is not None:
                 self.siblings[0].reset()
 
     def dequantized_weight(self) -> torch.Tensor:

@@ -41,8 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from sconce.lowbit import unpack_int4
-from sconce_quant.int4cpu import ROW_CHUNK, Int4CpuKernel, scale_and_offset, to_kernel_layout
+from sconce_quant.int4cpu import ROW_CHUNK, Int4CpuKernel, repack_to_kernel, scale_and_offset
 from sconce_quant.lowbit import NBitsKernel
 from sconce_quant.packing import NBitsWeight, nbits_from_stored
 
@@ -104,7 +103,7 @@ class SiblingGroup:
         repacked in place into its layout: the members' ``qweight`` views hold their rows in
         that layout (whole chunks of rows, packed as if alone)."""
         stacked = self.shared_codes()
-        stacked.copy_(to_kernel_layout(unpack_int4(stacked, self.members[0].in_features)))
+        repack_to_kernel(stacked, self.members[0].in_features)
         for member in self.members:
             member._in_kernel_layout = True
         offsets = torch.cat([scale_and_offset(m.scales, m.zeros) for m in self.members], dim=1)
@@ -119,9 +118,7 @@ class SiblingGroup:
         """Every member's ``qweight`` in sconce's own packing (a member may hold the ``torch``
         kernel's layout from an earlier kernel), without resetting this group."""
         for member in self.members:
-            if member._in_kernel_layout:
-                member.qweight.copy_(member.portable_qweight())
-                member._in_kernel_layout = False
+            member.use_portable_layout(reset_group=False)
 
     def shared_codes(self) -> torch.Tensor:
         """All members' ``qweight`` rows as one tensor, whose row ranges *are* the members'
