@@ -1,8 +1,10 @@
 """Decoding speed and peak memory of causal language models (``benchmarks/quant.py``).
 
 Speed: greedy decoding at batch 1 with the KV cache, after a prefill that is not timed;
-every model decodes the same number of tokens once per round, rounds interleaved; tokens/s
-from the best round.
+every model decodes the same number of tokens once per round, rounds interleaved; each step
+is timed, and a model's seconds per token are the minimum over rounds of the round's median
+step (the convention of ``quant_timing``: a burst of load on the shared machine during a few
+steps moves neither the median nor, during a round, the minimum).
 
 Peak memory: each model runs in a fresh process that has already imported and started its
 libraries: torch, transformers, onnxruntime and sconce imported, the model class's code
@@ -24,6 +26,7 @@ Run as ``python quant_decode.py FOLDER STEPS THREADS`` it is that child process.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -37,29 +40,34 @@ from torch import nn
 from sconce.storage import atomic_torch_save, atomic_write_json
 
 
-def decode_seconds(model: nn.Module, prompt: torch.Tensor, steps: int) -> float:
-    """Seconds for ``steps`` greedy decoding steps (batch 1, KV cache) after the prefill."""
+def decode_step_seconds(model: nn.Module, prompt: torch.Tensor, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` greedy decoding steps (batch 1, KV cache) after the
+    prefill."""
+    seconds = []
     with torch.no_grad():
         out = model(input_ids=prompt, use_cache=True)
         past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        started = time.perf_counter()
         for _ in range(steps):
+            started = time.perf_counter()
             out = model(input_ids=token, past_key_values=past, use_cache=True)
             past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        return time.perf_counter() - started
+            seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def interleaved_tokens_per_second(models: dict[str, nn.Module], prompt: torch.Tensor,
                                   steps: int, rounds: int, threads: int) -> dict[str, float]:
-    """Tokens/s of each model: the best of ``rounds`` interleaved rounds (A B C A B C ...)."""
+    """Tokens/s of each model: one over the minimum, over ``rounds`` interleaved rounds
+    (A B C A B C ...), of the round's median step time."""
     torch.set_num_threads(threads)
     best = {name: float("inf") for name in models}
     for model in models.values():  # warm-up: sessions, caches, first-call set-up
-        decode_seconds(model, prompt, 2)
+        decode_step_seconds(model, prompt, 2)
     for _ in range(rounds):
         for name, model in models.items():
-            best[name] = min(best[name], decode_seconds(model, prompt, steps))
-    return {name: steps / seconds for name, seconds in best.items()}
+            best[name] = min(best[name], statistics.median(decode_step_seconds(model, prompt,
+                                                                               steps)))
+    return {name: 1.0 / seconds for name, seconds in best.items()}
 
 
 def save_for_child(folder: Path, model: nn.Module, stages: list[dict[str, Any]]) -> None:
@@ -144,7 +152,7 @@ def _child(folder: Path, steps: int, threads: int) -> None:
             setattr(model.get_submodule(parent), child, type(module)(config=config))
     model.eval()
     loaded = _status_mib("VmRSS") - baseline
-    decode_seconds(model, prompt, steps)
+    decode_step_seconds(model, prompt, steps)
     print(json.dumps({"baseline_mib": baseline, "loaded_mib": loaded,
                       "peak_mib": _status_mib("VmHWM") - baseline}))
 

@@ -334,9 +334,10 @@ def decode_section(args: argparse.Namespace, flags: str,
     for layer in dequantizing.modules():
         if isinstance(layer, WeightOnlyLinear):
             layer.kernel = "dequantize"
-    rounds = 2 if args.quick else 5
+    rounds = 2 if args.quick else 8
     print(f"\ndecoding {steps} tokens at batch 1 after a {prompt.shape[1]}-token prompt, "
-          f"{args.threads} threads, {rounds} interleaved rounds (the dequantizing reference, "
+          f"{args.threads} threads, {rounds} interleaved rounds, each step timed: the best "
+          f"round's median step (the dequantizing reference, "
           f"10x slower: {steps // 8} tokens, one round, after them)", flush=True)
     speed = interleaved_tokens_per_second(models, prompt, steps, rounds, args.threads)
     speed |= interleaved_tokens_per_second({f"{int4} [dequantize]": dequantizing}, prompt,
