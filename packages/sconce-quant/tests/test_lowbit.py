@@ -14,6 +14,7 @@ from torch import nn
 import sconce
 from sconce.errors import ConfigError
 from sconce.footprint import model_footprint
+from sconce_quant.int4cpu import int4cpu_unavailable
 from sconce_quant.lowbit import (
     ROW_SPLIT_MIN,
     NBitsKernel,
@@ -246,3 +247,32 @@ def test_restoring_on_a_meta_model_allocates_no_codes() -> None:
     layers = [m for m in restored.modules() if isinstance(m, WeightOnlyLinear)]
     assert len(layers) == 7  # two per block and the head
     assert all(b.is_meta for m in layers for b in m.buffers())
+
+
+@pytest.mark.skipif(int4cpu_unavailable(4, 32, 64, 64) is not None,
+                    reason="ATen's int4 CPU kernel unavailable")
+def test_kernels_are_timed_on_sweeps_through_the_models_layers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sconce_quant.weight_only as weight_only
+
+    monkeypatch.setattr(weight_only, "SWEEP_LAYERS", 3)
+    copied: list[tuple[int, str]] = []
+    copy_on = weight_only._copy_on
+
+    def counting(layer: WeightOnlyLinear, kernel: str) -> WeightOnlyLinear:
+        copied.append((layer.out_features, kernel))
+        return copy_on(layer, kernel)
+
+    monkeypatch.setattr(weight_only, "_copy_on", counting)
+    layers = [WeightOnlyLinear.from_codes(rtn_group_codes(torch.randn(rows, 64), 4, 32,
+                                                          symmetric=False), None)
+              for rows in (64, 64, 64, 64, 128)]
+    wide, narrow = (weight_only._shape_key(layers[i]) for i in (4, 0))
+    kernels = {narrow: ["dequantize", "torch"], wide: ["torch"]}
+    times = weight_only.per_token_seconds(layers, kernels, threads=1, rounds=2)
+    assert set(times) == {narrow, wide}
+    assert set(times[narrow]) == {"dequantize", "torch"} and set(times[wide]) == {"torch"}
+    assert all(seconds > 0 for by_kernel in times.values() for seconds in by_kernel.values())
+    # the first SWEEP_LAYERS layers of a shape for a low-bit kernel, one for dequantize
+    assert sorted(copied) == [(64, "dequantize"), (64, "torch"), (64, "torch"), (64, "torch"),
+                              (128, "torch")]
