@@ -514,7 +514,8 @@ def _shape_key(layer: WeightOnlyLinear) -> tuple[int, ...]:
 
 SWEEP_LAYERS = 16
 """Layers of each shape (copies of the model's own, the first in model order) a kernel's
-timing sweeps through (:func:`per_token_seconds`)."""
+timing sweeps through (:func:`per_token_seconds`). The copies live only while the kernels
+are timed: on SmolLM2-135M int4, 62 MiB of codes per kernel."""
 
 
 def per_token_seconds(layers: Sequence[WeightOnlyLinear],
