@@ -246,6 +246,11 @@ def test_target_macs_and_latency_through_the_technique() -> None:
                             finetune_epochs=0, **FAST)
     ratio = timed.report.stages[-1].notes["ratio found for target_latency"]
     assert 0.0 < ratio <= 0.95
+    # the limit it searched for, and what kind of target it was read as
+    assert "(1.1x, a reduction; the original measured " in \
+        timed.report.stages[-1].notes["target_latency limit"]
+    assert "a reduction; the original measured" in result.report.stages[-1].notes[
+        "target_macs limit"]
     with pytest.raises(ConfigError, match="not both"):
         ChannelPruneConfig(target_macs="2x", target_latency="2x")
 

@@ -171,23 +171,35 @@ class ChannelPruning(Technique):
                 to_channels_last(candidate)
 
         if config.target_latency is None:
-            target, name = macs, "target_macs"
+            target, name, unit = macs, "target_macs", "MACs"
 
-            def measure(candidate: nn.Module) -> float:
+            def quantity(candidate: nn.Module) -> float:
                 return float(count_macs(candidate, example))
         else:
-            target, name = Target.parse(config.target_latency), "target_latency"
+            target, name, unit = Target.parse(config.target_latency), "target_latency", "ms"
             settings = TimingSettings(threads=ctx.timing.threads, rounds=3,
                                       round_seconds=0.05, warmup_seconds=0.05)
 
-            def measure(candidate: nn.Module) -> float:
+            def quantity(candidate: nn.Module) -> float:
                 candidate.eval()
                 return time_call(lambda: ctx.adapter.forward(candidate, example), ctx.device,
                                  settings)
         if target is None:  # pragma: no cover - apply only searches when a target is set
             raise ConfigError("no target_macs or target_latency to search for")
+        originals: list[float] = []
+
+        def measure(candidate: nn.Module) -> float:
+            value = quantity(candidate)
+            if candidate is model:
+                originals.append(value)
+            return value
+
         ratio = search_ratio(model, example, target, measure, prune, iterations=7)
         ctx.note(f"ratio found for {name}", round(ratio, 4))
+        if originals:  # a bare number is absolute: "0.5" is 0.5 ms, not half the latency
+            kind = "a reduction" if target.is_ratio else "an absolute value"
+            ctx.note(f"{name} limit", f"{target.limit(originals[0]):.4g} {unit} ({target}, "
+                     f"{kind}; the original measured {originals[0]:.4g} {unit})")
         return ratio
 
     @staticmethod
