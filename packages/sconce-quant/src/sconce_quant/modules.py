@@ -247,7 +247,7 @@ def _tracing(x: torch.Tensor) -> bool:
 
         if is_fake(x):
             return True
-    return _onnx_exporting()
+    return _onnx_export_check()()
 
 
 @functools.cache
@@ -261,10 +261,6 @@ def _onnx_export_check() -> Callable[[], bool]:
     except ImportError:
         return torch.onnx.is_in_onnx_export
     return lambda: bool(GLOBALS.in_onnx_export or _flags._is_onnx_exporting)
-
-
-def _onnx_exporting() -> bool:
-    return _onnx_export_check()()
 
 
 class WeightOnlyEmbedding(nn.Module):

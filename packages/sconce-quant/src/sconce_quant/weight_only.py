@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -545,12 +546,12 @@ def per_token_seconds(layers: Sequence[WeightOnlyLinear],
         ['dequantize', 'torch']
     """
     sweeps: dict[str, list[tuple[tuple[int, ...], Callable[[], Any]]]] = {}
-    taken: dict[tuple[tuple[int, ...], str], int] = {}
+    taken: Counter[tuple[tuple[int, ...], str]] = Counter()
     for layer in layers:
         key = _shape_key(layer)
         for kernel in kernels.get(key, ()):
-            if taken.get((key, kernel), 0) < (1 if kernel == "dequantize" else SWEEP_LAYERS):
-                taken[key, kernel] = taken.get((key, kernel), 0) + 1
+            if taken[key, kernel] < (1 if kernel == "dequantize" else SWEEP_LAYERS):
+                taken[key, kernel] += 1
                 sweeps.setdefault(kernel, []).append(
                     (key, partial(_copy_on(layer, kernel), torch.randn(1, layer.in_features))))
     best: dict[tuple[tuple[int, ...], str], float] = {}
