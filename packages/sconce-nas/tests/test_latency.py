@@ -112,3 +112,33 @@ def test_a_table_kept_from_a_faster_moment_is_re_anchored_to_the_speed_now() -> 
     measured = table.measure(space.build({"n": 2}), example)
     assert abs(after - measured) < abs(before - measured)
     assert abs(after / measured - 1) < 0.25
+
+
+def test_the_check_re_anchors_on_the_calibration_subnets_timed_among_the_checked_ones() -> None:
+    unit = _Sleeps(0.002)
+    space = declare_family("test-check-anchors", {"n": (1, 2, 3, 4)},
+                           lambda c: nn.Sequential(*(unit for _ in range(c["n"]))))
+    space.latency_units = lambda model: list(model)  # type: ignore[method-assign]
+    example = torch.randn(1, 4)
+    table = LatencyTable(QUICK_TIMING)
+    timed: list[int] = []
+    build = space.build
+
+    def deployed(space: object, choice: dict[str, int]) -> nn.Module:
+        timed.append(choice["n"])
+        return build(choice)
+
+    table.deployed = deployed  # type: ignore[method-assign]
+    anchors, checked = [{"n": 1}, {"n": 4}], [{"n": 2}, {"n": 3}]
+    table.calibrate(space, example, anchors)
+    unit.seconds = 0.006  # 3x slower since the calibration
+    stale = LatencyTable(QUICK_TIMING)
+    stale.entries, stale.overhead_ms = dict(table.entries), table.overhead_ms
+    stale.deployed = deployed  # type: ignore[method-assign]
+    timed.clear()
+    check = table.check(space, example, checked, anchors=anchors)
+    assert sorted(timed) == [1, 2, 3, 4]  # the anchors are timed, not checked
+    assert len(check.predicted) == len(check.measured) == 2
+    assert 2.0 < table.scale < 4.0
+    assert check.within(0.25) == 1.0
+    assert stale.check(space, example, checked).within(0.25) == 0.0  # without anchors: 3x off

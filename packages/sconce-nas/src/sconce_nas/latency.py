@@ -68,6 +68,8 @@ MIN_CALLS = 20
 UNIT_PASSES = 2
 """Passes over a member's new units, each unit timed once per pass: a unit timed while the
 machine was slow would otherwise over-predict every member that contains it."""
+CHECK_PASSES = 2
+"""Passes of :meth:`LatencyTable.check` over its subnets, each subnet keeping its fastest."""
 
 
 def fastest_ms(call: Callable[[], object], threads: int, seconds: float,
@@ -286,13 +288,56 @@ class LatencyTable:
         self.save()
         return self.scale
 
-    def check(self, space: SearchSpace, example: torch.Tensor, choices: Sequence[Choice]
-              ) -> LatencyCheck:
-        """Predicted against measured latency on ``choices`` (each timed in turn)."""
+    def check(self, space: SearchSpace, example: torch.Tensor, choices: Sequence[Choice], *,
+              anchors: Sequence[Choice] = (), passes: int = CHECK_PASSES) -> LatencyCheck:
+        """Predicted against measured latency on ``choices``.
+
+        Every subnet is timed in ``passes`` passes over all of them, keeping its fastest, so
+        a moment the machine was slow does not decide a subnet's figure. With ``anchors``
+        (the calibration subnets), the table is re-anchored (:attr:`scale`, as
+        :meth:`rescale`) on the anchors' times from the same passes, spread evenly among the
+        checked subnets: the speed the predictions are scaled to is the speed of the minute
+        the checked subnets ran in. No checked subnet's own time enters its prediction.
+
+        Example:
+            >>> check = table.check(space, example, check_choices,
+            ...                     anchors=calibration_choices)  # doctest: +SKIP
+            >>> check.within(0.10)  # doctest: +SKIP
+            0.94
+        """
+        timed = _spread(list(anchors), list(choices))
+        models = [self.deployed(space, choice) for _, choice in timed]
+        for model in models:
+            model.eval()
+        fastest = [float("inf")] * len(models)
+        for _ in range(max(1, passes)):
+            for index, model in enumerate(models):
+                fastest[index] = min(fastest[index], self.measure(model, example))
+        unscaled = [self.unit_sum(space, model, example) + self.overhead_ms for model in models]
+        ratios = [m / u for (is_anchor, _), m, u in zip(timed, fastest, unscaled, strict=True)
+                  if is_anchor]
+        if ratios:
+            self.scale = statistics.median(ratios)
+            logger.info("latency table re-anchored in the check's passes: %.3fx the table's "
+                        "times", self.scale)
         result = LatencyCheck()
-        for choice in choices:
-            model = self.deployed(space, choice)
-            result.predicted.append(self.predict(space, model, example))
-            result.measured.append(self.measure(model, example))
+        for (is_anchor, _), measured, sum_ms in zip(timed, fastest, unscaled, strict=True):
+            if not is_anchor:
+                result.predicted.append(self.scale * sum_ms)
+                result.measured.append(measured)
         self.save()
         return result
+
+
+def _spread(anchors: list[Choice], choices: list[Choice]) -> list[tuple[bool, Choice]]:
+    """``(is_anchor, choice)`` for every anchor and choice, the anchors spread evenly through
+    the choices (each list keeps its order).
+
+    Example:
+        >>> [a for a, _ in _spread([{"a": 1}, {"a": 2}], [{"c": i} for i in range(4)])]
+        [False, True, False, False, True, False]
+    """
+    placed = [((i + 0.5) / len(anchors), 0, True, c) for i, c in enumerate(anchors)]
+    placed += [((i + 0.5) / len(choices), 1, False, c) for i, c in enumerate(choices)]
+    return [(is_anchor, choice) for _, _, is_anchor, choice in
+            sorted(placed, key=lambda item: (item[0], item[1]))]
