@@ -29,9 +29,10 @@ VM is mostly thread hand-offs: the same subnets timed twice agreed within 10% on
 there; ``--latency-threads 2`` measures it anyway.
 
 The lookup table's predictions are checked against measured latency on ``--lut-check``
-random subnets. Last, the search phase alone is rerun on the trained supernet
-with 1 and then 2 Ray workers (interleaved, ``--scaling-rounds`` each, same seed; the trials
-must be identical) to measure how it scales.
+random subnets (``LatencyTable.check``: each subnet the fastest of two passes, the table
+re-anchored on the calibration subnets timed among them). Last, the search phase alone is
+rerun on the trained supernet with 1 and then 2 Ray workers (interleaved,
+``--scaling-rounds`` each, same seed; the trials must be identical) to measure how it scales.
 
 Run (on a quiet machine):
     python benchmarks/nas.py --train-supernet-only   # optional: train (or resume) it first
@@ -96,6 +97,40 @@ def measure_models(models: dict[str, nn.Module], data: sconce.Data, args: argpar
                       f"latency_b{args.batch}_ms_per_sample": timed[name][args.batch]
                       / args.batch}
     return rows
+
+
+def macs_of(model: nn.Module, data: sconce.Data) -> float:
+    """Multiply-accumulates of one sample's forward pass."""
+    return float(sconce.measure(model, example_inputs=data.example_inputs(1),
+                                metrics=["macs"])["macs"])
+
+
+def training_budget(data: sconce.Data, dense: nn.Module, pruned: nn.Module, nas: nn.Module,
+                    args: argparse.Namespace) -> dict[str, float]:
+    """Each arm's training compute in dense-VGG epochs (one epoch: forward and backward,
+    3x the forward MACs, over the training set). A sandwich step costs its members' MACs
+    (the largest, the smallest and ``random_subnets`` random ones, their mean over 256
+    members drawn at seed 0); a distilled fine-tuning epoch costs the student's training and
+    the teacher's forward pass. Candidate scoring and BatchNorm re-estimation are not
+    training and are reported as search time."""
+    import random
+
+    config = sconce_nas.NASConfig()
+    space = make_space(config, data)
+    rng = random.Random(0)
+    random_macs = sum(macs_of(space.build(space.sample(rng)), data) for _ in range(256)) / 256
+    largest = macs_of(space.build(space.largest()), data)
+    sandwich = (largest + macs_of(space.build(space.smallest()), data)
+                + config.random_subnets * random_macs)
+    vgg = macs_of(dense, data)
+    teacher = {"original": vgg, "supernet": largest, "none": 0.0}[args.nas_teacher]
+    epoch = 3 * vgg
+    return {
+        "vgg": (args.dense_epochs * 3 * vgg
+                + args.finetune_epochs * (3 * macs_of(pruned, data) + vgg)) / epoch,
+        "nas": (args.supernet_epochs * 3 * sandwich
+                + args.nas_finetune_epochs * (3 * macs_of(nas, data) + teacher)) / epoch,
+        "sandwich_step_vs_vgg": sandwich / vgg}
 
 
 def block_types(dense: nn.Module, data: sconce.Data, args: argparse.Namespace
@@ -191,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-epochs", type=float, default=6.0,
                         help="epochs of the dense VGG when it is not cached yet")
     parser.add_argument("--finetune-epochs", type=float, default=None, help="default 2")
+    parser.add_argument("--nas-finetune-epochs", type=float, default=None,
+                        help="the chosen subnet's fine-tuning (default: --finetune-epochs)")
     parser.add_argument("--supernet-epochs", type=float, default=None,
                         help="default 3 (the VGG's 6 dense epochs in compute)")
     parser.add_argument("--train-supernet-only", action="store_true",
@@ -198,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=None, help="default 200")
     parser.add_argument("--population", type=int, default=None, help="default 32")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--nas-teacher", choices=("original", "supernet"), default="original",
+    parser.add_argument("--nas-teacher", choices=("original", "supernet", "none"),
+                        default="original",
                         help="whom the chosen subnet distils from (original: the dense VGG)")
     parser.add_argument("--lut-check", type=int, default=None, help="default 50")
     parser.add_argument("--scaling-trials", type=int, default=None, help="default 64")
@@ -211,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     args.rounds = args.rounds or (2 if quick else 5)
     args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (
         0.1 if quick else 2.0)
+    if args.nas_finetune_epochs is None:
+        args.nas_finetune_epochs = args.finetune_epochs
     args.supernet_epochs = args.supernet_epochs or (0.3 if quick else 3.0)
     args.trials = args.trials or (16 if quick else 200)
     args.population = args.population or (8 if quick else 32)
@@ -242,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     print("NAS to half the VGG's batch-1 latency ...", flush=True)
     started = time.perf_counter()
     result = sconce_nas.search(
-        data, {"target_latency": "2x"}, reference=dense, finetune_epochs=args.finetune_epochs,
+        data, {"target_latency": "2x"}, reference=dense,
+        finetune_epochs=args.nas_finetune_epochs,
         device="cpu", seed=0, work_dir=work, timing=timing, progress=False,
         supernet_epochs=args.supernet_epochs, trials=args.trials, population=args.population,
         workers=args.workers, lut_check=args.lut_check, teacher=args.nas_teacher)
@@ -258,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     check = result.latency_check
     assert check is not None
     blocks = block_types(dense, data, args)
+    budget = training_budget(data, dense, pruned.model, result.model, args)
     print("search phase alone on Ray (1 vs 2 workers, same seed) ...", flush=True)
     scaling = scaling_run(result, data, work, args)
 
@@ -270,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         "budget_epochs": {"vgg": f"{args.dense_epochs:g} dense + {args.finetune_epochs:g} "
                                  "fine-tuning",
                           "nas": f"{args.supernet_epochs:g} supernet + "
-                                 f"{args.finetune_epochs:g} fine-tuning (distilled from the "
-                                 + ("dense VGG)" if args.nas_teacher == "original"
-                                    else "supernet)")},
+                                 f"{args.nas_finetune_epochs:g} fine-tuning ("
+                                 + {"original": "distilled from the dense VGG",
+                                    "supernet": "distilled from the supernet",
+                                    "none": "labels only"}[args.nas_teacher] + ")"},
+        "budget_vgg_epochs": budget,
         "dense": dense_info, "latency_limit_ms": limit,
         "latency_limit_at_start_ms": result.latency_limit_at_start_ms, "rows": rows,
         "prune_channel": {"seconds": prune_seconds, "notes": prune_notes},
@@ -304,7 +348,9 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
           f"{report['threads']}; latency = min over {report['rounds']} interleaved "
           "rounds of each round's median")
     print(f"training budget: VGG {report['budget_epochs']['vgg']}, "
-          f"NAS {report['budget_epochs']['nas']} (epochs)")
+          f"NAS {report['budget_epochs']['nas']} (epochs); in compute: VGG "
+          f"{report['budget_vgg_epochs']['vgg']:.2f}, NAS {report['budget_vgg_epochs']['nas']:.2f}"
+          " dense-VGG epochs")
     header = (f"{'model':<20} {'test acc %':>10} {'MACs M':>8} {'params k':>9} "
               f"{'b=1 ms':>8} {f'b={args.batch} ms/sample':>16}")
     print(header)
