@@ -255,6 +255,30 @@ def test_target_macs_and_latency_through_the_technique() -> None:
         ChannelPruneConfig(target_macs="2x", target_latency="2x")
 
 
+def test_a_reduction_follows_the_originals_fastest_timing() -> None:
+    """The original timed once in a slow spell (3x) would make "2x" a loose limit; it is timed
+    again before each candidate, and the limit follows its fastest time."""
+    from sconce.recipe import Target
+    from sconce_prune.channel.pruner import search_ratio
+
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 2))
+    params = float(sum(p.numel() for p in net.parameters()))
+    calls: list[str] = []
+
+    def measure(model: nn.Module) -> float:  # "latency": parameters, the original slow once
+        calls.append("original" if model is net else "candidate")
+        value = float(sum(p.numel() for p in model.parameters()))
+        return 3 * value if calls == ["original"] else value
+
+    ratio = search_ratio(net, torch.randn(1, 8), Target.parse("2x"), measure,
+                         lambda m, r: prune_channels(m, torch.randn(1, 8), sparsity=r))
+    assert calls.count("original") == calls.count("candidate") + 1
+    pruned = copy.deepcopy(net)
+    prune_channels(pruned, torch.randn(1, 8), sparsity=ratio)
+    assert sum(p.numel() for p in pruned.parameters()) <= params / 2  # not 1.5x params
+    assert ratio > 0.4
+
+
 def test_the_runs_target_macs_reaches_the_technique() -> None:
     """One meaning per constraint: the run's target_macs, as a stage's own, unless the stage
     sets its own."""

@@ -432,6 +432,9 @@ def search_ratio(
     (:func:`sconce.budget.bisect`) on copies of ``model``; 0.95 when even that ratio misses.
 
     ``prune(copy, ratio)`` prunes a copy in place; ``measure(model)`` returns the quantity.
+    Under a reduction, the original is measured again before each candidate and the limit
+    follows its smallest value so far: a latency the machine inflated once (a slow spell on a
+    shared machine) does not loosen the limit for the whole search.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 2))
@@ -441,13 +444,15 @@ def search_ratio(
         >>> 0.4 < ratio < 0.6
         True
     """
-    limit = target.limit(measure(model))
+    original = [measure(model)]
 
     def pruned(ratio: float) -> float:
         candidate = copy.deepcopy(model)
         prune(candidate, ratio)
+        if target.is_ratio:
+            original.append(measure(model))
         return measure(candidate)
 
-    found = bisect(pruned, lambda value: value <= limit, 0.0, _MAX_RATIO,
-                   want="smallest", steps=iterations)
+    found = bisect(pruned, lambda value: value <= target.limit(min(original)), 0.0,
+                   _MAX_RATIO, want="smallest", steps=iterations)
     return found.value if found.value is not None else _MAX_RATIO

@@ -198,8 +198,11 @@ class ChannelPruning(Technique):
         ctx.note(f"ratio found for {name}", round(ratio, 4))
         if originals:  # a bare number is absolute: "0.5" is 0.5 ms, not half the latency
             kind = "a reduction" if target.is_ratio else "an absolute value"
-            ctx.note(f"{name} limit", f"{target.limit(originals[0]):.4g} {unit} ({target}, "
-                     f"{kind}; the original measured {originals[0]:.4g} {unit})")
+            fastest = min(originals)
+            ctx.note(f"{name} limit", f"{target.limit(fastest):.4g} {unit} ({target}, "
+                     f"{kind}; the original measured {fastest:.4g} {unit}"
+                     + (f", the least of {len(originals)} timings)" if len(originals) > 1
+                        else ")"))
         return ratio
 
     @staticmethod
