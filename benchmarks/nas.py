@@ -70,7 +70,7 @@ from sconce.storage import atomic_write_bytes, atomic_write_json
 from sconce_nas.costs import CostModel
 from sconce_nas.evaluation import CandidateEvaluator, EvalBatches
 from sconce_nas.executors import RayExecutor
-from sconce_nas.latency import CHECK_PASSES, LatencyCheck, LatencyTable
+from sconce_nas.latency import LatencyCheck, LatencyTable
 from sconce_nas.run import make_space, supernet_path
 from sconce_nas.training import train_supernet
 
@@ -136,9 +136,9 @@ def training_budget(data: sconce.Data, dense: nn.Module, pruned: nn.Module, nas:
 
 def check_repeated(result: sconce_nas.NASResult, data: sconce.Data,
                    args: argparse.Namespace) -> dict[str, float]:
-    """The lookup table check's subnets timed once more as the check times them (the fastest
-    of two passes): how often this run's measurement agrees with itself within 10%, the
-    floor under the table's check."""
+    """The lookup table check's subnets timed once more as the check times them
+    (:meth:`LatencyTable.measure_in_passes`): how often this run's measurement agrees with
+    itself within 10%, the floor under the table's check."""
     import random
 
     check = result.latency_check
@@ -149,11 +149,7 @@ def check_repeated(result: sconce_nas.NASResult, data: sconce.Data,
                          channels_last=config.channels_last)
     rng = random.Random("check:0")  # the run's check subnets (seed 0)
     models = [table.deployed(space, space.sample(rng)) for _ in check.measured]
-    example = data.example_inputs(1)
-    again = [float("inf")] * len(models)
-    for _ in range(CHECK_PASSES):
-        for index, model in enumerate(models):
-            again[index] = min(again[index], table.measure(model, example))
+    again = table.measure_in_passes(models, data.example_inputs(1))
     repeat = LatencyCheck(predicted=again, measured=check.measured)
     return {"within_10pct": repeat.within(0.10),
             "median_abs_difference": statistics.median(abs(e) for e in repeat.errors)}

@@ -251,6 +251,21 @@ class LatencyTable:
         model.eval()
         return self._time(lambda: model(example), MODEL_SHARE)
 
+    def measure_in_passes(self, models: Sequence[nn.Module], example: torch.Tensor,
+                          passes: int = CHECK_PASSES) -> list[float]:
+        """Each model's measured batch-1 latency (ms): ``passes`` passes over all of them,
+        each model keeping its fastest, so one slow moment does not decide a model's figure.
+
+        Example:
+            >>> table.measure_in_passes([model_a, model_b], example)  # doctest: +SKIP
+            [0.41, 0.73]
+        """
+        fastest = [float("inf")] * len(models)
+        for _ in range(max(1, passes)):
+            for index, model in enumerate(models):
+                fastest[index] = min(fastest[index], self.measure(model, example))
+        return fastest
+
     # --- calibration and check ---------------------------------------------------------------
     def calibrate(self, space: SearchSpace, example: torch.Tensor,
                   choices: Iterable[Choice]) -> float:
@@ -307,12 +322,7 @@ class LatencyTable:
         """
         timed = _spread(list(anchors), list(choices))
         models = [self.deployed(space, choice) for _, choice in timed]
-        for model in models:
-            model.eval()
-        fastest = [float("inf")] * len(models)
-        for _ in range(max(1, passes)):
-            for index, model in enumerate(models):
-                fastest[index] = min(fastest[index], self.measure(model, example))
+        fastest = self.measure_in_passes(models, example, passes)
         unscaled = [self.unit_sum(space, model, example) + self.overhead_ms for model in models]
         ratios = [m / u for (is_anchor, _), m, u in zip(timed, fastest, unscaled, strict=True)
                   if is_anchor]
