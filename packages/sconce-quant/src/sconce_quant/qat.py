@@ -38,6 +38,8 @@ class QATConfig(Int8Config):
         lr: learning rate; small by default, as the model is already trained (None: the
             run's fine-tuning learning rate).
         distill: learn from the original model's outputs as well as the labels.
+        weight_rounding: ``nearest`` by default: the fine-tuning already learned weights
+            for the simulated grid, and nearest rounding keeps what it learned.
 
     Example:
         >>> QATConfig(epochs=2).distill
@@ -47,6 +49,7 @@ class QATConfig(Int8Config):
     epochs: float | None = None
     lr: float | None = 1e-4
     distill: bool = True
+    weight_rounding: str = "nearest"
 
     def validate(self) -> None:
         super().validate()

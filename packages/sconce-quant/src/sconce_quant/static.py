@@ -33,7 +33,7 @@ from sconce.sensitivity import plot_sensitivity
 from sconce.technique import Technique
 from sconce_quant.calibration import CALIBRATION_METHODS
 from sconce_quant.engines import ENGINES, EngineError, StaticSettings, choose_engine, get_engine
-from sconce_quant.engines.base import Built
+from sconce_quant.engines.base import WEIGHT_ROUNDINGS, Built
 from sconce_quant.engines.select import Candidate
 from sconce_quant.mixed import BudgetResult, fit_budget, layer_sensitivity
 from sconce_quant.qparams import cpu_has_vnni
@@ -59,6 +59,9 @@ class Int8Config(QuantizeConfig):
         per_channel: one weight scale per output channel (else one per tensor).
         reduce_range: 7-bit values on one side of each int8 product, needed for exact results
             on CPUs without VNNI; None decides from this CPU.
+        weight_rounding: ``gptq`` (each layer's weights rounded so its output on the
+            calibration inputs moves least; the ONNX Runtime engine, whose weights get 7 bits
+            without VNNI) or ``nearest``.
         skip: layers (module names) to keep in float regardless.
         validation_samples: validation samples per evaluation when fitting an accuracy budget
             (default 10,000: with 2,000 the earlier stages' loss, measured again on the subset,
@@ -77,12 +80,14 @@ class Int8Config(QuantizeConfig):
     reduce_range: bool | None = None
     skip: tuple[str, ...] = ()
     validation_samples: int = 10000
+    weight_rounding: str = "gptq"
 
     def validate(self) -> None:
         super().validate()
         check_choice("bits", self.bits, (8,))
         check_choice("engine", self.engine, ENGINE_CHOICES)
         check_choice("calibration", self.calibration, CALIBRATION_METHODS)
+        check_choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
         check_range("percentile", self.percentile, 90.0, 100.0)
         check_positive("calibration_samples", self.calibration_samples)
         check_positive("validation_samples", self.validation_samples)
@@ -90,7 +95,8 @@ class Int8Config(QuantizeConfig):
     def settings(self) -> StaticSettings:
         """The engine settings (``reduce_range`` resolved for this CPU)."""
         reduce = (not cpu_has_vnni()) if self.reduce_range is None else bool(self.reduce_range)
-        return StaticSettings(self.calibration, self.percentile, self.per_channel, reduce)
+        return StaticSettings(self.calibration, self.percentile, self.per_channel, reduce,
+                              self.weight_rounding)
 
 
 def calibration_batches(ctx: Context, samples: int, technique: str) -> list[Any]:
@@ -189,6 +195,10 @@ class StaticInt8(Technique):
         ctx.note("calibration", f"{settings.calibration} on {count} batch(es); "
                  f"{'per-channel' if settings.per_channel else 'per-tensor'} symmetric weights"
                  + ("; reduce_range (no VNNI)" if settings.reduce_range else ""))
+        rounded = built.record.get("gptq_rounded_layers")
+        if rounded:
+            ctx.note("weight rounding", f"GPTQ on {rounded} layer(s), onto the "
+                     f"{7 if settings.reduce_range else 8}-bit grid the engine quantizes to")
         engine_float = [op for op in built.float_ops
                         if not any(op.startswith(layer) for layer in built.float_layers)]
         if engine_float:

@@ -27,6 +27,9 @@ from sconce_quant.qparams import cpu_has_vnni
 
 logger = logging.getLogger(__name__)
 
+WEIGHT_ROUNDINGS: tuple[str, ...] = ("gptq", "nearest")
+"""How weights reach their int8 codes: GPTQ (layer output kept closest) or nearest."""
+
 
 class EngineError(TechniqueError):
     """An engine cannot quantize or run this model (the reason says why).
@@ -48,6 +51,11 @@ class StaticSettings:
         reduce_range: use 7-bit values on one side of each int8 product (activations for
             torch.ao, weights for ONNX Runtime), for CPUs without VNNI whose int8 kernels
             would otherwise saturate (default: on exactly when this CPU lacks VNNI).
+        weight_rounding: ``gptq`` (each layer's weights rounded to keep its output on the
+            calibration inputs closest, :func:`sconce_quant.gptq_round_symmetric`) or
+            ``nearest`` (each weight to its nearest code). The ONNX Runtime engine applies it;
+            torch.ao and PT2E round to nearest (they keep 8-bit weights and reduce the
+            activations instead).
 
     Example:
         >>> StaticSettings(reduce_range=False).to_dict()["reduce_range"]
@@ -58,11 +66,13 @@ class StaticSettings:
     percentile: float = 99.99
     per_channel: bool = True
     reduce_range: bool = field(default_factory=lambda: not cpu_has_vnni())
+    weight_rounding: str = "gptq"
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-able dict."""
         return {"calibration": self.calibration, "percentile": self.percentile,
-                "per_channel": self.per_channel, "reduce_range": self.reduce_range}
+                "per_channel": self.per_channel, "reduce_range": self.reduce_range,
+                "weight_rounding": self.weight_rounding}
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 The float model (batch norms folded by ORT's pre-processing) is exported to ONNX once; every
 float tensor in the graph is calibrated with sconce's :class:`RangeEstimator` by running the
-graph with those tensors as extra outputs; ONNX Runtime's quantizer then writes a QDQ model
-with those ranges (per-channel symmetric int8 weights, uint8 activations), which ORT fuses
-into integer kernels (QLinearConv, QGemm, int8 pooling) at session creation.
+graph with those tensors as extra outputs; with ``weight_rounding="gptq"`` (the default) the
+same pass sums each weighted layer's input Hessian and the weights are GPTQ-rounded onto the
+grid ORT will use (:mod:`sconce_quant.engines.ortgptq`). ONNX Runtime's quantizer then writes
+a QDQ model with those ranges (per-channel symmetric int8 weights, uint8 activations), which
+ORT fuses into integer kernels (QLinearConv, QGemm, int8 pooling) at session creation.
 
 Example:
     >>> engine = OrtEngine()
@@ -27,6 +29,7 @@ from torch import nn
 
 from sconce_quant.calibration import RangeEstimator
 from sconce_quant.engines.base import Built, EngineError, StaticSettings, as_args
+from sconce_quant.engines.ortgptq import HessianCollector, WeightSite, round_weights, weight_sites
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes, make_session
 
 logger = logging.getLogger(__name__)
@@ -76,9 +79,15 @@ class OrtEngine:
                 ) -> OrtPrepared:
         if not batches:
             raise EngineError("no calibration batches")
+        import onnx
+
         float_bytes = preprocess(export_onnx_bytes(model, batches[0]))
-        ranges = calibrate_onnx(float_bytes, batches, settings)
-        return OrtPrepared(float_bytes, ranges, settings)
+        collector = None
+        if settings.weight_rounding == "gptq":
+            collector = HessianCollector(weight_sites(onnx.load_from_string(float_bytes)))
+        ranges = calibrate_onnx(float_bytes, batches, settings, hessians=collector)
+        return OrtPrepared(float_bytes, ranges, settings,
+                           collector.hessians() if collector is not None else {})
 
     def restore(self, model: nn.Module, record: dict[str, Any], settings: StaticSettings
                 ) -> nn.Module:
@@ -97,10 +106,12 @@ class OrtPrepared:
     """
 
     def __init__(self, float_bytes: bytes, ranges: dict[str, tuple[float, float]],
-                 settings: StaticSettings) -> None:
+                 settings: StaticSettings,
+                 hessians: dict[str, tuple[WeightSite, torch.Tensor]] | None = None) -> None:
         self.float_bytes = float_bytes
         self.ranges = ranges
         self.settings = settings
+        self.hessians = hessians or {}
 
     def build(self, skip: Collection[str] = ()) -> Built:
         import onnx
@@ -111,13 +122,18 @@ class OrtPrepared:
         exclude = [node.name for node in graph.node
                    if (node.op_type in WEIGHTED_OPS and module_of(node.name) in set(skip))
                    or any(i in wide for i in node.input)]
-        quantized = quantize_qdq(self.float_bytes, self.ranges, self.settings, exclude)
+        source, rounded = self.float_bytes, 0
+        if self.hessians:
+            source, rounded = round_weights(
+                self.float_bytes, self.hessians, qmax=64 if self.settings.reduce_range else 127,
+                per_channel=self.settings.per_channel, exclude=exclude)
+        quantized = quantize_qdq(source, self.ranges, self.settings, exclude)
         proto = onnx.load_from_string(quantized)
         inputs = [i.name for i in proto.graph.input]
         outputs = [o.name for o in proto.graph.output]
         module = OrtModule(quantized, input_names=inputs, output_names=outputs)
         record = {"nbytes": len(quantized), "inputs": inputs, "outputs": outputs,
-                  "skip": sorted(skip)}
+                  "skip": sorted(skip), "gptq_rounded_layers": rounded}
         return Built(module, record, float_ops=float_nodes(quantized), float_layers=sorted(skip))
 
 
@@ -189,9 +205,10 @@ def transformer_fusions(onnx_bytes: bytes, heads: int = 0, hidden: int = 0) -> b
         return None
 
 
-def calibrate_onnx(onnx_bytes: bytes, batches: Sequence[Any], settings: StaticSettings
-                   ) -> dict[str, tuple[float, float]]:
-    """The clipping range of every float tensor of the graph over ``batches``.
+def calibrate_onnx(onnx_bytes: bytes, batches: Sequence[Any], settings: StaticSettings, *,
+                   hessians: HessianCollector | None = None) -> dict[str, tuple[float, float]]:
+    """The clipping range of every float tensor of the graph over ``batches``; ``hessians``
+    (when given) is fed the same values of the tensors it needs.
 
     Example:
         >>> from sconce_quant.engines.ortmodule import export_onnx_bytes
@@ -230,6 +247,8 @@ def calibrate_onnx(onnx_bytes: bytes, batches: Sequence[Any], settings: StaticSe
                      for name, t in zip(input_names, args, strict=True)}
             for name, value in zip(chunk, session.run(chunk, feeds), strict=True):
                 estimators[name].update(torch.from_numpy(np.asarray(value)))
+                if hessians is not None and name in hessians.inputs:
+                    hessians.update(name, value)
     return {name: est.range(settings.calibration, levels=256, percentile=settings.percentile)
             for name, est in estimators.items() if not est.empty}
 
