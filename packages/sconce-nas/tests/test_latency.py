@@ -1,9 +1,10 @@
 """The latency table's timer: the fastest call, on the asked threads; units timed in two
-passes; a table measured with another statistic is measured again; a ratio limit uses the
-search's own timer."""
+passes; a table measured with another statistic is measured again, a kept one's units are
+timed again; predictions follow a fitted line; a ratio limit uses the search's own timer."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -131,10 +132,8 @@ def test_the_check_re_anchors_on_the_calibration_subnets_timed_among_the_checked
     table.deployed = deployed  # type: ignore[method-assign]
     anchors, checked = [{"n": 1}, {"n": 4}], [{"n": 2}, {"n": 3}]
     table.calibrate(space, example, anchors)
+    stale = copy.deepcopy(table)  # its units timed already: it will not time them again
     unit.seconds = 0.006  # 3x slower since the calibration
-    stale = LatencyTable(QUICK_TIMING)
-    stale.entries, stale.overhead_ms = dict(table.entries), table.overhead_ms
-    stale.deployed = deployed  # type: ignore[method-assign]
     timed.clear()
     check = table.check(space, example, checked, anchors=anchors)
     assert sorted(timed) == [1, 2, 3, 4]  # the anchors are timed, not checked
@@ -142,3 +141,50 @@ def test_the_check_re_anchors_on_the_calibration_subnets_timed_among_the_checked
     assert 2.0 < table.scale < 4.0
     assert check.within(0.25) == 1.0
     assert stale.check(space, example, checked).within(0.25) == 0.0  # without anchors: 3x off
+
+
+class _Between(nn.Module):
+    """What runs between two units in a whole subnet and is in no unit (a cache refill)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x
+
+
+def test_predictions_follow_a_line_when_subnets_cost_more_than_their_units() -> None:
+    unit, between = _Sleeps(0.002), _Between(0.001)
+    space = declare_family(
+        "test-line", {"n": (1, 2, 3, 4, 5)},
+        lambda c: nn.Sequential(*(m for _ in range(c["n"]) for m in (unit, between))))
+    space.latency_units = lambda model: [m for m in model  # type: ignore[method-assign]
+                                         if isinstance(m, _Sleeps)]
+    example = torch.randn(1, 4)
+    table = LatencyTable(QUICK_TIMING)
+    table.deployed = lambda space, choice: space.build(choice)  # type: ignore[method-assign]
+    anchors = [{"n": 1}, {"n": 3}, {"n": 5}]
+    table.calibrate(space, example, anchors)
+    assert 1.3 < table.scale < 1.7  # each 2 ms unit costs 3 ms in a whole subnet
+    check = table.check(space, example, [{"n": 2}, {"n": 4}], anchors=anchors)
+    assert check.within(0.10) == 1.0  # a constant gap would be 2 ms off at one end
+
+
+def test_a_kept_tables_units_are_timed_again_in_a_new_run(tmp_path) -> None:
+    unit = _Sleeps(0.002)
+    space = declare_family("test-kept", {"n": (1, 2)},
+                           lambda c: nn.Sequential(*(unit for _ in range(c["n"]))))
+    space.latency_units = lambda model: list(model)  # type: ignore[method-assign]
+    example = torch.randn(1, 4)
+    path = tmp_path / "table.json"
+    first = LatencyTable(QUICK_TIMING, path=path)
+    first.unit_sum(space, space.build({"n": 1}), example)
+    first.save()
+    unit.seconds = 0.006  # the machine is slower in the next run
+    kept = LatencyTable(QUICK_TIMING, path=path)
+    assert len(kept.entries) == 1
+    assert 10.0 < kept.unit_sum(space, space.build({"n": 2}), example) < 16.0  # 2 x 6 ms
+    unit.seconds = 0.002
+    assert 10.0 < kept.unit_sum(space, space.build({"n": 2}), example) < 16.0  # once per run
