@@ -179,10 +179,10 @@ def scaling_run(result: sconce_nas.NASResult, data: sconce.Data, work: Path,
                                                       data, config, 0))
     space = supernet.space
     example = data.example_inputs(1)
-    # the search's table, reloaded
+    # the search's table, reloaded as measured (its units were timed in this run)
     table = LatencyTable(TimingSettings(threads=args.latency_threads),
                          path=work / "nas" / "latency-table.json",
-                         channels_last=config.channels_last)
+                         channels_last=config.channels_last, retime_kept=False)
     evaluator = CandidateEvaluator(supernet, EvalBatches.from_data(
         data, config.calibration_batches, config.val_samples, seed=0),
         config.threads_per_worker)

@@ -188,3 +188,6 @@ def test_a_kept_tables_units_are_timed_again_in_a_new_run(tmp_path) -> None:
     assert 10.0 < kept.unit_sum(space, space.build({"n": 2}), example) < 16.0  # 2 x 6 ms
     unit.seconds = 0.002
     assert 10.0 < kept.unit_sum(space, space.build({"n": 2}), example) < 16.0  # once per run
+    kept.save()
+    trusted = LatencyTable(QUICK_TIMING, path=path, retime_kept=False)
+    assert 10.0 < trusted.unit_sum(space, space.build({"n": 2}), example) < 16.0  # not timed

@@ -174,6 +174,9 @@ class LatencyTable:
         path: a JSON file that keeps the table between runs; a table measured on another
             machine, torch version or thread count is not reused.
         channels_last: time (and deploy) conv weights channels-last.
+        retime_kept: time the units loaded from ``path`` again the first time they are
+            used (the default: they were measured in another run, at another moment of the
+            machine); False trusts them as measured now (a table this run has just saved).
 
     Example:
         >>> LatencyTable(TimingSettings(threads=1)).overhead_ms
@@ -181,7 +184,7 @@ class LatencyTable:
     """
 
     def __init__(self, timing: TimingSettings | None = None, *, path: str | Path | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, retime_kept: bool = True) -> None:
         self.timing = timing or TimingSettings()
         self.threads = self.timing.threads
         self.channels_last = channels_last
@@ -196,6 +199,8 @@ class LatencyTable:
                         "statistic": "fastest call"}
         if self.path is not None and self.path.is_file():
             self._load(self.path)
+            if not retime_kept:
+                self._timed_now.update(self.entries)
 
     def _load(self, path: Path) -> None:
         try:
