@@ -29,7 +29,13 @@ from torch import nn
 
 from sconce_quant.calibration import RangeEstimator
 from sconce_quant.engines.base import Built, EngineError, StaticSettings, as_args
-from sconce_quant.engines.ortgptq import HessianCollector, WeightSite, round_weights, weight_sites
+from sconce_quant.engines.ortgptq import (
+    HessianCollector,
+    WeightSite,
+    gptq_weights,
+    replace_weights,
+    weight_sites,
+)
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes, make_session
 
 logger = logging.getLogger(__name__)
@@ -112,6 +118,7 @@ class OrtPrepared:
         self.ranges = ranges
         self.settings = settings
         self.hessians = hessians or {}
+        self._gptq: dict[str, tuple[str, np.ndarray]] | None = None  # rounded once, lazily
 
     def build(self, skip: Collection[str] = ()) -> Built:
         import onnx
@@ -124,9 +131,12 @@ class OrtPrepared:
                    or any(i in wide for i in node.input)]
         source, rounded = self.float_bytes, 0
         if self.hessians:
-            source, rounded = round_weights(
-                self.float_bytes, self.hessians, qmax=64 if self.settings.reduce_range else 127,
-                per_channel=self.settings.per_channel, exclude=exclude)
+            if self._gptq is None:
+                self._gptq = gptq_weights(
+                    self.float_bytes, self.hessians,
+                    qmax=64 if self.settings.reduce_range else 127,
+                    per_channel=self.settings.per_channel)
+            source, rounded = replace_weights(self.float_bytes, self._gptq, exclude)
         quantized = quantize_qdq(source, self.ranges, self.settings, exclude)
         proto = onnx.load_from_string(quantized)
         inputs = [i.name for i in proto.graph.input]

@@ -212,25 +212,58 @@ def round_weights(float_bytes: bytes, hessians: dict[str, tuple[WeightSite, torc
         >>> count
         1
     """
+    weights = gptq_weights(float_bytes, hessians, qmax=qmax, per_channel=per_channel)
+    return replace_weights(float_bytes, weights, exclude)
+
+
+def gptq_weights(float_bytes: bytes, hessians: dict[str, tuple[WeightSite, torch.Tensor]],
+                 *, qmax: int, per_channel: bool) -> dict[str, tuple[str, np.ndarray]]:
+    """The GPTQ-rounded weight of every site in ``hessians``: ``{node: (initializer name,
+    rounded values)}`` (the expensive half of :func:`round_weights`, done once per model).
+
+    Example:
+        >>> gptq_weights(float_bytes, {}, qmax=64, per_channel=True)  # doctest: +SKIP
+        {}
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(float_bytes).graph
+    initializers = {init.name: init for init in graph.initializer}
+    rounded: dict[str, tuple[str, np.ndarray]] = {}
+    for node_name, (site, hessian) in hessians.items():
+        if site.weight not in initializers:
+            continue
+        original = numpy_helper.to_array(initializers[site.weight])
+        rows = site.as_rows(original)
+        if rows.shape[1] != hessian.shape[0]:
+            logger.info("GPTQ skips %s: its weight has %d inputs, its Hessian %d", node_name,
+                        rows.shape[1], hessian.shape[0])
+            continue
+        rounded[node_name] = (site.weight, site.from_rows(
+            _round_rows(rows, hessian, qmax, per_channel), original.shape))
+    return rounded
+
+
+def replace_weights(float_bytes: bytes, weights: dict[str, tuple[str, np.ndarray]],
+                    exclude: Collection[str] = ()) -> tuple[bytes, int]:
+    """``float_bytes`` with the initializers of :func:`gptq_weights` replaced, except those of
+    the nodes in ``exclude`` (kept in float with their own weights); and how many were.
+
+    Example:
+        >>> replace_weights(float_bytes, {}) == (float_bytes, 0)  # doctest: +SKIP
+        True
+    """
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load_from_string(float_bytes)
     initializers = {init.name: init for init in model.graph.initializer}
     count = 0
-    for node_name, (site, hessian) in hessians.items():
-        if node_name in exclude or site.weight not in initializers:
+    for node_name, (name, values) in weights.items():
+        if node_name in exclude or name not in initializers:
             continue
-        init = initializers[site.weight]
-        original = numpy_helper.to_array(init)
-        rows = site.as_rows(original)
-        if rows.shape[1] != hessian.shape[0]:
-            logger.info("GPTQ skips %s: its weight has %d inputs, its Hessian %d", node_name,
-                        rows.shape[1], hessian.shape[0])
-            continue
-        rounded = _round_rows(rows, hessian, qmax, per_channel)
-        init.CopyFrom(numpy_helper.from_array(site.from_rows(rounded, original.shape),
-                                              site.weight))
+        initializers[name].CopyFrom(numpy_helper.from_array(values, name))
         count += 1
     return model.SerializeToString(), count
 
