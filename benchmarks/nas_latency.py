@@ -4,7 +4,7 @@ No training is involved (latency does not depend on the weights), so this runs i
 where ``benchmarks/nas.py`` takes half an hour. For each thread count in ``--threads``, on the
 Fashion-MNIST-shaped elastic CNN (1 x 28 x 28 inputs, 10 classes, the block type of
 ``--block``), a :class:`sconce_nas.latency.LatencyTable` is built exactly as a search builds
-it (its constant fitted on the smallest, the largest and random subnets), then checked on
+it (its line fitted on the smallest, the largest and random subnets), then checked on
 ``--subnets`` other random subnets (:meth:`LatencyTable.check`: each deployed subnet timed
 whole against its prediction). The same subnets are then timed a second time, in the same
 order, which gives the noise floor: how often the measurement agrees with itself within 10%.

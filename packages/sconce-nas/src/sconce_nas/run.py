@@ -48,10 +48,10 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_SUBNETS = 16
 """Subnets (smallest, largest and random ones) whose measured latency fits the table's
-constant; the check never checks them (it times them among the checked subnets only to
+line; the check never checks them (it times them among the checked subnets only to
 re-anchor the table's speed). The gap between a subnet and the sum of its units
 varies from subnet to subnet (measured: -0.04 to +0.09 ms on 50 subnets of 0.4-1.1 ms), so
-the median of 6 gaps moved the predictions by several percent from one table to the next."""
+a fit on 6 subnets moved the predictions by several percent from one table to the next."""
 
 PAIRED_PASSES = 3
 """Passes of the choice's timing, each timing the reference (under a relative latency limit)
