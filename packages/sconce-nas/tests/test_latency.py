@@ -143,16 +143,11 @@ def test_the_check_re_anchors_on_the_calibration_subnets_timed_among_the_checked
     assert stale.check(space, example, checked).within(0.25) == 0.0  # without anchors: 3x off
 
 
-class _Between(nn.Module):
+class _Between(_Sleeps):
     """What runs between two units in a whole subnet and is in no unit (a cache refill)."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(self.seconds)
-        return x
+    def extra_repr(self) -> str:
+        return "between units"
 
 
 def test_predictions_follow_a_line_when_subnets_cost_more_than_their_units() -> None:
@@ -161,7 +156,7 @@ def test_predictions_follow_a_line_when_subnets_cost_more_than_their_units() -> 
         "test-line", {"n": (1, 2, 3, 4, 5)},
         lambda c: nn.Sequential(*(m for _ in range(c["n"]) for m in (unit, between))))
     space.latency_units = lambda model: [m for m in model  # type: ignore[method-assign]
-                                         if isinstance(m, _Sleeps)]
+                                         if type(m) is _Sleeps]
     example = torch.randn(1, 4)
     table = LatencyTable(QUICK_TIMING)
     table.deployed = lambda space, choice: space.build(choice)  # type: ignore[method-assign]
