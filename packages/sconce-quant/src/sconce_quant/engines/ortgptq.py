@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +39,10 @@ import torch.nn.functional as F
 from sconce_quant.gptq import gptq_round_symmetric
 
 logger = logging.getLogger(__name__)
+
+MAX_ROWS = 16384
+"""Input rows summed into a Hessian at once (a conv's patches of a batch of large images
+would otherwise take gigabytes)."""
 
 
 @dataclass(frozen=True)
@@ -72,15 +76,32 @@ class WeightSite:
         """The weight axis of output channels (ONNX Runtime's per-channel axis)."""
         return 1 if self.kind == "matmul" else 0
 
-    def columns(self, value: np.ndarray) -> torch.Tensor:
-        """The layer's inputs as rows of the weight's columns: ``(samples, in)``."""
+    def column_blocks(self, value: np.ndarray, max_rows: int = MAX_ROWS
+                      ) -> Iterator[torch.Tensor]:
+        """The layer's inputs as rows of the weight's columns, ``(rows, in)`` blocks of about
+        ``max_rows`` rows (a conv's image patches are unfolded a few images at a time).
+
+        Example:
+            >>> site = WeightSite("c", "w", "x", "conv", kernel=(3, 3), pads=(1, 1, 1, 1))
+            >>> [tuple(b.shape) for b in site.column_blocks(np.zeros((2, 4, 5, 5)), 30)]
+            [(25, 36), (25, 36)]
+        """
         x = torch.from_numpy(np.asarray(value, dtype=np.float32))
         if self.kind != "conv":
-            return x.reshape(-1, x.shape[-1])
+            rows = x.reshape(-1, x.shape[-1])
+            yield from rows.split(max_rows)
+            return
         top, left, bottom, right = self.pads
         x = F.pad(x, (left, right, top, bottom))
-        patches = F.unfold(x, self.kernel, dilation=self.dilations, stride=self.strides)
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        per_image = None
+        start = 0
+        while start < x.shape[0]:
+            count = 1 if per_image is None else max(1, max_rows // per_image)
+            patches = F.unfold(x[start:start + count], self.kernel, dilation=self.dilations,
+                               stride=self.strides)
+            per_image = patches.shape[2]
+            start += count
+            yield patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
     def as_rows(self, weight: np.ndarray) -> torch.Tensor:
         """The weight as ``(out, in)``, columns ordered like :meth:`columns`."""
@@ -162,12 +183,13 @@ class HessianCollector:
     def update(self, name: str, value: np.ndarray) -> None:
         """Add one batch's values of tensor ``name``."""
         for site in self._by_input.get(name, ()):
-            x = site.columns(value).to(torch.float64)
-            if x.shape[0] == 0:
-                continue
-            total = self._sums.get(site.node)
-            self._sums[site.node] = x.t() @ x if total is None else total + x.t() @ x
-            self._counts[site.node] = self._counts.get(site.node, 0) + x.shape[0]
+            for block in site.column_blocks(value):
+                if block.shape[0] == 0:
+                    continue
+                x = block.to(torch.float64)
+                total = self._sums.get(site.node)
+                self._sums[site.node] = x.t() @ x if total is None else total + x.t() @ x
+                self._counts[site.node] = self._counts.get(site.node, 0) + x.shape[0]
 
     def hessian(self, site: WeightSite) -> torch.Tensor | None:
         """``2 X X^T / samples`` of ``site``'s inputs, None when it saw none."""
