@@ -89,7 +89,8 @@ class WeightSite:
         x = torch.from_numpy(np.asarray(value, dtype=np.float32))
         if self.kind != "conv":
             rows = x.reshape(-1, x.shape[-1])
-            yield from rows.split(max_rows)
+            for start in range(0, rows.shape[0], max_rows):
+                yield rows[start:start + max_rows]
             return
         top, left, bottom, right = self.pads
         x = F.pad(x, (left, right, top, bottom))
