@@ -52,7 +52,7 @@ class StaticSettings:
             torch.ao, weights for ONNX Runtime), for CPUs without VNNI whose int8 kernels
             would otherwise saturate (default: on exactly when this CPU lacks VNNI).
         weight_rounding: ``gptq`` (each layer's weights rounded to keep its output on the
-            calibration inputs closest, :func:`sconce_quant.gptq_round_symmetric`) or
+            calibration inputs closest, :func:`sconce_quant.gptq.gptq_round_symmetric`) or
             ``nearest`` (each weight to its nearest code). The ONNX Runtime engine applies it;
             torch.ao and PT2E round to nearest (they keep 8-bit weights and reduce the
             activations instead).
