@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sconce.errors import TechniqueError
+from sconce.layerwise import damped_inverse
 from sconce.lowbit import GroupCodes, grid_for, quantize_to_grid
 
 logger = logging.getLogger(__name__)
@@ -61,23 +61,6 @@ class GPTQSettings:
     block_size: int = 128
     act_order: bool = True
     clip_search: bool = True
-
-
-def _inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, raising the dampening
-    until the factorization succeeds."""
-    mean_diag = float(torch.diagonal(hessian).mean())
-    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
-    for factor in (1.0, 10.0, 100.0, 1000.0):
-        damped = hessian + (damp * factor * mean_diag + 1e-8) * eye
-        lower, info = torch.linalg.cholesky_ex(damped)
-        if int(info) == 0:
-            inverse = torch.cholesky_inverse(lower)
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            if int(info) == 0:
-                return upper
-    raise TechniqueError("the layer's Hessian is not positive definite even with strong "
-                         "dampening; give more (or more varied) calibration data")
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, settings: GPTQSettings
@@ -193,7 +176,7 @@ def _run_columns(w: torch.Tensor, h: torch.Tensor, act_order: bool, damp: float,
         order = torch.argsort(torch.diagonal(h), descending=True)
         w = w[:, order]
         h = h[order][:, order]
-    upper = _inverse_cholesky(h, damp)
+    upper = damped_inverse(h, damp, cholesky=True)
     for start in range(0, cols, block):
         end = min(start + block, cols)
         w1 = w[:, start:end].clone()
