@@ -14,6 +14,7 @@ from quant_helpers import SmallCNN
 from torch import nn
 from torch.utils.data import DataLoader
 
+from sconce_quant.dynamic import DynamicConfig, Pt2eDynamicEngine
 from sconce_quant.engines import ENGINES, StaticSettings
 from sconce_quant.engines.base import Built
 from sconce_quant.engines.pt2e import Pt2eModule
@@ -131,3 +132,28 @@ def test_pt2e_keeps_skipped_layers_and_unknown_operators_float(
     state = result.module.state_dict()
     assert state["graph_module.base.classifier.3.weight"].dtype == torch.float32
     assert "graph_module.base.classifier.1.weight" not in state  # only its int8 copy ships
+
+
+def test_pt2e_quantizes_a_model_with_a_branch_it_never_returns() -> None:
+    """A Hugging Face encoder under a mean-pooling head computes a pooler (Linear, Tanh) that
+    nothing reads; torchao's quantizer failed on it (IndexError) before the dead branch was
+    dropped from the exported graph."""
+    class WithUnusedPooler(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(16, 16)
+            self.pool = nn.Sequential(nn.Linear(16, 16), nn.Tanh())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = self.body(x)
+            self.pool(hidden[:, 0])  # the pooler output nobody uses
+            return hidden.mean(1)
+
+    torch.manual_seed(0)
+    model = WithUnusedPooler().eval()
+    batches = [torch.randn(4, 5, 16) for _ in range(2)]
+    engine = Pt2eDynamicEngine(DynamicConfig(engine="pt2e"))
+    result = engine.prepare(model, batches, None).build()
+    with torch.no_grad():
+        torch.testing.assert_close(result.module(batches[0]), model(batches[0]),
+                                   rtol=0.05, atol=0.05)

@@ -285,7 +285,9 @@ def _inductor_settings() -> Iterator[None]:
 
 def export_graph(model: nn.Module, args: tuple[Any, ...]) -> fx.GraphModule:
     """``torch.export`` the float model for the PT2E flow: batch dimension dynamic, every
-    dimension of integer inputs (token ids, masks) too.
+    dimension of integer inputs (token ids, masks) too. Computations whose results the model
+    never returns (a Hugging Face pooler under a mean-pooling head) are dropped: they cost
+    time, and torchao's quantizer fails on an operator nobody reads.
 
     Raises:
         EngineError: ``torch.export`` cannot capture the model.
@@ -305,7 +307,10 @@ def export_graph(model: nn.Module, args: tuple[Any, ...]) -> fx.GraphModule:
     except Exception as exc:  # export fails in many exception types
         raise EngineError(f"torch.export cannot capture this model: {type(exc).__name__}: "
                           f"{(str(exc).splitlines() or [''])[0]}") from None
-    return program.module()
+    graph = program.module()
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph
 
 
 def quantizer(settings: StaticSettings, dynamic: bool, skip: Collection[str]) -> Any:
