@@ -3,7 +3,8 @@
 Weights are stored in int8 (per output channel by default); each activation is quantized at
 run time from its own range, so no calibration data is needed, the right default for
 transformer encoders and recurrent networks on CPU. Three engines: ``onnxruntime`` (ORT's
-integer MatMul kernels on the exported graph, after ORT's transformer fusions), ``pt2e``
+integer MatMul kernels on the exported graph, after ORT's transformer fusions, its layer norms
+rewritten as the plain reductions ORT runs faster: :mod:`sconce_quant.engines.ortnorm`), ``pt2e``
 (torchao's ``X86InductorQuantizer``, compiled by inductor: oneDNN int8 matmuls, generated
 code for the float operators around them; Linear only) and ``torch`` (torch.ao's dynamic
 modules on fbgemm/oneDNN, deprecated upstream); ``auto`` builds each available one, checks
@@ -52,6 +53,7 @@ from sconce_quant.engines.ort import (
     transformer_fusions,
 )
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes
+from sconce_quant.engines.ortnorm import decompose_layer_norms
 from sconce_quant.engines.pt2e import Pt2eEngine
 from sconce_quant.engines.select import Candidate, choose_engine
 from sconce_quant.mixed import fit_budget
@@ -211,8 +213,8 @@ class OrtDynamicEngine:
                 ) -> _OrtDynamicPrepared:
         exported = export_onnx_bytes(model, batches[0])
         fused = transformer_fusions(exported, *attention_shape(model))
-        return _OrtDynamicPrepared(fused if fused is not None else preprocess(exported),
-                                   self.config, fused=fused is not None)
+        graph, norms = decompose_layer_norms(fused if fused is not None else preprocess(exported))
+        return _OrtDynamicPrepared(graph, self.config, fused=fused is not None, norms=norms)
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
         return OrtModule.placeholder(int(record["nbytes"]), input_names=record["inputs"],
@@ -220,10 +222,12 @@ class OrtDynamicEngine:
 
 
 class _OrtDynamicPrepared:
-    def __init__(self, float_bytes: bytes, config: DynamicConfig, *, fused: bool) -> None:
+    def __init__(self, float_bytes: bytes, config: DynamicConfig, *, fused: bool,
+                 norms: int) -> None:
         self.float_bytes = float_bytes
         self.config = config
         self.fused = fused
+        self.norms = norms
 
     def build(self, skip: Collection[str] = ()) -> Built:
         import onnx
@@ -253,7 +257,7 @@ class _OrtDynamicPrepared:
         outputs = [o.name for o in proto.graph.output]
         module = OrtModule(quantized, input_names=inputs, output_names=outputs)
         record = {"nbytes": len(quantized), "inputs": inputs, "outputs": outputs,
-                  "transformer_fusions": self.fused}
+                  "transformer_fusions": self.fused, "decomposed_layer_norms": self.norms}
         return Built(module, record, float_layers=sorted(skip))
 
 
@@ -394,5 +398,8 @@ class DynamicInt8(Technique):
         if built.record.get("transformer_fusions"):
             ctx.note("graph", "ONNX Runtime transformer fusions (attention, layer norm, gelu) "
                      "before quantization")
+        if built.record.get("decomposed_layer_norms"):
+            ctx.note("layer norms", f"{built.record['decomposed_layer_norms']} as plain "
+                     "reductions (ONNX Runtime's vectorized kernels, ~2x its fused kernel)")
         if config.skip:
             ctx.note("kept in float (skip)", ", ".join(config.skip))
