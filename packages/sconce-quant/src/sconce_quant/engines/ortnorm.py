@@ -28,6 +28,8 @@ import numpy as np
 
 _SKIP = "SkipLayerNormalization"
 _PLAIN = "LayerNormalization"
+# each operator's epsilon when the attribute is absent (ONNX's; ONNX Runtime's contrib schema)
+_DEFAULT_EPSILON = {_SKIP: 1e-12, _PLAIN: 1e-5}
 
 
 def decompose_layer_norms(onnx_bytes: bytes) -> tuple[bytes, int]:
@@ -67,7 +69,10 @@ def _ranks(model: Any) -> dict[str, int]:
     """The rank of every tensor shape inference knows (to accept ``axis`` = rank - 1)."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is a help here: without it only axis=-1 is rewritten
+        return {}
     infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
     return {info.name: len(info.type.tensor_type.shape.dim) for info in infos
             if info.type.tensor_type.HasField("shape")}
@@ -103,7 +108,8 @@ def _rewrite(node: Any, read: Counter[str], ranks: dict[str, int], opset: int, g
     prefix = f"sconce_ln{index}"
     epsilon = f"{prefix}_epsilon"
     graph.initializer.append(numpy_helper.from_array(
-        np.array(attributes.get("epsilon", 1e-5), dtype=np.float32), epsilon))
+        np.array(attributes.get("epsilon", _DEFAULT_EPSILON[node.op_type]), dtype=np.float32),
+        epsilon))
     nodes: list[Any] = []
     current = parts[0]
     for position, part in enumerate(parts[1:], start=1):
