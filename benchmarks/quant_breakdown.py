@@ -30,7 +30,7 @@ CATEGORIES = ("int8 matmul", "fp32 matmul", "attention", "layer norm", "gelu", "
 # ONNX Runtime operator types and torch operator names (profiled self time), by category.
 _ORT = {
     "int8 matmul": {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger",
-                    "DynamicQuantizeLinear"},
+                    "DynamicQuantizeLinear", "QLinearMatMul", "QGemm"},
     "fp32 matmul": {"MatMul", "Gemm", "FusedMatMul"},
     "attention": {"QAttention", "Attention", "MultiHeadAttention", "Softmax"},
     "layer norm": {"SkipLayerNormalization", "LayerNormalization", "EmbedLayerNormalization",
