@@ -117,3 +117,23 @@ def test_supernet_trains_under_torchrun_with_ddp_and_ranks_agree(tmp_path):
     assert rank0["world"] == 2
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), key
+
+
+@pytest.mark.parametrize(("scale", "expected"), [(3.0, 6e-3), (0.5, 1e-3)])
+def test_the_chosen_subnet_trains_at_the_scaled_learning_rate(trained_supernet, data, scale,
+                                                               expected, monkeypatch):
+    from types import SimpleNamespace
+
+    from sconce.context import Context
+    from sconce_nas import NASConfig
+    from sconce_nas.run import _finetune
+
+    ctx = Context(data=data, finetune_epochs=1.0, finetune_lr=2e-3)
+    seen: dict = {}
+    monkeypatch.setattr(ctx, "finetune", lambda model, **options: seen.update(options))
+    evaluator = CandidateEvaluator(trained_supernet, EvalBatches.from_data(data, 1, 64, 0), 1)
+    chosen = SimpleNamespace(choice=trained_supernet.space.smallest())
+    _finetune(ctx, NASConfig(finetune_lr_scale=scale, teacher="none"), evaluator,
+              trained_supernet, chosen)
+    assert seen["lr"] == pytest.approx(expected)
+    assert seen["teacher"] is None

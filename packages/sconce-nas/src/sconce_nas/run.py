@@ -401,5 +401,5 @@ def _finetune(ctx: Context, config: NASConfig, evaluator: CandidateEvaluator,
         teacher = evaluator.subnet(supernet.space.largest()).to(ctx.device)
     elif config.teacher == "original":
         teacher = ctx.teacher
-    ctx.finetune(model, teacher=teacher)
+    ctx.finetune(model, teacher=teacher, lr=ctx.finetune_lr * config.finetune_lr_scale)
     return model
