@@ -47,7 +47,9 @@ def decompose_layer_norms(onnx_bytes: bytes) -> tuple[bytes, int]:
     graph = model.graph
     read = Counter(name for node in graph.node for name in node.input)
     read.update(output.name for output in graph.output)
-    ranks = _ranks(model)
+    other_axis = any(node.op_type == _PLAIN and any(
+        a.name == "axis" and a.i != -1 for a in node.attribute) for node in graph.node)
+    ranks = _ranks(model) if other_axis else {}  # shape inference only where it decides
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     nodes: list[Any] = []
     count = 0
@@ -110,6 +112,9 @@ def _rewrite(node: Any, read: Counter[str], ranks: dict[str, int], opset: int, g
     graph.initializer.append(numpy_helper.from_array(
         np.array(attributes.get("epsilon", _DEFAULT_EPSILON[node.op_type]), dtype=np.float32),
         epsilon))
+    if opset >= 18:  # ReduceMean takes its axes as an input from opset 18
+        graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64),
+                                                         f"{prefix}_axes"))
     nodes: list[Any] = []
     current = parts[0]
     for position, part in enumerate(parts[1:], start=1):
@@ -119,11 +124,8 @@ def _rewrite(node: Any, read: Counter[str], ranks: dict[str, int], opset: int, g
 
     def mean(source: str, target: str) -> Any:
         if opset >= 18:
-            axes = f"{prefix}_axes"
-            if not any(init.name == axes for init in graph.initializer):
-                graph.initializer.append(numpy_helper.from_array(
-                    np.array([-1], dtype=np.int64), axes))
-            return helper.make_node("ReduceMean", [source, axes], [target], keepdims=1)
+            return helper.make_node("ReduceMean", [source, f"{prefix}_axes"], [target],
+                                    keepdims=1)
         return helper.make_node("ReduceMean", [source], [target], axes=[-1], keepdims=1)
 
     scaled = f"{prefix}_scaled" if beta else node.output[0]
