@@ -201,6 +201,9 @@ class StaticInt8(Technique):
                      f"{7 if settings.reduce_range else 8}-bit grid the engine quantizes to")
         engine_float = [op for op in built.float_ops
                         if not any(op.startswith(layer) for layer in built.float_layers)]
+        if built.record.get("float_stem"):
+            ctx.note("kept in float (thin first convolution, faster than int8)",
+                     ", ".join(built.record["float_stem"]))
         if engine_float:
             ctx.note("left in float (engine cannot quantize)", ", ".join(engine_float))
         if config.skip:

@@ -37,6 +37,7 @@ from sconce_quant.engines.ortgptq import (
     weight_sites,
 )
 from sconce_quant.engines.ortmodule import OrtModule, export_onnx_bytes, make_session
+from sconce_quant.engines.ortstem import float_stem
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # operators that only move or reshape data: never reported as "left in float"
 _DATA_OPS = {"Shape", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Gather",
              "Concat", "Constant", "ConstantOfShape", "Cast", "Slice", "Split", "Identity",
-             "Expand", "Range", "Equal", "Where", "MaxPool", "DequantizeLinear", "Dropout"}
+             "Expand", "Range", "Equal", "Where", "MaxPool", "DequantizeLinear", "Dropout",
+             "ReorderInput", "ReorderOutput"}
 _INTEGER_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
                 "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "NhwcMaxPool"}
 # how many graph tensors one calibration pass returns at once (bounds memory)
@@ -126,25 +128,29 @@ class OrtPrepared:
         graph = onnx.load_from_string(self.float_bytes).graph
         wide = {name for name, (low, high) in self.ranges.items()
                 if not max(abs(low), abs(high)) <= MAX_RANGE}
+        stem = float_stem(self.float_bytes)
         exclude = [node.name for node in graph.node
                    if (node.op_type in WEIGHTED_OPS and module_of(node.name) in set(skip))
-                   or any(i in wide for i in node.input)]
-        source, rounded = self.float_bytes, 0
+                   or any(i in wide for i in node.input)] + stem.nodes
+        source, rounded = stem.graph, 0
         if self.hessians:
             if self._gptq is None:
                 self._gptq = gptq_weights(
                     self.float_bytes, self.hessians,
                     qmax=64 if self.settings.reduce_range else 127,
                     per_channel=self.settings.per_channel)
-            source, rounded = replace_weights(self.float_bytes, self._gptq, exclude)
+            source, rounded = replace_weights(stem.graph, self._gptq, exclude)
         quantized = quantize_qdq(source, self.ranges, self.settings, exclude)
         proto = onnx.load_from_string(quantized)
         inputs = [i.name for i in proto.graph.input]
         outputs = [o.name for o in proto.graph.output]
         module = OrtModule(quantized, input_names=inputs, output_names=outputs)
         record = {"nbytes": len(quantized), "inputs": inputs, "outputs": outputs,
-                  "skip": sorted(skip), "gptq_rounded_layers": rounded}
-        return Built(module, record, float_ops=float_nodes(quantized), float_layers=sorted(skip))
+                  "skip": sorted(skip), "gptq_rounded_layers": rounded,
+                  "float_stem": stem.layers}
+        chosen = set(stem.layers) - set(skip)  # float by the engine's choice, reported apart
+        float_ops = [op for op in float_nodes(quantized) if op.split(" (")[0] not in chosen]
+        return Built(module, record, float_ops=float_ops, float_layers=sorted(skip))
 
 
 def preprocess(onnx_bytes: bytes) -> bytes:
