@@ -69,6 +69,8 @@ def float_stem(float_bytes: bytes) -> Stem:
         return Stem(float_bytes)
     relu = _only_consumer(graph, conv.output[0], "Relu")
     pool = _only_consumer(graph, relu.output[0], "MaxPool") if relu is not None else None
+    if pool is not None and len([o for o in pool.output if o]) > 1:
+        pool = None  # its indices output would change with the ReLU moved after it
     chain = [node for node in (conv, relu, pool) if node is not None]
     names = [node.name for node in chain]
     if relu is not None and pool is not None:
