@@ -120,6 +120,7 @@ class OrtPrepared:
         self.ranges = ranges
         self.settings = settings
         self.hessians = hessians or {}
+        self.stem = float_stem(float_bytes)  # the same for every build
         self._gptq: dict[str, tuple[str, np.ndarray]] | None = None  # rounded once, lazily
 
     def build(self, skip: Collection[str] = ()) -> Built:
@@ -128,7 +129,7 @@ class OrtPrepared:
         graph = onnx.load_from_string(self.float_bytes).graph
         wide = {name for name, (low, high) in self.ranges.items()
                 if not max(abs(low), abs(high)) <= MAX_RANGE}
-        stem = float_stem(self.float_bytes)
+        stem = self.stem
         exclude = [node.name for node in graph.node
                    if (node.op_type in WEIGHTED_OPS and module_of(node.name) in set(skip))
                    or any(i in wide for i in node.input)] + stem.nodes
