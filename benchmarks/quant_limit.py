@@ -11,6 +11,7 @@ rate is the "limit" a whole model's int8 MAC rate is compared with.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from quant_timing import interleaved_latency
 
 GEMM = (2048, 1024, 1024)  # M, K, N
+PROBE_ROWS = 256  # rows of the one-call probe of a possibly unvectorized int8 GEMM
 CONV = (64, 64, 64, 28)  # batch, in channels, out channels, image size (3x3, padding 1)
 
 
@@ -106,6 +108,31 @@ def _torch_calls() -> dict[str, tuple[Any, float]]:
     return calls
 
 
+def _probe_rate(call: Any, macs: float) -> float:
+    """G MAC/s of one call after a warm-up call: a rough rate, for kernels too slow to time."""
+    call()
+    started = time.perf_counter()
+    call()
+    return macs / (time.perf_counter() - started) / 1e9
+
+
+def _unvectorized(calls: dict[str, tuple[Any, float]]) -> dict[str, float]:
+    """``torch._int_mm``'s probe rate when it runs at under a quarter of torch's float32 GEMM
+    (a scalar fallback, as on CPUs without VNNI: about 1 G MAC/s, minutes to time in rounds);
+    such a kernel is reported from the probe and not timed further."""
+    name = "torch _int_mm s8s8"
+    if name not in calls:
+        return {}
+    rows, (_, k, n) = PROBE_ROWS, GEMM
+    a, b = torch.randn(rows, k), torch.randn(k, n)
+    a8 = torch.randint(-127, 127, (rows, k), dtype=torch.int8)
+    b8 = torch.randint(-127, 127, (k, n), dtype=torch.int8)
+    macs = float(rows * k * n)
+    int8 = _probe_rate(lambda: torch._int_mm(a8, b8), macs)
+    fp32 = _probe_rate(lambda: torch.mm(a, b), macs)
+    return {name: int8} if int8 < 0.25 * fp32 else {}
+
+
 def measure_limit(threads: int, rounds: int, seconds: float) -> dict[str, Any]:
     """G MAC/s of each kernel, and the int8 / float32 ratios (GEMM and convolution).
 
@@ -115,15 +142,19 @@ def measure_limit(threads: int, rounds: int, seconds: float) -> dict[str, Any]:
     torch.set_num_threads(threads)
     calls = {**_ort_calls(threads), **_torch_calls()}
     with torch.no_grad():
-        latency = interleaved_latency({name: {1: call} for name, (call, _) in calls.items()},
+        probed = _unvectorized(calls)
+        timed = {name: call for name, call in calls.items() if name not in probed}
+        latency = interleaved_latency({name: {1: call} for name, (call, _) in timed.items()},
                                       threads=threads, rounds=rounds, seconds=seconds)
-    rates = {name: macs / (latency[name][1] / 1e3) / 1e9 for name, (_, macs) in calls.items()}
+    rates = {name: macs / (latency[name][1] / 1e3) / 1e9 for name, (_, macs) in timed.items()}
+    rates.update(probed)
     gemm_int8 = max(v for k, v in rates.items() if ("Integer" in k or "_int_mm" in k))
     gemm_fp32 = max(v for k, v in rates.items() if ("MatMul fp32" in k or "mm fp32" in k))
     conv_int8 = rates["ORT QLinearConv u8s8"]
     conv_fp32 = max(v for k, v in rates.items() if "onv fp32" in k)
-    return {"gmacs": rates, "gemm": {"shape": GEMM, "int8": gemm_int8, "fp32": gemm_fp32,
-                                     "ratio": gemm_int8 / gemm_fp32},
+    return {"gmacs": rates, "probed": sorted(probed),
+            "gemm": {"shape": GEMM, "int8": gemm_int8, "fp32": gemm_fp32,
+                     "ratio": gemm_int8 / gemm_fp32},
             "conv": {"shape": CONV, "int8": conv_int8, "fp32": conv_fp32,
                      "ratio": conv_int8 / conv_fp32},
             "int8_limit_gmacs": max(gemm_int8, conv_int8)}
@@ -132,7 +163,9 @@ def measure_limit(threads: int, rounds: int, seconds: float) -> dict[str, Any]:
 def print_limit(limit: dict[str, Any], flags: str) -> None:
     print(f"\nThe machine's int8 limit (CPU flags: {flags}; G MAC/s, interleaved rounds)")
     for name, rate in limit["gmacs"].items():
-        print(f"  {name:<34} {rate:8.1f} G MAC/s")
+        probed = ("  (one-call probe: under a quarter of float32's rate, not timed further)"
+                  if name in limit.get("probed", ()) else "")
+        print(f"  {name:<34} {rate:8.1f} G MAC/s{probed}")
     for kind in ("gemm", "conv"):
         part = limit[kind]
         print(f"  {kind}: best int8 {part['int8']:.1f} vs best fp32 {part['fp32']:.1f} G MAC/s "
