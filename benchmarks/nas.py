@@ -8,20 +8,20 @@ epochs: the checkpoint ``benchmarks/channel_pruning.py`` and ``benchmarks/gmp.py
   ``target_latency = "2x"`` (its own search for the uniform ratio whose deployed model runs
   in half the time), fine-tuned ``--finetune-epochs`` (distilled from the dense VGG).
 - **NAS**: ``sconce_nas.search`` with ``target_latency = "2x"`` against the same VGG: a
-  supernet of the elastic CNN trained ``--supernet-epochs`` (default 2), NSGA-II over
+  supernet of the elastic CNN trained ``--supernet-epochs`` (default 1), NSGA-II over
   subnets on ``--workers`` Ray workers, the chosen subnet fine-tuned
-  ``--nas-finetune-epochs`` (default 6, at 3x the fine-tuning rate as the pruned VGG:
+  ``--nas-finetune-epochs`` (default 10, at 3x the fine-tuning rate as the pruned VGG:
   ``NASConfig.finetune_lr_scale``; distilled from the dense VGG, the teacher the pruned
   VGG has; ``--nas-teacher supernet`` distils from the supernet's largest member, the
   library's default).
   Same training budget in compute, counted from measured MACs: a sandwich step runs the
   largest member (32.0 M MACs at 28x28), the smallest (1.07 M) and two random ones (7.2 M on
-  average), 2.2 times the VGG's 22.3 M MACs per sample, so 2 supernet epochs cost about 4.4
+  average), 2.2 times the VGG's 22.3 M MACs per sample, so a supernet epoch costs about 2.2
   dense-VGG epochs, and a distilled fine-tuning epoch of a ~5 M MAC subnet with the VGG as
-  teacher about 0.57: 2 + 6 epochs cost about the VGG arm's 6 dense + 2 fine-tuning epochs
-  (both printed; 7.69 against 7.48 dense-VGG epochs on 2026-12-02). The split is measured:
-  3 supernet + 2 fine-tuning epochs (7.70 against 7.79) ended at 90.41%, 2 + 6 at 91.88%
-  (92.89% at 3x the rate).
+  teacher about 0.52: 1 + 10 epochs cost about the VGG arm's 6 dense + 2 fine-tuning epochs
+  (both printed; 7.38 against 7.48 dense-VGG epochs on 2026-12-02). The split is measured:
+  3 supernet + 2 fine-tuning epochs ended at 90.41%, 2 + 6 at 91.88% (92.89% at 3x the
+  rate; 0.22 points below the pruned VGG), 1 + 10 at 92.95% (0.02 below it, another VM).
 
 Both final models are measured in this run: test accuracy, MACs, params, and latency at
 batch 1 and 64 (fixed threads, interleaved rounds VGG / pruned / NAS, each round's median,
@@ -255,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of the dense VGG when it is not cached yet")
     parser.add_argument("--finetune-epochs", type=float, default=None, help="default 2")
     parser.add_argument("--nas-finetune-epochs", type=float, default=None,
-                        help="the chosen subnet's fine-tuning (default 6)")
+                        help="the chosen subnet's fine-tuning (default 10)")
     parser.add_argument("--supernet-epochs", type=float, default=None,
-                        help="default 2 (with 6 fine-tuning epochs: the VGG arm's compute)")
+                        help="default 1 (with 10 fine-tuning epochs: the VGG arm's compute)")
     parser.add_argument("--train-supernet-only", action="store_true",
                         help="train (or resume) the supernet in --work, then stop")
     parser.add_argument("--trials", type=int, default=None, help="default 200")
@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     args.finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (
         0.1 if quick else 2.0)
     if args.nas_finetune_epochs is None:
-        args.nas_finetune_epochs = args.finetune_epochs if quick else 6.0
-    args.supernet_epochs = args.supernet_epochs or (0.3 if quick else 2.0)
+        args.nas_finetune_epochs = args.finetune_epochs if quick else 10.0
+    args.supernet_epochs = args.supernet_epochs or (0.3 if quick else 1.0)
     args.trials = args.trials or (16 if quick else 200)
     args.population = args.population or (8 if quick else 32)
     args.lut_check = args.lut_check if args.lut_check is not None else (5 if quick else 50)
